@@ -1,0 +1,180 @@
+"""The MSM-MAE log-mel front end, in TensorFlow (for tf.data) and in jax.numpy (on device).
+
+Definition (the official one, see nnAudio's MelSpectrogram as configured by nttcslab/msm-mae):
+16 kHz mono waveform -> STFT with a periodic Hann window of 400 samples, hop 160, `center=True`
+with reflect padding of 200 samples at both ends -> power (|X|^2) over 201 bins -> Slaney mel
+basis (80 bands, 50-8000 Hz, Slaney area normalisation, built by `librosa.filters.mel`) ->
+`log(mel + 1.1920929e-07)`. Output layout [..., F=80, T] with T = 1 + S // 160.
+
+Short inputs: the padding follows numpy's (and so librosa's) `mode='reflect'` for every length,
+including S <= 200 where one reflection is not enough (numpy keeps reflecting, i.e. the
+signal is extended periodically with period 2(S-1); a single sample is repeated). Both
+functions therefore agree with librosa for any S >= 1; S = 0 is an error.
+
+Shape letters: S samples, T frames, F mel bins, W window samples (400), K frequency bins (201).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+WIN_LENGTH = 400
+HOP_LENGTH = 160
+N_MELS = 80
+FMIN = 50.0
+FMAX = 8000.0
+LOG_OFFSET = 1.1920929e-07  # float32 machine epsilon, as the official code
+N_FREQS = N_FFT // 2 + 1
+_PAD = N_FFT // 2
+
+
+def num_frames(samples: int) -> int:
+    """Number of log-mel frames for a waveform of `samples` samples (center=True)."""
+    return 1 + int(samples) // HOP_LENGTH
+
+
+def samples_for_frames(frames: int) -> int:
+    """Smallest waveform length that yields `frames` frames."""
+    return max(0, (int(frames) - 1) * HOP_LENGTH)
+
+
+@functools.lru_cache(maxsize=1)
+def mel_basis() -> np.ndarray:
+    """Slaney mel basis as float32 [K=201, F=80] (librosa's [80, 201], transposed)."""
+    import librosa  # lazy: librosa's import is slow and only needed once
+
+    m_FK = librosa.filters.mel(
+        sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX, htk=False, norm="slaney"
+    )
+    out = np.ascontiguousarray(m_FK.T, dtype=np.float32)
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def hann_window() -> np.ndarray:
+    """Periodic Hann window of 400 samples (scipy `get_window('hann', 400, fftbins=True)`)."""
+    n = np.arange(WIN_LENGTH, dtype=np.float64)
+    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / WIN_LENGTH)
+    return w.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _windowed_dft() -> np.ndarray:
+    """[W=400, 2K=402] real matrix: windowed frame @ it = [Re X_0..X_200, Im X_0..X_200].
+
+    Built in float64 (angles reduced exactly with integer arithmetic) then cast, so the only
+    float32 error is the one of the matmul itself.
+    """
+    n = np.arange(N_FFT)[:, None]
+    k = np.arange(N_FREQS)[None, :]
+    ang = 2.0 * np.pi * ((n * k) % N_FFT) / N_FFT
+    w = hann_window().astype(np.float64)[:, None]
+    out = np.concatenate([w * np.cos(ang), -w * np.sin(ang)], axis=1).astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def reflect_indices(samples: int) -> np.ndarray:
+    """Indices into a length-`samples` signal giving numpy's reflect padding by 200 each side."""
+    return _reflect_indices_np(samples, _PAD)
+
+
+def _reflect_indices_np(samples: int, pad: int) -> np.ndarray:
+    if samples <= 0:
+        raise ValueError(f"log-mel needs at least one sample, got a waveform of {samples} samples")
+    i = np.arange(-pad, samples + pad)
+    if samples == 1:
+        return np.zeros_like(i)
+    period = 2 * (samples - 1)
+    j = np.mod(i, period)
+    return np.where(j < samples, j, period - j)
+
+
+def _frame_indices(samples: int) -> np.ndarray:
+    """[T, W] indices into the reflect-padded signal (length samples + 400)."""
+    t = num_frames(samples)
+    return np.arange(t)[:, None] * HOP_LENGTH + np.arange(N_FFT)[None, :]
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorFlow
+# ----------------------------------------------------------------------------------------------
+
+
+def log_mel(wav):  # noqa: ANN001, ANN201 (numpy or tf in, tf out; tf is imported lazily)
+    """Log-mel of float32 waveforms [..., S] at 16 kHz -> tf.float32 [..., 80, 1 + S // 160].
+
+    Pure TF ops: works eagerly and inside `tf.data.Dataset.map` / `tf.function`, with static or
+    dynamic S. The STFT is one matmul of the frames with a windowed real DFT matrix (exact to
+    float32 rounding, and faster on CPU than a 400-point FFT). Raises ValueError (static S) or
+    tf.errors.InvalidArgumentError (dynamic S) for an empty waveform.
+    """
+    import tensorflow as tf
+
+    wav = tf.convert_to_tensor(wav)
+    if wav.dtype != tf.float32:
+        wav = tf.cast(wav, tf.float32)
+    if wav.shape.rank == 0:
+        raise ValueError("log_mel expects a waveform [..., samples], got a scalar")
+    static_s = wav.shape[-1]
+    if static_s is not None and static_s == 0:
+        raise ValueError("log-mel needs at least one sample, got an empty waveform")
+
+    s = tf.shape(wav)[-1]
+    if static_s is None:
+        tf.debugging.assert_positive(s, message="log-mel needs at least one sample, got 0")
+    padded = tf.gather(wav, _reflect_indices_tf(s), axis=-1)
+    # tf.signal.frame splits into 80-sample sub-frames (gcd of 400 and 160) and gathers them.
+    frames_TW = tf.signal.frame(padded, N_FFT, HOP_LENGTH, pad_end=False)
+    spec_T2K = tf.linalg.matmul(frames_TW, tf.constant(_windowed_dft()))
+    re, im = spec_T2K[..., :N_FREQS], spec_T2K[..., N_FREQS:]
+    power_TK = re * re + im * im
+    mel_TF = tf.linalg.matmul(power_TK, tf.constant(mel_basis()))
+    lms_TF = tf.math.log(mel_TF + LOG_OFFSET)
+    return tf.linalg.matrix_transpose(lms_TF)
+
+
+def _reflect_indices_tf(s):  # noqa: ANN001, ANN202
+    """TF twin of `_reflect_indices_np` for a (possibly dynamic) scalar length s >= 1."""
+    import tensorflow as tf
+
+    i = tf.range(-_PAD, s + _PAD)
+    period = tf.maximum(2 * (s - 1), 1)  # s == 1: period 1 maps every index to 0
+    j = tf.math.floormod(i, period)
+    return tf.where(j < s, j, period - j)
+
+
+# ----------------------------------------------------------------------------------------------
+# JAX
+# ----------------------------------------------------------------------------------------------
+
+
+def log_mel_jax(wav):  # noqa: ANN001, ANN201
+    """Log-mel in jax.numpy: float32 [..., S] -> jnp.float32 [..., 80, 1 + S // 160]. Jittable.
+
+    S is static under jit, so padding and framing are one precomputed gather. Matmuls run at
+    HIGHEST precision so GPUs (TF32) and TPUs (bf16 passes) give the float32 feature.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    wav = jnp.asarray(wav, dtype=jnp.float32)
+    if wav.ndim == 0:
+        raise ValueError("log_mel_jax expects a waveform [..., samples], got a scalar")
+    s = wav.shape[-1]
+    if s == 0:
+        raise ValueError("log-mel needs at least one sample, got an empty waveform")
+    idx_TW = reflect_indices(s)[_frame_indices(s)]
+    frames_TW = jnp.take(wav, jnp.asarray(idx_TW, dtype=jnp.int32), axis=-1)
+    hi = jax.lax.Precision.HIGHEST
+    spec_T2K = jnp.matmul(frames_TW, jnp.asarray(_windowed_dft()), precision=hi)
+    re, im = spec_T2K[..., :N_FREQS], spec_T2K[..., N_FREQS:]
+    power_TK = re * re + im * im
+    mel_TF = jnp.matmul(power_TK, jnp.asarray(mel_basis()), precision=hi)
+    lms_TF = jnp.log(mel_TF + LOG_OFFSET)
+    return jnp.swapaxes(lms_TF, -1, -2)
