@@ -1,0 +1,147 @@
+"""Training checkpoints: orbax CheckpointManager under WORKDIR/checkpoints/<step>/.
+
+Each step directory holds two items: `state` (params, opt_state, step, rng: the train state
+pytree) and `meta` (JSON: model config, normalisation statistics, data position, config).
+Orbax writes into a temporary directory and renames it when complete, so a save killed
+half-way never replaces the latest good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from msm_mae_jax.model_config import ModelConfig
+from msm_mae_jax.normalization import NormStats
+
+CKPT_DIR = "checkpoints"
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), CKPT_DIR)
+
+
+class Checkpointer:
+    """Saves and restores (state, meta) pairs; every process must call save/restore."""
+
+    def __init__(
+        self, workdir: str, keep: int = 3, async_save: bool = True, read_only: bool = False
+    ):
+        if read_only:
+            options = ocp.CheckpointManagerOptions(
+                read_only=True,
+                create=False,
+                save_interval_steps=0,
+                enable_async_checkpointing=False,
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep if keep and keep > 0 else None,
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,  # leftovers of a save killed half-way
+            )
+        self.directory = checkpoint_dir(workdir)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict, force: bool = True) -> bool:
+        """Starts an (async) save; the state's device buffers are copied before returning,
+        so the caller may donate them to the next step."""
+        return self.manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=force,
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restores into the shardings carried by `abstract_state` (jax.ShapeDtypeStruct
+        leaves with .sharding): each device reads only its own shard."""
+        out = self.manager.restore(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return out["state"], dict(out["meta"])
+
+    def restore_meta(self, step: int) -> dict:
+        out = self.manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _encoder_target(tree_metadata: Any) -> Any:
+    """Restore target for params['encoder'] only (numpy arrays, host memory)."""
+    enc = tree_metadata["params"]["encoder"]
+    return {
+        "params": {
+            "encoder": jax.tree.map(
+                lambda m: np.zeros(m.shape, m.dtype),
+                enc,
+                is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
+            )
+        }
+    }
+
+
+def load_encoder_from_workdir(
+    workdir: str, step: int | None = None
+) -> tuple[ModelConfig, Any, NormStats]:
+    """(ModelConfig, encoder params as a numpy tree, NormStats) of a training workdir.
+
+    Only the encoder parameters are read from disk (orbax partial restore), not the decoder
+    or the optimizer state. `step=None` takes the latest checkpoint.
+    """
+    d = checkpoint_dir(workdir)
+    if not os.path.isdir(d):
+        raise FileNotFoundError(f"{workdir}: no training checkpoints (missing {d})")
+    ckpt = Checkpointer(workdir, read_only=True, async_save=False)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{d}: no complete checkpoint")
+        step = max(steps) if step is None else int(step)
+        if step not in steps:
+            raise FileNotFoundError(f"{d}: no checkpoint for step {step}; have {sorted(steps)}")
+        meta = ckpt.restore_meta(step)
+        state_dir = os.path.join(d, str(step), "state")
+        with ocp.PyTreeCheckpointer() as ptc:
+            tree_md = ptc.metadata(state_dir).item_metadata
+            target = _encoder_target(tree_md)
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+            restored = ptc.restore(
+                state_dir,
+                args=ocp.args.PyTreeRestore(
+                    item=target, restore_args=restore_args, partial_restore=True
+                ),
+            )
+    finally:
+        ckpt.close()
+    params = jax.tree.map(np.asarray, restored["params"]["encoder"])
+    return ModelConfig.from_dict(meta["model"]), params, NormStats.from_dict(meta["norm_stats"])
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Atomic JSON write (temporary file + rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
