@@ -87,10 +87,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.prefetch = 2
 
     # ---- distribution -----------------------------------------------------------------------
-    # Mesh axes (name, size); one size may be -1 (all remaining devices).
-    c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+    # Mesh axes (name, size); one size may be -1 (all remaining devices). Tuples, so that
+    # --config.mesh="(('data',-1),('fsdp',4),('tensor',1))" can override them.
+    c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
     # Logical axis name -> mesh axes (None: replicated).
-    c.sharding_rules = [
+    c.sharding_rules = (
         ("batch", ("data", "fsdp")),
         ("embed", "fsdp"),
         ("mlp", "tensor"),
@@ -99,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ("patch", None),
         ("seq", None),
         ("kv", None),
-    ]
+    )
     # Multi-host: '' auto-detects (TPU pod / SLURM / env); or 'host:port' explicitly.
     c.coordinator_address = ""
     c.num_processes = 0
