@@ -505,6 +505,8 @@ def _tfds_reader(config, src: Source, p: int, n: int):  # noqa: ANN001, ANN202
     tf = _tf()
     import tensorflow_datasets as tfds
 
+    from msm_mae_jax import tfds_audio_folder  # noqa: F401 (registers 'audio_folder')
+
     data_dir = config.data.tfds_data_dir or None
     try:
         builder = tfds.builder(src.name, data_dir=data_dir)
@@ -531,7 +533,7 @@ def _tfds_reader(config, src: Source, p: int, n: int):  # noqa: ANN001, ANN202
         raise DataError(f"data source {src.spec!r}: cannot read split {src.split!r} ({e})") from e
     if n_local == 0:
         raise DataError(f"data source {src.spec!r}: split {src.split!r} is empty on host {p}")
-    in_dtype = features[key].dtype
+    in_dtype = features[key].np_dtype
     scale = {np.int16: 1 / 32768, np.int32: 1 / 2**31, np.int64: 1 / 2**31}.get(
         np.dtype(in_dtype).type, 1.0
     )
