@@ -1,0 +1,237 @@
+"""Feature runtime: the official feature recipe, bucketing, sharding, normalisation modes."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from msm_mae_jax import audio, audio_io, model_dir, models
+from msm_mae_jax.model_config import ModelConfig
+from msm_mae_jax.normalization import NormStats
+from msm_mae_jax.runtime import Runtime, bucket_size, patch_timestamps_ms
+
+CFG = ModelConfig(
+    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
+)
+STATS = NormStats(mean=-6.5, std=3.5)
+ATOL = 2e-5
+
+
+@pytest.fixture(scope="module")
+def enc_params():
+    return models.init_params(CFG, jax.random.key(1))["encoder"]
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory, enc_params):
+    path = tmp_path_factory.mktemp("model")
+    return model_dir.save_model_dir(str(path), CFG, enc_params, STATS, source="random init")
+
+
+@pytest.fixture(scope="module")
+def rt(saved_dir):
+    return Runtime.load(saved_dir)
+
+
+def _noise(batch, samples, seed=0, scale=0.1):
+    return (scale * np.random.default_rng(seed).standard_normal((batch, samples))).astype(
+        np.float32
+    )
+
+
+def _reference(params, lms_BFT, mean, std, layer=None):
+    """Independent feature recipe in numpy around a direct encoder call: normalise, zero-pad to
+    whole units, encode each unit, drop [CLS], '(f t) d -> t (f d)', cut to ceil(T / pw)."""
+    B, F, T = lms_BFT.shape
+    fu, (gf, gt), D = CFG.input_size[1], CFG.grid_size, CFG.embed_dim
+    x = (np.asarray(lms_BFT, np.float64) - mean) / std
+    units = math.ceil(T / fu)
+    x = np.concatenate([x, np.zeros((B, F, units * fu - T))], axis=2).astype(np.float32)
+    out = []
+    for u in range(units):
+        y = models.Encoder(CFG).apply(
+            {"params": params},
+            x[:, None, :, u * fu : (u + 1) * fu],
+            return_layers=layer is not None,
+        )
+        tok = np.asarray(y.x_BKD if layer is None else y.layers[layer])[:, 1:]  # drop [CLS]
+        feats = np.zeros((B, gt, gf * D), np.float32)
+        for f in range(gf):
+            for t in range(gt):
+                feats[:, t, f * D : (f + 1) * D] = tok[:, f * gt + t]
+        out.append(feats)
+    return np.concatenate(out, axis=1)[:, : math.ceil(T / CFG.patch_size[1])]
+
+
+def test_bucket_size():
+    assert [bucket_size(n) for n in (1, 2, 3, 4, 5, 8, 9, 1000)] == [1, 2, 4, 4, 8, 8, 16, 1024]
+    with pytest.raises(ValueError):
+        bucket_size(0)
+
+
+def test_matches_reference_recipe_with_padded_tail(rt, enc_params):
+    lms = np.random.default_rng(1).normal(-6, 3, (2, 80, 300)).astype(np.float32)
+    got = rt.encode_lms(lms)
+    assert got.shape == (2, math.ceil(300 / 16), CFG.feature_dim) == (2, 19, 320)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, _reference(enc_params, lms, STATS.mean, STATS.std), atol=ATOL)
+    # Zero padding happens after normalisation: raw-zero padding would give other features.
+    raw_pad = np.concatenate([lms, np.zeros((2, 80, 116), np.float32)], axis=2)
+    wrong = _reference(enc_params, raw_pad, STATS.mean, STATS.std)[:, :19]
+    assert np.abs(got[:, 13:] - wrong[:, 13:]).max() > 1e-3
+
+
+def test_encode_equals_encode_lms_of_log_mel(rt):
+    wav = _noise(2, 20_800)  # 131 frames
+    lms = np.asarray(audio.log_mel_jax(wav))
+    for norm in ("dataset", "batch"):
+        got = rt.encode(wav, normalization=norm)
+        assert got.shape == (2, math.ceil(131 / 16), 320)
+        np.testing.assert_allclose(got, rt.encode_lms(lms, normalization=norm), atol=ATOL)
+
+
+def test_chunking_three_units_is_concatenation(rt):
+    lms = np.random.default_rng(2).normal(-6, 3, (1, 80, 3 * 208)).astype(np.float32)
+    whole = rt.encode_lms(lms)
+    assert whole.shape == (1, 39, 320)
+    parts = [rt.encode_lms(lms[:, :, i * 208 : (i + 1) * 208]) for i in range(3)]
+    np.testing.assert_allclose(whole, np.concatenate(parts, axis=1), atol=ATOL)
+
+
+@pytest.mark.parametrize("frames", [1, 15, 16, 17, 208, 209])
+def test_time_steps_are_ceil_frames_over_patch_width(rt, frames):
+    lms = np.full((1, 80, frames), -5.0, np.float32)
+    assert rt.encode_lms(lms).shape == (1, math.ceil(frames / 16), 320)
+
+
+def test_return_layers(rt, enc_params):
+    lms = np.random.default_rng(3).normal(-6, 3, (2, 80, 100)).astype(np.float32)
+    layers = rt.encode_lms(lms, return_layers=True)
+    assert layers.shape == (CFG.depth, 2, 7, 320)
+    np.testing.assert_allclose(layers[-1], rt.encode_lms(lms), atol=ATOL)
+    np.testing.assert_allclose(
+        layers[0], _reference(enc_params, lms, STATS.mean, STATS.std, layer=0), atol=ATOL
+    )
+    assert np.abs(layers[0] - layers[-1]).max() > 1e-2
+
+
+def test_normalization_modes(rt):
+    wav = _noise(3, 12_000, seed=4)  # batch 3 runs padded to 4: the pad row must not count
+    lms = np.asarray(audio.log_mel_jax(wav), np.float64)
+    mean, std = lms.mean(), lms.std(ddof=1)  # the official wrapper: torch's unbiased std
+    np.testing.assert_allclose(
+        rt.encode(wav, normalization="batch"), rt.encode(wav, normalization=(mean, std)), atol=ATOL
+    )
+    np.testing.assert_allclose(rt.encode(wav), rt.encode(wav, normalization=STATS), atol=0)
+    np.testing.assert_allclose(rt.encode(wav), rt.encode(wav, normalization=(-6.5, 3.5)), atol=0)
+    pre = ((lms - STATS.mean) / STATS.std).astype(np.float32)
+    np.testing.assert_allclose(rt.encode_lms(pre, normalization=None), rt.encode(wav), atol=ATOL)
+    assert np.abs(rt.encode(wav, normalization="batch") - rt.encode(wav)).max() > 1e-3
+    # A silent batch has std 0: features stay finite instead of NaN.
+    assert np.isfinite(rt.encode(np.zeros((1, 4000), np.float32), normalization="batch")).all()
+    for bad in ("global", (0.0, 0.0), (1.0,), 3.0):
+        with pytest.raises(ValueError):
+            rt.encode(wav, normalization=bad)
+
+
+def test_no_recompilation_within_a_bucket(enc_params):
+    rt = Runtime(CFG, enc_params, STATS)
+    rt.encode(_noise(2, 16_000))  # batch bucket 2, one unit
+    assert rt.num_traces == 1
+    n = 1
+    for samples in (8_000, 20_000, 33_119):  # 51 .. 207 frames: all one unit
+        rt.encode(_noise(2, samples))
+    assert rt.num_traces == n
+    rt.encode(_noise(3, 16_000))  # batch bucket 4: one new function
+    rt.encode(_noise(4, 10_000))
+    assert rt.num_traces == n + 1
+    rt.encode(_noise(2, 40_000))  # 251 frames: two units
+    rt.encode(_noise(2, 66_000))  # 413 frames: two units
+    rt.encode(_noise(2, 90_000))  # 563 frames: three units -> bucket of four
+    rt.encode(_noise(2, 130_000))  # 813 frames: four units
+    assert rt.num_traces == n + 3
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs several (fake) devices")
+def test_large_batches_are_sharded_and_agree(rt):
+    ndev = jax.local_device_count()
+    wav = _noise(ndev + 1, 9_000, seed=5)
+    big = rt.encode(wav)  # >= #devices: sharded over the mesh, batch padded to a multiple
+    assert rt._params_sharded is not None
+    np.testing.assert_allclose(big[:2], rt.encode(wav[:2]), atol=ATOL)
+    np.testing.assert_allclose(big[-1:], rt.encode(wav[-1:]), atol=ATOL)
+
+
+def test_resampled_input(rt):
+    wav8k = _noise(1, 8_000, seed=6)  # 1 s at 8 kHz
+    got = rt.encode(wav8k, sample_rate=8000)
+    assert got.shape == (1, math.ceil(audio.num_frames(16_000) / 16), 320)
+    want = rt.encode(audio_io.resample(wav8k[0], 8000, 16000)[None])
+    np.testing.assert_allclose(got, want, atol=ATOL)
+    _, ts = rt.timestamp_embeddings(wav8k, sample_rate=8000)
+    assert ts[0, -1] <= 1000.0
+
+
+@pytest.mark.parametrize("sr", [0, -16000, float("nan"), float("inf"), 44100.5, 10, "16k"])
+def test_bad_sample_rate(rt, sr):
+    with pytest.raises(ValueError, match="sample_rate"):
+        rt.encode(_noise(1, 1000), sample_rate=sr)
+
+
+def test_short_and_single_waveforms(rt):
+    for samples in (1, 100, 159):  # shorter than one hop, let alone one patch
+        out = rt.encode(_noise(2, samples, seed=samples))
+        assert out.shape == (2, 1, 320) and np.isfinite(out).all()
+    wav = _noise(1, 5_000, seed=7)
+    np.testing.assert_allclose(rt.encode(wav[0]), rt.encode(wav)[0], atol=0)
+    np.testing.assert_allclose(rt.encode(jax.numpy.asarray(wav)), rt.encode(wav), atol=0)
+    np.testing.assert_allclose(rt.scene_embeddings(wav), rt.encode(wav).mean(axis=1), atol=1e-6)
+
+
+def test_bad_audio_is_a_clear_error(rt):
+    with pytest.raises(ValueError, match="3-D"):
+        rt.encode(np.zeros((2, 1, 1600), np.float32))
+    with pytest.raises(ValueError, match="no samples"):
+        rt.encode(np.zeros((2, 0), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        rt.encode(np.full((1, 1600), np.nan, np.float32))
+    with pytest.raises(ValueError, match="int16"):
+        rt.encode(np.zeros((1, 1600), np.int16))
+    with pytest.raises(ValueError, match=r"\[B, 80, T\]"):
+        rt.encode_lms(np.zeros((1, 64, 100), np.float32))
+
+
+def test_timestamps():
+    period = 160.0
+    for seconds in (0.005, 1.0, 1.07, 1.98, 2.0, 4.0, 10.01):
+        S = round(seconds * 16000)
+        T = math.ceil(audio.num_frames(S) / 16)
+        ts = patch_timestamps_ms(S, 16000, T, CFG)
+        assert ts.shape == (T,) and ts.dtype == np.float32
+        np.testing.assert_allclose(np.diff(ts), period, atol=1e-3)
+        assert 0.0 <= ts[0] <= period / 2 and ts[-1] <= seconds * 1000 + 1e-3
+    # A clip whose last column fits in it gets exact column centres (t + 0.5) * 160 ms.
+    np.testing.assert_allclose(
+        patch_timestamps_ms(17_120, 16000, 7, CFG), (np.arange(7) + 0.5) * period
+    )
+
+
+def test_timestamp_embeddings(rt):
+    wav = _noise(2, 31_680, seed=8)  # 1.98 s
+    emb, ts = rt.timestamp_embeddings(wav)
+    assert emb.shape == (2, 13, 320) and ts.shape == (2, 13)
+    np.testing.assert_allclose(emb, rt.encode(wav), atol=0)
+    assert ts[0, -1] <= 1980.0 and (np.diff(ts, axis=1) > 0).all()
+
+
+def test_load_errors(tmp_path, enc_params):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        Runtime.load(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        Runtime.load(tmp_path)
+    (tmp_path / "w.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="convert"):
+        Runtime.load(tmp_path / "w.pth")
+    with pytest.raises(ValueError, match="blocks_2"):
+        Runtime(CFG.replace(depth=3), enc_params, STATS)
