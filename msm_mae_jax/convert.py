@@ -137,6 +137,16 @@ def infer_config(
                 f"{sd['pos_embed'].shape}: pass --input-size FxT"
             )
         input_size = (NUM_MEL_BINS, (n // gf) * pw)
+    if "pos_embed" in sd:  # before anything else reads the grid from input_size
+        rows = int(np.prod(sd["pos_embed"].shape[:-1]))
+        f, t = input_size
+        expect = (f // ph) * (t // pw) + int(use_cls)
+        if rows != expect:
+            raise ConversionError(
+                f"pos_embed has {rows} rows but a {f}x{t} input with "
+                f"{ph}x{pw} patches has {expect} positions: wrong "
+                "--input-size / --patch-size?"
+            )
     depth = _count(sd, "blocks")
     decoder_depth = _count(sd, "decoder_blocks")
     kw: dict[str, Any] = dict(
