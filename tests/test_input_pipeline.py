@@ -1,0 +1,311 @@
+"""Training/eval pipelines over every source: shapes, normalisation, determinism, resume,
+per-host disjointness, and the bad-input suite."""
+
+import logging
+import os
+import shutil
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+from configs.msm_mae import get_config
+from msm_mae_jax import input_pipeline as ip
+from msm_mae_jax import synthetic
+from msm_mae_jax.normalization import NormStats
+
+STATS = NormStats(-6.0, 4.0)
+
+
+def _config(source="synthetic", **data):
+    c = get_config("tiny")
+    c.batch_size = 4
+    c.model.input_size = (80, 64)
+    c.data.source = source
+    c.data.synthetic_clips = 8
+    c.data.synthetic_seconds = 0.5
+    c.data.synthetic_eval_clips = 6
+    c.data.norm_stats_crops = 8
+    c.data.shuffle_buffer = 16
+    for k, v in data.items():
+        setattr(c.data, k, v)
+    return c
+
+
+def _librosa_lms(wav):
+    mel = librosa.feature.melspectrogram(
+        y=wav,
+        sr=16000,
+        n_fft=400,
+        hop_length=160,
+        n_mels=80,
+        fmin=50,
+        fmax=8000,
+        pad_mode="reflect",
+        htk=False,
+        norm="slaney",
+        power=2.0,
+        window="hann",
+        center=True,
+    )
+    return np.log(mel + 1.1920929e-07)
+
+
+def _write_tone(path, seconds=0.6, sr=16000, channels=1, freq=440.0, fmt=None):
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * freq * t)
+    x = np.stack([x] * channels, axis=1) if channels > 1 else x
+    sf.write(path, x, sr, format=fmt)
+
+
+def _take(it, n):
+    return [next(it)["lms"] for _ in range(n)]
+
+
+def test_parse_source():
+    assert ip.parse_source("synthetic").kind == "synthetic"
+    s = ip.parse_source("files:/data/a,*.wav,*.flac")
+    assert (s.kind, s.path, s.patterns) == ("files", "/data/a", ("*.wav", "*.flac"))
+    assert ip.parse_source("files:/data/a", "*_1.wav").patterns == ("*_1.wav",)
+    s = ip.parse_source("tfds:speech_commands:1.0.0:train[:10%]")
+    assert (s.name, s.split) == ("speech_commands:1.0.0", "train[:10%]")
+    assert ip.parse_source("tfds:crema_d").split == "train"
+    assert ip.parse_source("lms:/x").path == "/x"
+    for bad in ("", "files:", "wav:/x", "synthetic:1"):
+        with pytest.raises(ip.DataError, match="data source"):
+            ip.parse_source(bad)
+
+
+def test_synthetic_batches_are_normalised_log_mels_of_the_clips():
+    # Clips (51 frames) are shorter than the crop (64): each example is a whole clip, padded.
+    c = _config()
+    (batch,) = _take(ip.train_iterator(c, STATS), 1)
+    assert batch.shape == (4, 1, 80, 64) and batch.dtype == np.float32
+    refs = [_librosa_lms(synthetic.make_clip(i, 0, 0.5)[0]) for i in range(8)]
+    for x in batch[:, 0]:
+        errs = [np.abs(x[:, :51] - (r - STATS.mean) / STATS.std).max() for r in refs]
+        assert min(errs) < 1e-3 / STATS.std * 10, min(errs)
+        np.testing.assert_allclose(x[:, 51:], -STATS.mean / STATS.std)  # zero (raw) padding
+
+
+def test_norm_stats_match_numpy_over_the_clips():
+    c = _config()  # 8 crops = one epoch = every clip once, whole (clips shorter than crop)
+    stats = ip.compute_norm_stats(c, seed=0)
+    values = np.concatenate(
+        [_librosa_lms(synthetic.make_clip(i, 0, 0.5)[0]).ravel() for i in range(8)]
+    )
+    assert stats.mean == pytest.approx(values.mean(), abs=2e-3)
+    assert stats.std == pytest.approx(values.std(), abs=2e-3)
+    c.data.norm_std, c.data.norm_mean = 3.0, -1.0
+    assert ip.compute_norm_stats(c) == NormStats(-1.0, 3.0)
+
+
+def test_determinism_resume_and_host_disjointness():
+    c = _config(synthetic_seconds=1.0)  # 101 frames > 64: random crops
+    a = _take(ip.train_iterator(c, STATS), 5)
+    b = _take(ip.train_iterator(c, STATS), 5)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    resumed = _take(ip.train_iterator(c, STATS, start_step=3), 2)  # crosses an epoch boundary
+    np.testing.assert_array_equal(resumed[0], a[3])
+    np.testing.assert_array_equal(resumed[1], a[4])
+    c.seed = 1
+    assert not np.array_equal(_take(ip.train_iterator(c, STATS), 1)[0], a[0])
+    # Two hosts: 2 examples each per step; one epoch (4 steps... 8 clips) covers all clips once.
+    c.seed, c.data.synthetic_seconds = 0, 0.5  # whole clips again: identify them
+    refs = [
+        (_librosa_lms(synthetic.make_clip(i, 0, 0.5)[0]) - STATS.mean) / STATS.std for i in range(8)
+    ]
+    seen = {}
+    for p in range(2):
+        it = ip.train_iterator(c, STATS, process_index=p, process_count=2)
+        for batch in _take(it, 2):  # 2 steps x 2 examples = this host's 4 clips
+            assert batch.shape == (2, 1, 80, 64)
+            for x in batch[:, 0]:
+                i = int(np.argmin([np.abs(x[:, :51] - r).max() for r in refs]))
+                seen.setdefault(p, []).append(i)
+    assert sorted(seen[0] + seen[1]) == list(range(8))
+    assert set(seen[0]).isdisjoint(seen[1])
+
+
+def test_eval_iterator_is_padded_equally_across_hosts():
+    c = _config()  # 6 held-out clips, 2 hosts, batch 2 -> 3 real per host -> 2 batches each
+    out = {}
+    for p in range(2):
+        batches = list(ip.eval_iterator(c, STATS, batch_size=2, process_index=p, process_count=2))
+        assert len(batches) == 2
+        out[p] = batches
+    for p, batches in out.items():
+        idx = np.concatenate([b["index"] for b in batches])
+        mask = np.concatenate([b["mask"] for b in batches])
+        labels = np.concatenate([b["label"] for b in batches])
+        np.testing.assert_array_equal(idx[mask], np.arange(p, 6, 2))
+        np.testing.assert_array_equal(
+            labels[mask], [synthetic.label_of(8 + i) for i in range(p, 6, 2)]
+        )
+        assert mask.sum() == 3 and (labels[~mask] == -1).all()
+        assert all(b["lms"].shape == (2, 1, 80, 64) for b in batches)
+    wav, _ = synthetic.make_clip(8, 0, 0.5)
+    first = out[0][0]
+    np.testing.assert_allclose(
+        first["lms"][0, 0, :, :51], (_librosa_lms(wav) - STATS.mean) / STATS.std, atol=2e-3
+    )
+    assert first["frames"][0] == 51
+    whole = next(ip.eval_iterator(c, STATS, batch_size=6, whole=True))
+    assert whole["lms"].shape[-1] == 64 and (whole["frames"] == 51).all()
+
+
+def test_files_source_mixed_formats_rates_channels(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    _write_tone(root / "a.wav", sr=16000)
+    _write_tone(root / "sub" / "b.flac", sr=48000, channels=2, freq=880)
+    _write_tone(root / "c.ogg", sr=8000, freq=300, seconds=1.2)
+    _write_tone(root / "sub" / "d.wav", sr=22050, freq=1000, seconds=0.3)
+    (root / "notes.txt").write_text("not audio and not an audio extension: ignored")
+    c = _config(f"files:{root}")
+    assert ip.count_clips(c) == 4
+    it = ip.train_iterator(c, STATS)
+    batches = _take(it, 3)
+    assert all(b.shape == (4, 1, 80, 64) and np.isfinite(b).all() for b in batches)
+    assert it.skip_report.count == 0
+    np.testing.assert_array_equal(
+        _take(ip.train_iterator(c, STATS, start_step=2), 1)[0], batches[2]
+    )
+    c.data.file_pattern = "*.flac"
+    assert ip.count_clips(c) == 1
+    assert ip.count_clips(_config(f"files:{root},sub/*")) == 2
+    assert ip.count_clips(_config(f"files:{root}/**/*.wav")) == 2
+    stats = ip.compute_norm_stats(_config(f"files:{root}"))
+    assert -20 < stats.mean < 5 and stats.std > 0.5
+
+
+def test_files_source_over_fsdd_matches_librosa(fsdd_dir, tmp_path):
+    names = ["3_jackson_0.wav", "7_theo_1.wav"]
+    for n in names:
+        shutil.copy(fsdd_dir / n, tmp_path / n)
+    c = _config(f"files:{tmp_path}")
+    batch = next(ip.eval_iterator(c, STATS, batch_size=2, whole=True))
+    for i, n in enumerate(names):
+        wav, _ = librosa.load(tmp_path / n, sr=16000, res_type="soxr_hq")
+        ref = (_librosa_lms(wav) - STATS.mean) / STATS.std
+        t = batch["frames"][i]
+        assert t == ref.shape[1]
+        np.testing.assert_allclose(batch["lms"][i, 0, :, :t], ref, atol=2e-3)
+
+
+def test_tfds_source_via_local_builder(fsdd_dir, tmp_path):
+    from msm_mae_jax.tfds_audio_folder import build_audio_folder
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in [
+        "0_george_0.wav",
+        "1_george_0.wav",
+        "2_george_0.wav",
+        "0_lucas_1.wav",
+        "1_lucas_1.wav",
+    ]:
+        shutil.copy(fsdd_dir / n, src / n)
+    build_audio_folder(str(src), str(tmp_path / "tfds"), label_from="prefix")
+    c = _config("tfds:audio_folder:train", tfds_data_dir=str(tmp_path / "tfds"))
+    assert ip.count_clips(c) == 5
+    a = _take(ip.train_iterator(c, STATS), 3)
+    assert all(b.shape == (4, 1, 80, 64) and np.isfinite(b).all() for b in a)
+    np.testing.assert_array_equal(_take(ip.train_iterator(c, STATS, start_step=2), 1)[0], a[2])
+    batches = list(ip.eval_iterator(c, STATS, batch_size=2, whole=True))
+    mask = np.concatenate([b["mask"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])[mask]
+    assert mask.sum() == 5 and sorted(labels) == [0, 0, 1, 1, 2]
+    c.data.tfds_audio_key = "wave"
+    with pytest.raises(ip.DataError, match="'wave'"):
+        ip.count_clips(c)
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def _bad_corpus(root):
+    root.mkdir()
+    _write_tone(root / "good_16k.wav", seconds=0.8)
+    _write_tone(root / "stereo_48k.flac", sr=48000, channels=2, seconds=0.7)
+    _write_tone(root / "mono_8k.wav", sr=8000, seconds=0.9)
+    sf.write(root / "silent.wav", np.zeros(8000), 16000)
+    sf.write(root / "long.wav", np.random.default_rng(0).uniform(-0.1, 0.1, 16000 * 60), 16000)
+    (root / "empty.wav").write_bytes(b"")
+    (root / "text.wav").write_text("this is not audio " * 50)
+    good = (root / "good_16k.wav").read_bytes()
+    (root / "corrupt_header.wav").write_bytes(b"RIFX" + good[4:40])
+    sf.write(root / "zero.wav", np.zeros(0), 16000)
+    sf.write(root / "one_sample.wav", np.zeros(1), 16000)
+    nan = np.full(8000, 0.1, np.float32)
+    nan[100] = np.nan
+    sf.write(root / "nan.wav", nan, 16000, subtype="FLOAT")
+    inf = np.full(8000, 0.1, np.float32)
+    inf[5] = np.inf
+    sf.write(root / "inf.wav", inf, 16000, subtype="FLOAT")
+    _write_tone(root / "noperm.wav")
+    os.chmod(root / "noperm.wav", 0)
+    return {"good_16k.wav", "stereo_48k.flac", "mono_8k.wav", "silent.wav", "long.wav"}
+
+
+def test_bad_files_are_skipped_counted_and_never_reach_the_model(tmp_path, caplog):
+    root = tmp_path / "bad"
+    usable = _bad_corpus(root)
+    c = _config(f"files:{root}", max_clip_seconds=30.0)
+    is_root = os.geteuid() == 0  # root reads anything
+    with caplog.at_level(logging.WARNING):
+        # NaN/Inf files pass the cheap header check; they are caught when decoded.
+        assert ip.count_clips(c) == len(usable) + 2 + is_root
+        it = ip.train_iterator(c, STATS)
+        batches = _take(it, 4)
+    assert all(np.isfinite(b).all() and b.shape == (4, 1, 80, 64) for b in batches)
+    skipped = {os.path.basename(p) for p in it.skip_report.skipped}
+    expected = {"empty.wav", "text.wav", "corrupt_header.wav", "zero.wav", "one_sample.wav"}
+    if not is_root:
+        expected.add("noperm.wav")
+    assert expected <= skipped
+    # NaN/Inf pass the header check: caught when decoded (train) or at the eval read.
+    ev = ip.eval_iterator(c, STATS, batch_size=16, whole=True)
+    (batch,) = list(ev)
+    assert np.isfinite(batch["lms"]).all()
+    assert {"nan.wav", "inf.wav"} <= {os.path.basename(p) for p in ev.skip_report.skipped}
+    assert batch["mask"].sum() == len(usable) + is_root and batch["lms"].shape[-1] <= 30 * 100 + 64
+    for name in ("empty.wav", "text.wav", "nan.wav"):
+        assert any(name in r.getMessage() for r in caplog.records), name
+    assert "skipped" in it.skip_report.summary()
+    # The one-minute file is read as a window: a training element holds only the crop.
+    assert ip._window_seconds(c, 64) < 1.0
+
+
+def test_decode_failures_are_substituted_deterministically(tmp_path):
+    root = tmp_path / "c"
+    root.mkdir()
+    for i in range(3):
+        _write_tone(root / f"ok{i}.wav", freq=300 + 200 * i)
+    nan = np.full(8000, 0.1, np.float32)
+    nan[:] = np.nan
+    sf.write(root / "nan.wav", nan, 16000, subtype="FLOAT")
+    c = _config(f"files:{root}")
+    it = ip.train_iterator(c, STATS)
+    a = _take(it, 3)
+    assert all(np.isfinite(b).all() for b in a)
+    assert [os.path.basename(p) for p in it.skip_report.skipped] == ["nan.wav"]
+    np.testing.assert_array_equal(_take(ip.train_iterator(c, STATS, start_step=2), 1)[0], a[2])
+
+
+def test_no_usable_audio_fails_clearly(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("x")
+    with pytest.raises(ip.DataError, match=f"no audio files found in {empty}"):
+        ip.count_clips(_config(f"files:{empty}"))
+    with pytest.raises(ip.DataError, match="does not exist"):
+        ip.count_clips(_config(f"files:{tmp_path}/missing"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.wav").write_bytes(b"")
+    (bad / "b.flac").write_text("nope")
+    with pytest.raises(ip.DataError, match=r"none of the 2 audio file\(s\) is usable.*a\.wav"):
+        ip.train_iterator(_config(f"files:{bad}"), STATS)
