@@ -417,6 +417,7 @@ def _plan(config, seed: int, process_index: int, process_count: int) -> _Plan:  
                 tf.data.TFRecordDataset,
                 cycle_length=min(4, len(files)),
                 block_length=1,
+                num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
             if record_shard:
