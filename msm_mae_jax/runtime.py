@@ -26,6 +26,7 @@ L layers.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 from collections.abc import Sequence
@@ -103,10 +104,6 @@ class Runtime:
         self._devices = list(jax.local_devices())
         self._mesh = Mesh(np.array(self._devices), ("batch",))
         self._params_sharded = None  # replicated over the mesh on first sharded call
-        self.num_traces = 0  # how often a feature function was traced (compiled)
-        statics = ("units", "batch_stats", "return_layers")
-        self._jit_wav = jax.jit(self._wav_features, static_argnames=statics)
-        self._jit_lms = jax.jit(self._lms_features, static_argnames=statics)
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -161,6 +158,11 @@ class Runtime:
                 f"{k}: expected {want.get(k, 'absent')}, got {got.get(k, 'absent')}"
             )
 
+    @property
+    def num_traces(self) -> int:
+        """How often feature functions of this model config were traced (= compiled)."""
+        return TRACE_COUNTS[self.model_config]
+
     # ---- shapes ---------------------------------------------------------------------------
     @property
     def feature_dim(self) -> int:
@@ -198,7 +200,7 @@ class Runtime:
         # log-mel of the unpadded clip sees (its own reflect padding of 200 samples).
         s_bucket = units * self.unit_frames * audio.HOP_LENGTH + audio.N_FFT // 2
         wav_BS = np.pad(wav_BS, ((0, 0), (0, s_bucket - S)), mode="reflect")
-        out = self._run(self._jit_wav, wav_BS, frames, units, normalization, return_layers)
+        out = self._run(True, wav_BS, frames, units, normalization, return_layers)
         return out[..., 0, :, :] if squeeze else out
 
     def encode_lms(
@@ -226,7 +228,7 @@ class Runtime:
         frames = lms.shape[2]
         units = bucket_size(-(-frames // self.unit_frames))
         lms = np.pad(lms, ((0, 0), (0, 0), (0, units * self.unit_frames - frames)))
-        out = self._run(self._jit_lms, lms, frames, units, normalization, return_layers)
+        out = self._run(False, lms, frames, units, normalization, return_layers)
         return out[..., 0, :, :] if squeeze else out
 
     def scene_embeddings(
@@ -312,7 +314,7 @@ class Runtime:
 
     def _run(
         self,
-        fn,
+        from_wav: bool,
         x: np.ndarray,
         frames: int,
         units: int,
@@ -334,69 +336,78 @@ class Runtime:
             x = jax.device_put(x, NamedSharding(self._mesh, P("batch")))
         else:
             params = self._params
-        out = fn(
+        out = _features_jit(
             params,
             x,
             np.int32(frames),
             np.int32(B),
             np.float32(mean),
             np.float32(std),
+            config=self.model_config,
             units=units,
+            from_wav=from_wav,
             batch_stats=batch_stats,
             return_layers=return_layers,
         )
         T = self.num_steps(frames)
         return np.asarray(out)[..., :B, :T, :]
 
-    # ---- device side ----------------------------------------------------------------------
-    def _wav_features(
-        self, params, wav_BS, frames, batch, mean, std, *, units, batch_stats, return_layers
-    ):
-        lms_BFT = audio.log_mel_jax(wav_BS)[..., : units * self.unit_frames]
-        return self._lms_features(
-            params,
-            lms_BFT,
-            frames,
-            batch,
-            mean,
-            std,
-            units=units,
-            batch_stats=batch_stats,
-            return_layers=return_layers,
-        )
 
-    def _lms_features(
-        self, params, lms_BFT, frames, batch, mean, std, *, units, batch_stats, return_layers
-    ):
-        self.num_traces += 1  # Python side effect: runs once per trace, not per call
-        c = self.model_config
-        B, F, T = lms_BFT.shape
-        valid_B1T = (jnp.arange(B) < batch)[:, None, None] & (jnp.arange(T) < frames)[None, None, :]
-        if batch_stats:  # statistics of the real rows and frames only
-            count = batch.astype(jnp.float32) * frames.astype(jnp.float32) * F
-            mean = jnp.sum(jnp.where(valid_B1T, lms_BFT, 0.0)) / count
-            sq = jnp.where(valid_B1T, jnp.square(lms_BFT - mean), 0.0)
-            std = jnp.sqrt(jnp.sum(sq) / jnp.maximum(count - 1.0, 1.0))  # unbiased, as torch
-            std = jnp.maximum(std, _MIN_BATCH_STD)
-        # Normalise, then zero the padding: the official code pads the normalised log-mel.
-        x_BFT = jnp.where(valid_B1T, (lms_BFT - mean) / std, 0.0)
-        fu = c.input_size[1]
-        x_UB1FT = x_BFT.reshape(B, F, units, fu).transpose(0, 2, 1, 3).reshape(B * units, 1, F, fu)
-        out = self._encoder.apply(
-            {"params": params}, x_UB1FT, mask_ratio=0.0, return_layers=return_layers
-        )
-        if return_layers:
-            return jnp.stack([self._to_frames(y, B, units) for y in out.layers])
-        return self._to_frames(out.x_BKD, B, units)
+# ---- device side (module level: compiled code is shared by every Runtime of one config) ----
+TRACE_COUNTS: collections.Counter = collections.Counter()  # ModelConfig -> traces so far
 
-    def _to_frames(self, x_BKD, batch: int, units: int):
-        """Encoder tokens of B*U units -> [B, U*T', F'*D]: '(f t) d -> t (f d)' per unit."""
-        c = self.model_config
-        gf, gt = c.grid_size
-        if c.use_cls_token:
-            x_BKD = x_BKD[:, 1:]
-        x = x_BKD.reshape(batch, units, gf, gt, c.embed_dim).transpose(0, 1, 3, 2, 4)
-        return x.reshape(batch, units * gt, gf * c.embed_dim).astype(jnp.float32)
+
+def _features(
+    params,
+    x,
+    frames,
+    batch,
+    mean,
+    std,
+    *,
+    config: ModelConfig,
+    units: int,
+    from_wav: bool,
+    batch_stats: bool,
+    return_layers: bool,
+):
+    """x: padded waveforms [B, S] (from_wav) or raw log-mels [B, F, U*fu]; frames and batch:
+    the real counts; mean/std: used unless batch_stats."""
+    TRACE_COUNTS[config] += 1  # Python side effect: runs once per trace, not per call
+    fu = config.input_size[1]
+    lms_BFT = audio.log_mel_jax(x)[..., : units * fu] if from_wav else x
+    B, F, T = lms_BFT.shape
+    valid_B1T = (jnp.arange(B) < batch)[:, None, None] & (jnp.arange(T) < frames)[None, None, :]
+    if batch_stats:  # statistics of the real rows and frames only
+        count = batch.astype(jnp.float32) * frames.astype(jnp.float32) * F
+        mean = jnp.sum(jnp.where(valid_B1T, lms_BFT, 0.0)) / count
+        sq = jnp.where(valid_B1T, jnp.square(lms_BFT - mean), 0.0)
+        std = jnp.sqrt(jnp.sum(sq) / jnp.maximum(count - 1.0, 1.0))  # unbiased, as torch
+        std = jnp.maximum(std, _MIN_BATCH_STD)
+    # Normalise, then zero the padding: the official code pads the normalised log-mel.
+    x_BFT = jnp.where(valid_B1T, (lms_BFT - mean) / std, 0.0)
+    x_UB1FT = x_BFT.reshape(B, F, units, fu).transpose(0, 2, 1, 3).reshape(B * units, 1, F, fu)
+    out = Encoder(config).apply(
+        {"params": params}, x_UB1FT, mask_ratio=0.0, return_layers=return_layers
+    )
+    if return_layers:
+        return jnp.stack([_to_frames(y, config, B, units) for y in out.layers])
+    return _to_frames(out.x_BKD, config, B, units)
+
+
+_features_jit = jax.jit(
+    _features,
+    static_argnames=("config", "units", "from_wav", "batch_stats", "return_layers"),
+)
+
+
+def _to_frames(x_BKD, config: ModelConfig, batch: int, units: int):
+    """Encoder tokens of B*U units -> [B, U*T', F'*D]: '(f t) d -> t (f d)' per unit."""
+    gf, gt = config.grid_size
+    if config.use_cls_token:
+        x_BKD = x_BKD[:, 1:]
+    x = x_BKD.reshape(batch, units, gf, gt, config.embed_dim).transpose(0, 1, 3, 2, 4)
+    return x.reshape(batch, units * gt, gf * config.embed_dim).astype(jnp.float32)
 
 
 def _check_sample_rate(sample_rate: Any) -> int:

@@ -136,8 +136,10 @@ def test_normalization_modes(rt):
 
 
 def test_no_recompilation_within_a_bucket(enc_params):
-    rt = Runtime(CFG, enc_params, STATS)
-    rt.encode(_noise(2, 16_000))  # batch bucket 2, one unit
+    # A config no other test here compiles for (and the model without [CLS] is covered too).
+    cfg = CFG.replace(use_cls_token=False)
+    rt = Runtime(cfg, {k: v for k, v in enc_params.items() if k != "cls_token"}, STATS)
+    assert rt.encode(_noise(2, 16_000)).shape == (2, 7, 320)  # batch bucket 2, one unit
     assert rt.num_traces == 1
     n = 1
     for samples in (8_000, 20_000, 33_119):  # 51 .. 207 frames: all one unit
@@ -150,6 +152,9 @@ def test_no_recompilation_within_a_bucket(enc_params):
     rt.encode(_noise(2, 66_000))  # 413 frames: two units
     rt.encode(_noise(2, 90_000))  # 563 frames: three units -> bucket of four
     rt.encode(_noise(2, 130_000))  # 813 frames: four units
+    assert rt.num_traces == n + 3
+    # A second runtime of the same config reuses the compiled functions.
+    Runtime(cfg, rt._params, STATS).encode(_noise(2, 12_345))
     assert rt.num_traces == n + 3
 
 

@@ -1,0 +1,97 @@
+"""HEAR 2021 API: a replay of the validator's checks on a tiny random encoder."""
+
+import jax
+import numpy as np
+import pytest
+
+from msm_mae_jax import hear, model_dir, models
+from msm_mae_jax.model_config import ModelConfig
+from msm_mae_jax.normalization import NormStats
+
+CFG = ModelConfig(
+    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
+)
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory):
+    params = models.init_params(CFG, jax.random.key(2))["encoder"]
+    path = tmp_path_factory.mktemp("hear_model")
+    return model_dir.save_model_dir(str(path), CFG, params, NormStats(-6.0, 4.0), source="init")
+
+
+@pytest.fixture(scope="module")
+def model(saved_dir):
+    return hear.load_model(saved_dir)
+
+
+def _white_noise(n, seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (n, round(seconds * 16000))).astype(np.float32)
+
+
+def test_model_attributes(model):
+    assert model.sample_rate == 16000
+    assert isinstance(model.scene_embedding_size, int)
+    assert isinstance(model.timestamp_embedding_size, int)
+    assert model.scene_embedding_size == model.timestamp_embedding_size == 5 * 64
+
+
+def test_empty_path_is_a_clear_error():
+    with pytest.raises(ValueError, match="no weights are bundled"):
+        hear.load_model("")
+    with pytest.raises(ValueError, match="model_file_path"):
+        hear.load_model()
+
+
+@pytest.mark.parametrize("seconds", [1.07, 1.98, 4.0])
+def test_timestamp_embeddings_validator(model, seconds):
+    audio = _white_noise(2, seconds)
+    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    T = int(np.ceil((1 + audio.shape[1] // 160) / 16))
+    assert emb.dtype == np.float32 and ts.dtype == np.float32
+    assert emb.shape == (2, T, model.timestamp_embedding_size) and ts.shape == (2, T)
+    assert np.isfinite(emb).all()
+    gaps = np.diff(ts, axis=1)
+    assert (gaps > 0).all()
+    assert np.abs(gaps - gaps.mean()).max() <= 1.0  # evenly spaced within 1 ms
+    assert ts[:, -1].max() <= seconds * 1000.0  # milliseconds, inside the audio
+    assert (ts[0] == ts[1]).all()
+
+
+def test_scene_embeddings_validator(model):
+    audio = _white_noise(4, 2.74, seed=1)
+    emb = hear.get_scene_embeddings(audio, model)
+    assert emb.dtype == np.float32 and emb.shape == (4, model.scene_embedding_size)
+    assert np.isfinite(emb).all()
+    # Dataset normalisation: a clip's embedding does not depend on its batch.
+    np.testing.assert_allclose(emb[1:2], hear.get_scene_embeddings(audio[1:2], model), atol=2e-5)
+    # and the clips differ from one another
+    assert np.abs(emb[0] - emb[1]).max() > 1e-4
+
+
+def test_batch_normalization_option(saved_dir, model):
+    audio = _white_noise(2, 1.0, seed=2) * np.array([[1.0], [0.01]], np.float32)
+    batch_model = hear.load_model(saved_dir, normalization="batch")
+    got = hear.get_scene_embeddings(audio, batch_model)
+    want = batch_model.runtime.scene_embeddings(audio, normalization="batch")
+    np.testing.assert_allclose(got, want, atol=0)
+    assert np.abs(got - hear.get_scene_embeddings(audio, model)).max() > 1e-3
+    with pytest.raises(ValueError, match="normalization"):
+        hear.load_model(saved_dir, normalization="per-clip")
+
+
+def test_framework_tensors(model):
+    audio = _white_noise(2, 0.5, seed=3)
+    want = hear.get_scene_embeddings(audio, model)
+    tf = pytest.importorskip("tensorflow")
+    np.testing.assert_allclose(hear.get_scene_embeddings(tf.constant(audio), model), want, atol=0)
+    torch = pytest.importorskip("torch")
+    emb, ts = hear.get_timestamp_embeddings(torch.from_numpy(audio), model)
+    assert isinstance(emb, np.ndarray) and emb.dtype == np.float32
+    np.testing.assert_allclose(emb.mean(axis=1), want, atol=1e-6)
+
+
+def test_wrong_rank(model):
+    with pytest.raises(ValueError, match="n_sounds"):
+        hear.get_scene_embeddings(np.zeros(16000, np.float32), model)
