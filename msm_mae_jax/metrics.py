@@ -53,6 +53,11 @@ class MetricWriter:
 
             tf.config.set_visible_devices([], "GPU")
             self._tf = tf
+            from tensorflow.core.framework import summary_pb2  # noqa: PLC0415
+
+            md = summary_pb2.SummaryMetadata()
+            md.plugin_data.plugin_name = "scalars"  # what TensorBoard's scalar dashboard reads
+            self._scalar_md = md.SerializeToString()
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
 
     def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
@@ -62,10 +67,15 @@ class MetricWriter:
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
+            tf = self._tf
             with self._tb.as_default():
                 for k, v in row.items():
                     if k != "step":
-                        self._tf.summary.scalar(k, v, step=int(step))
+                        # tf.summary.scalar lives in the tensorboard package; writing the
+                        # scalar-plugin summary directly needs only TF core.
+                        tf.summary.write(
+                            k, tf.constant(v, tf.float32), step=int(step), metadata=self._scalar_md
+                        )
             self._tb.flush()
 
     def console(self, line: str) -> None:

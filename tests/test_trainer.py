@@ -1,0 +1,318 @@
+"""The training loop end to end (tiny config, synthetic audio) and the jitted step."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs.msm_mae import get_config
+from msm_mae_jax import checkpoints, input_pipeline, optim, trainer
+from msm_mae_jax.model_config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(steps=3, mesh=(("data", 1), ("fsdp", 1), ("tensor", 1)), **kw):
+    c = get_config("tiny")
+    c.batch_size, c.total_steps, c.warmup_steps = 8, steps, 1
+    c.mesh = mesh
+    c.log_every_steps, c.ckpt_every_steps = 1, 2
+    c.figure_every_steps = c.probe.every_steps = 0
+    c.data.synthetic_clips, c.data.synthetic_seconds, c.data.norm_stats_crops = 64, 2.5, 16
+    for k, v in kw.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def _jsonl(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _final_params(workdir, step):
+    ck = checkpoints.Checkpointer(workdir)
+    out = ck.manager.restore(
+        step, args=checkpoints.ocp.args.Composite(state=checkpoints.ocp.args.StandardRestore())
+    )
+    ck.close()
+    return jax.tree.map(np.asarray, out["state"]["params"])
+
+
+def _tb_scalars(workdir):
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    tags = {}
+    for path in glob.glob(os.path.join(workdir, "tb", "events.out.tfevents.*")):
+        for rec in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            ev = event_pb2.Event.FromString(rec)
+            for v in ev.summary.value:
+                tags.setdefault(v.tag, {})[ev.step] = float(tf.make_ndarray(v.tensor))
+    return tags
+
+
+def test_end_to_end_files_and_resume(tmp_path):
+    wd = str(tmp_path)
+    c = tiny(
+        3,
+        figure_every_steps=3,
+        figure_clips=2,
+        **{"probe.every_steps": 3, "probe.max_train": 24, "probe.max_test": 12},
+    )
+    out = trainer.train_and_evaluate(c, wd)
+    rows = _jsonl(wd)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    assert out["step"] == 3 and out["loss"] == rows[-1]["loss"] and not out["preempted"]
+    assert 0 <= rows[-1]["probe/accuracy"] <= 1
+    # lr follows the schedule: warm-up 1 step, then cosine from 1e-3 to 0 at step 3.
+    np.testing.assert_allclose([r["lr"] for r in rows], [0.0, 1e-3, 5e-4], rtol=1e-6)
+    tb = _tb_scalars(wd)
+    assert tb["loss"] == pytest.approx({r["step"]: r["loss"] for r in rows}, rel=1e-6)
+    assert json.load(open(os.path.join(wd, "config.json")))["batch_size"] == 8
+    assert set(json.load(open(os.path.join(wd, "norm_stats.json")))) == {"mean", "std"}
+    assert os.path.isfile(os.path.join(wd, "figures", "recon_00000003.png"))
+    assert checkpoints.Checkpointer(wd).all_steps() == [2, 3]
+    mc, enc, ns = checkpoints.load_encoder_from_workdir(wd)
+    assert mc.embed_dim == 64 and "blocks_0" in enc
+    # Same workdir, longer schedule: resumes at 3 and continues (no re-initialisation).
+    c5 = tiny(5)
+    trainer.train_and_evaluate(c5, wd)
+    assert [r["step"] for r in _jsonl(wd)] == [1, 2, 3, 4, 5]
+    assert checkpoints.Checkpointer(wd).all_steps()[-1] == 5
+
+
+def _run_steps(c, batches, seed=0):
+    s = trainer.Setup(c, optim.resolve_schedule(c))
+    state = s.init_state(seed)
+    losses = []
+    with s.activate():
+        for b in batches:
+            state, m = s.train_step(state, s.global_batch(b))
+            losses.append(float(m["loss"]))
+    return losses, jax.tree.map(np.asarray, state.params), s
+
+
+def test_multi_device_matches_one_device():
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((8, 1, 80, 208), np.float32) for _ in range(3)]
+    ref, ref_p, _ = _run_steps(tiny(3), batches)
+    for mesh in (
+        (("data", 8), ("fsdp", 1), ("tensor", 1)),
+        (("data", 4), ("fsdp", 2), ("tensor", 1)),
+    ):
+        losses, params, s = _run_steps(tiny(3, mesh=mesh), batches)
+        np.testing.assert_allclose(losses, ref, atol=1e-5, rtol=0)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_p)
+    assert ref[0] > ref[-1] * 0 and len(set(ref)) == 3  # three different batches / steps
+
+
+def test_grad_accumulation_is_mean_of_micro_batches():
+    rng = np.random.default_rng(1)
+    lms = rng.standard_normal((8, 1, 80, 208), np.float32)
+    c = tiny(3, grad_accum_steps=2, mesh=(("data", 2), ("fsdp", 2), ("tensor", 1)))
+    s = trainer.Setup(c, optim.resolve_schedule(c))
+    state = s.init_state(0)
+    p0 = jax.tree.map(np.asarray, state.params)
+    rng_key = np.asarray(state.rng)
+    with s.activate():
+        new, m = s.train_step(state, s.global_batch(lms))
+    # Independent computation: micro-batch i = rows i::2 with key fold_in(fold_in(rng,0), i).
+    key = jax.random.fold_in(jnp.asarray(rng_key), 0)
+    losses, grads = [], []
+    for i in range(2):
+        l, g = jax.value_and_grad(s._loss)(p0, lms[i::2], jax.random.fold_in(key, i))
+        losses.append(float(l))
+        grads.append(g)
+    assert float(m["loss"]) == pytest.approx(np.mean(losses), abs=1e-6)
+    g = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+    assert float(m["l2_grads"]) == pytest.approx(float(optax.global_norm(g)), rel=1e-5)
+    upd, _ = s.tx.update(g, s.tx.init(p0), p0)
+    want = optax.apply_updates(p0, upd)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), b, atol=1e-6), new.params, want
+    )
+
+
+def test_nan_stops_with_step_and_keeps_good_checkpoint(tmp_path, monkeypatch):
+    real = input_pipeline.train_iterator
+
+    def poisoned(*a, **kw):
+        for i, b in enumerate(real(*a, **kw), start=kw.get("start_step", 0)):
+            if i == 2:  # the batch of step 3
+                b = {"lms": np.full_like(b["lms"], np.nan)}
+            yield b
+
+    monkeypatch.setattr(input_pipeline, "train_iterator", poisoned)
+    c = tiny(4, log_every_steps=10)
+    with pytest.raises(trainer.NonFiniteError, match="at step 3"):
+        trainer.train_and_evaluate(c, str(tmp_path))
+    ck = checkpoints.Checkpointer(str(tmp_path))
+    assert ck.all_steps() == [2]
+    params = _final_params(str(tmp_path), 2)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(batch_size=12, mesh=(("data", 8), ("fsdp", 1), ("tensor", 1))), "batch shards"),
+        (dict(batch_size=8, grad_accum_steps=3), "grad_accum_steps=3"),
+        (dict(mesh=(("data", 3), ("fsdp", -1), ("tensor", 1))), "does not divide"),
+        (dict(mesh=(("data", -1),)), "mesh axis 'fsdp'"),
+        (dict(figure_every_steps=1, figure_clips=9), "figure_clips"),
+    ],
+)
+def test_config_errors_before_compilation(kw, match, tmp_path):
+    with pytest.raises(ConfigError, match=match):
+        trainer.train_and_evaluate(tiny(2, **kw), str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "0"))
+
+
+def test_unknown_config_key_flag():
+    import train
+
+    argv = [
+        "train.py",
+        "--config",
+        os.path.join(ROOT, "configs/msm_mae.py:tiny"),
+        "--workdir",
+        "/nonexistent",
+        "--config.optim.no_such_key=1",
+    ]
+    with pytest.raises(SystemExit, match="unknown config key 'no_such_key'"):
+        train.parse_flags(argv)
+
+
+@pytest.mark.slow
+def test_vit_b_step_compiles_on_abstract_inputs():
+    """The paper's ViT-B 80x208 step lowers and compiles over 8 fake devices (data x fsdp),
+    without allocating parameters or running anything."""
+    c = get_config("base_208")
+    c.batch_size, c.total_steps = 64, 10
+    c.mesh = (("data", 4), ("fsdp", 2), ("tensor", 1))
+    s = trainer.Setup(c, optim.resolve_schedule(c))
+    batch = jax.ShapeDtypeStruct(s.batch_shape, jnp.float32, sharding=s.batch_sharding)
+    with s.activate():
+        compiled = s.train_step.lower(s.abstract_state, batch).compile()
+    out_state, _ = (
+        compiled.output_shardings if hasattr(compiled, "output_shardings") else (None, None)
+    )
+    qkv = s.abstract_state.params["encoder"]["blocks_0"]["attn"]["qkv"]["kernel"]
+    assert qkv.shape == (768, 2304) and "fsdp" in str(qkv.sharding.spec)
+    assert out_state is None or jax.tree.structure(out_state) == jax.tree.structure(
+        s.state_shardings
+    )
+
+
+def _train_cmd(wd, *extra):
+    return [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config",
+        os.path.join(ROOT, "configs/msm_mae.py:tiny"),
+        "--workdir",
+        wd,
+        "--config.batch_size=8",
+        "--config.warmup_steps=1",
+        "--config.log_every_steps=1",
+        "--config.figure_every_steps=0",
+        "--config.probe.every_steps=0",
+        "--config.data.synthetic_clips=64",
+        "--config.data.synthetic_seconds=2.5",
+        "--config.data.norm_stats_crops=16",
+        "--config.mesh=(('data',1),('fsdp',1),('tensor',1))",
+        *extra,
+    ]
+
+
+def _env():
+    return {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    }
+
+
+def _wait_for_step(proc, wd, step, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early: {proc.stderr.read()[-3000:]}")
+        path = os.path.join(wd, "metrics.jsonl")
+        if os.path.exists(path) and any(r["step"] >= step for r in _jsonl(wd)):
+            return
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("timed out waiting for training")
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
+    """Killed at an arbitrary step, restarted: final params equal an uninterrupted run."""
+    wd = str(tmp_path / "killed")
+    steps = ["--config.total_steps=7", "--config.ckpt_every_steps=2"]
+    p = subprocess.Popen(
+        _train_cmd(wd, *steps),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_step(p, wd, 3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = max(r["step"] for r in _jsonl(wd))
+    assert done < 7, "the run finished before it could be killed"
+    r = subprocess.run(
+        _train_cmd(wd, *steps), env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout
+    # Uninterrupted reference in this process, on one device as well.
+    ref = str(tmp_path / "ref")
+    trainer.train_and_evaluate(tiny(7, ckpt_every_steps=100), ref)
+    a, b = _final_params(wd, 7), _final_params(ref, 7)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    la = {x["step"]: x["loss"] for x in _jsonl(wd)}
+    lb = {x["step"]: x["loss"] for x in _jsonl(ref)}
+    assert la[7] == lb[7]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    wd = str(tmp_path)
+    p = subprocess.Popen(
+        _train_cmd(wd, "--config.total_steps=100000", "--config.ckpt_every_steps=100000"),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_step(p, wd, 2)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-3000:]
+    final = json.loads(out.strip().splitlines()[-1])["final"]
+    assert final["preempted"] is True
+    steps = checkpoints.Checkpointer(wd).all_steps()
+    assert (
+        steps
+        and steps[-1] >= 2
+        and steps[-1] == max(r["step"] for r in _jsonl(wd))
+        or (steps[-1] == final["step"])
+    )
