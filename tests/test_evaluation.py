@@ -1,0 +1,232 @@
+"""Embedding extraction, baselines, cache and the evaluate.py CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from msm_mae_jax import audio, evaluation, synthetic, tasks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _lms(wav):
+    return np.asarray(audio.log_mel_jax(np.asarray(wav, np.float32)), np.float64)
+
+
+def _fsdd_task(fsdd_dir, tmp_path, every=1):
+    """Digits task: takes 0-4 test, the rest train (10% of it valid); every k-th file."""
+    files = sorted(str(p) for p in fsdd_dir.glob("*.wav"))[::every]
+    names = [os.path.basename(f)[:-4].split("_") for f in files]
+    splits = ["test" if int(n[2]) < 5 else "train" for n in names]
+    path = tasks.write_csv(str(tmp_path / "fsdd.csv"), files, [n[0] for n in names], splits)
+    return tasks.parse_task(f"csv:{path}")
+
+
+def _synthetic_csv(tmp_path, n=48, seconds=0.5, folds=None):
+    files, labels = [], []
+    for i in range(n):
+        wav, y = synthetic.make_clip(i, 7, seconds)
+        files.append(str(tmp_path / "clips" / f"{i}.wav"))
+        os.makedirs(os.path.dirname(files[-1]), exist_ok=True)
+        sf.write(files[-1], wav, 16000)
+        labels.append(synthetic.CLASS_NAMES[y])
+    if folds:
+        return tasks.write_csv(
+            str(tmp_path / "t.csv"), files, labels, folds=[(i // 6) % folds for i in range(n)]
+        )
+    splits = ["train" if i < n * 2 // 3 else "test" for i in range(n)]
+    return tasks.write_csv(str(tmp_path / "t.csv"), files, labels, splits=splits)
+
+
+def test_fit_length_pads_both_sides_and_crops_from_start():
+    x = np.arange(1, 6, dtype=np.float32)
+    np.testing.assert_array_equal(evaluation.fit_length(x, 8), [0, 1, 2, 3, 4, 5, 0, 0])
+    np.testing.assert_array_equal(evaluation.fit_length(x, 3), [1, 2, 3])
+
+
+def test_norm_stats_and_logmel_features_match_numpy():
+    task = tasks.parse_task("synthetic:12")
+    clips = evaluation.Clips(task, unit_sec=0.5, progress=False)
+    wavs = [evaluation.fit_length(w, 8000) for w in task.source.iterate(range(12), 0.5)]
+    lms = np.stack([_lms(w) for w in wavs])
+    stats = evaluation.task_norm_stats(clips, [0, 3, 5], batch_size=2)
+    assert stats.mean == pytest.approx(lms[[0, 3, 5]].mean(), rel=1e-5)
+    assert stats.std == pytest.approx(lms[[0, 3, 5]].std(), rel=1e-4)
+    # clips exactly unit length: the per-band mean and std of the frames centred inside the
+    # clip (all but the last, centred on the end sample)
+    feats = evaluation.logmel_features(clips, np.arange(12), batch_size=5)["logmel"]
+    inside = lms[..., np.arange(lms.shape[-1]) * 160 < 8000]
+    assert inside.shape[-1] == lms.shape[-1] - 1
+    ref = np.concatenate([inside.mean(-1), inside.std(-1)], axis=1)
+    np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4)
+    # padding to a longer unit leaves the statistics of the clip's own frames (almost) as they
+    # were: only the frames at the edges see zeros instead of reflected audio
+    longer = evaluation.logmel_features(evaluation.Clips(task, 2.0, progress=False), np.arange(12))[
+        "logmel"
+    ]
+    assert np.median(np.abs(longer - ref)[:, :80]) < 0.5
+    padded_lms = _lms(evaluation.fit_length(wavs[0], 32000))
+    assert np.abs(padded_lms.mean(-1) - ref[0, :80]).max() > 3  # what counting padding does
+
+
+def test_logmel_baseline_on_fsdd_digits(fsdd_dir, tmp_path):
+    task = _fsdd_task(fsdd_dir, tmp_path)
+    assert task.folds[0].sizes() == {"train": 2430, "valid": 270, "test": 300}
+    res = evaluation.evaluate(
+        task,
+        baseline="logmel",
+        unit_sec=1.0,
+        seeds=(0,),
+        cache_dir=None,
+        progress=False,
+        log=lambda m: None,
+    )
+    assert res["feature_dim"] == 160
+    assert res["accuracy"]["mean"] >= 0.90, res["accuracy"]
+
+
+def test_random_tiny_encoder_full_path_on_fsdd(fsdd_dir, tmp_path):
+    task = _fsdd_task(fsdd_dir, tmp_path, every=25)  # 120 clips
+    res = evaluation.evaluate(
+        task,
+        baseline="random",
+        config=os.path.join(ROOT, "configs/msm_mae.py:tiny"),
+        unit_sec=1.0,
+        layers="all",
+        seeds=(0, 1),
+        cache_dir=None,
+        progress=False,
+        probe_kw={"max_epochs": 30},
+        log=lambda m: None,
+    )
+    assert set(res["layers"]) == {"layer1", "layer2"}
+    assert res["features"] == "layer2" and res["feature_dim"] == 5 * 64
+    for r in res["layers"].values():
+        assert len(r["per_seed"]) == 2 and 0.0 <= r["mean"] <= 1.0
+    assert res["accuracy"] == res["layers"]["layer2"]
+    stats = res["settings"]["norm_stats"]
+    assert -20 < stats["mean"] < 5 and stats["std"] > 0  # the task's log-mel statistics
+
+
+def test_cache_hit_skips_extraction(tmp_path, monkeypatch):
+    task = tasks.parse_task(f"csv:{_synthetic_csv(tmp_path)}")
+    kw = dict(
+        baseline="logmel",
+        unit_sec=0.5,
+        seeds=(0,),
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+        probe_kw={"max_epochs": 5},
+        log=lambda m: None,
+    )
+    first = evaluation.evaluate(task, **kw)
+    assert not first["timing"]["cache_hit"] and os.path.isfile(first["settings"]["cache_file"])
+
+    def no_extraction(*a, **k):
+        raise AssertionError("extraction ran despite a cached result")
+
+    monkeypatch.setattr(evaluation, "Clips", no_extraction)
+    second = evaluation.evaluate(task, **kw)
+    assert second["timing"]["cache_hit"] and second["accuracy"] == first["accuracy"]
+    # other settings: another cache entry, so extraction is needed
+    with pytest.raises(AssertionError, match="extraction ran"):
+        evaluation.evaluate(task, **{**kw, "unit_sec": 0.4})
+
+
+def test_fold_task_reports_mean_and_std_over_folds(tmp_path):
+    task = tasks.parse_task(f"csv:{_synthetic_csv(tmp_path, n=60, folds=3)}")
+    res = evaluation.evaluate(
+        task,
+        baseline="logmel",
+        unit_sec=0.5,
+        seeds=(0, 1),
+        cache_dir=None,
+        progress=False,
+        probe_kw={"max_epochs": 10},
+        log=lambda m: None,
+    )
+    acc = res["accuracy"]
+    per_fold = np.array(list(acc["per_fold"].values()))
+    assert list(acc["per_fold"]) == ["fold0", "fold1", "fold2"]
+    assert acc["mean"] == pytest.approx(per_fold.mean())
+    assert acc["std"] == pytest.approx(per_fold.std())
+    assert "3 folds" in evaluation.format_table(res)
+
+
+def test_argument_errors(tmp_path):
+    task = tasks.parse_task("synthetic:12")
+    with pytest.raises(ValueError, match="exactly one"):
+        evaluation.extract(task, unit_sec=0.5)
+    with pytest.raises(ValueError, match="--norm checkpoint needs"):
+        evaluation.extract(task, baseline="random", norm="checkpoint", unit_sec=0.5)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        evaluation.extract(task, checkpoint=str(tmp_path / "nowhere"), unit_sec=0.5)
+    with pytest.raises(ValueError, match="block 3 outside 1..2"):
+        evaluation.parse_layers("1,3", 2)
+    assert evaluation.parse_layers("1,-1", 12) == [0, 11]
+
+
+def test_bad_audio_file_is_named(tmp_path):
+    path = _synthetic_csv(tmp_path, n=12)
+    with open(tmp_path / "clips" / "3.wav", "wb") as f:
+        f.write(b"not a wav file")
+    task = tasks.parse_task(f"csv:{path}")
+    with pytest.raises(ValueError, match="3.wav"):
+        evaluation.evaluate(
+            task,
+            baseline="logmel",
+            unit_sec=0.5,
+            cache_dir=None,
+            progress=False,
+            log=lambda m: None,
+        )
+
+
+def test_cli_smoke(tmp_path):
+    out = tmp_path / "res.json"
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "evaluate.py"),
+        "--baseline",
+        "logmel",
+        "--task",
+        "synthetic:36",
+        "--unit_sec",
+        "0.5",
+        "--seeds",
+        "2",
+        "--max_epochs",
+        "5",
+        "--no_cache",
+        "--no_progress",
+        "--out",
+        str(out),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "accuracy (%)" in r.stdout and "logmel" in r.stdout
+    res = json.loads(out.read_text())
+    assert set(res["accuracy"]) >= {"mean", "std", "per_seed"}
+    assert len(res["accuracy"]["per_seed"]) == 2
+    assert res["clips"] == {"train": 25, "valid": 4, "test": 7}
+    assert {"extraction_s", "probe_s"} <= set(res["timing"])
+    bad = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "evaluate.py"),
+            "--task",
+            f"csv:{tmp_path / 'missing.csv'}",
+            "--baseline",
+            "logmel",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "missing.csv" in bad.stderr
