@@ -230,3 +230,35 @@ def test_cli_smoke(tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "missing.csv" in bad.stderr
+
+
+def test_checkpoint_path_with_task_and_checkpoint_norm(tmp_path):
+    from msm_mae_jax import model_dir
+    from msm_mae_jax.normalization import NormStats
+
+    cfg = evaluation.load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
+    rt = evaluation.random_runtime(cfg, NormStats(-5.0, 3.0), seed=1)
+    ckpt = model_dir.save_model_dir(
+        str(tmp_path / "model"), cfg, rt._params, NormStats(-5.0, 3.0), source="test"
+    )
+    task = tasks.parse_task("synthetic:24")
+    kw = dict(
+        checkpoint=ckpt,
+        unit_sec=0.5,
+        seeds=(0,),
+        cache_dir=None,
+        progress=False,
+        probe_kw={"max_epochs": 3},
+        log=lambda m: None,
+    )
+    own = evaluation.evaluate(task, norm="checkpoint", **kw)
+    assert own["settings"]["norm_stats"] == {"mean": -5.0, "std": 3.0}
+    assert own["feature_dim"] == cfg.feature_dim and own["model"] == ckpt
+    feats, info = evaluation.extract(
+        task, **{k: v for k, v in kw.items() if k not in ("seeds", "probe_kw")}
+    )
+    ref = rt.scene_embeddings(
+        np.stack([evaluation.fit_length(w, 8000) for w in task.source.iterate(range(24), 0.5)]),
+        normalization=tuple(info["norm_stats"].values()),
+    )
+    np.testing.assert_allclose(feats["final"], ref, rtol=1e-4, atol=1e-4)
