@@ -9,9 +9,10 @@ Audio: float waveforms [n, samples] at 16 kHz (numpy, or torch / TF tensors: con
 `.numpy()`, neither framework is imported here). Outputs are float32 numpy arrays.
 Timestamps are evenly spaced by 160 ms (one 16-frame patch column) and lie inside the clip.
 
-Normalisation: the statistics stored with the model by default (a clip's embedding does not
-depend on the other clips of its batch); `load_model(path, normalization="batch")` uses each
-batch's own mean/std as the official HEAR submission did.
+Normalisation: by default the statistics stored with the model (a clip's embedding then does
+not depend on the other clips of its batch), or each batch's own mean/std for official weights
+converted with per-batch normalisation; `load_model(path, normalization="batch")` forces the
+latter, as the official HEAR submission did.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class HearModel:
 
     sample_rate: int = audio.SAMPLE_RATE
 
-    def __init__(self, runtime: Runtime, normalization: Normalization = "dataset"):
+    def __init__(self, runtime: Runtime, normalization: Normalization = "default"):
         runtime.resolve_normalization(normalization)  # fail at load, not at the first batch
         self.runtime = runtime
         self.normalization = normalization
@@ -45,7 +46,7 @@ class HearModel:
         )
 
 
-def load_model(model_file_path: str = "", normalization: Normalization = "dataset") -> HearModel:
+def load_model(model_file_path: str = "", normalization: Normalization = "default") -> HearModel:
     """Loads an exported model dir, converted official weights or a training workdir."""
     if not model_file_path:
         raise ValueError(

@@ -98,6 +98,9 @@ class Runtime:
         self.model_config = model_config
         self.norm_stats = norm_stats
         self.meta = dict(meta or {})
+        # Official weights converted with --per-batch-norm carry placeholder statistics.
+        per_batch = self.meta.get("normalization") == "per_batch"
+        self.default_normalization = "batch" if per_batch else "dataset"
         self._encoder = Encoder(model_config)
         self._params = jax.tree.map(jnp.asarray, nn.unbox(encoder_params))
         self._check_params()
@@ -182,15 +185,17 @@ class Runtime:
         self,
         audio_BS: Any,
         sample_rate: float = audio.SAMPLE_RATE,
-        normalization: Normalization = "dataset",
+        normalization: Normalization = "default",
         return_layers: bool = False,
     ) -> np.ndarray:
         """Waveforms [B, S] (or [S]) -> features float32 [B, T, F'*D] (or [T, F'*D]).
 
-        normalization: 'dataset' (the checkpoint's statistics), 'batch' (mean and unbiased
-        std of this call's log-mels, real frames only, as the official HEAR wrapper), or an
-        explicit (mean, std) / NormStats. return_layers=True gives every block's output
-        (the last one normalised) instead: [L, B, T, F'*D].
+        normalization: 'default' (the model's own choice: 'dataset', or 'batch' for official
+        weights converted with per-batch normalisation), 'dataset' (the statistics stored with
+        the model), 'batch' (mean and unbiased std of this call's log-mels, real frames only,
+        as the official HEAR wrapper), or an explicit (mean, std) / NormStats.
+        return_layers=True gives every block's output (the last one normalised) instead:
+        [L, B, T, F'*D].
         """
         wav_BS, squeeze = self._prepare_audio(audio_BS, sample_rate)
         B, S = wav_BS.shape
@@ -204,7 +209,7 @@ class Runtime:
         return out[..., 0, :, :] if squeeze else out
 
     def encode_lms(
-        self, lms_BFT: Any, normalization: Normalization = "dataset", return_layers: bool = False
+        self, lms_BFT: Any, normalization: Normalization = "default", return_layers: bool = False
     ) -> np.ndarray:
         """Log-mels [B, F, T] (also [B, 1, F, T] or [F, T]) -> the same features as `encode`.
 
@@ -235,7 +240,7 @@ class Runtime:
         self,
         audio_BS: Any,
         sample_rate: float = audio.SAMPLE_RATE,
-        normalization: Normalization = "dataset",
+        normalization: Normalization = "default",
     ) -> np.ndarray:
         """Clip embeddings float32 [B, F'*D]: the frame features averaged over time."""
         return self.encode(audio_BS, sample_rate, normalization).mean(axis=-2)
@@ -244,7 +249,7 @@ class Runtime:
         self,
         audio_BS: Any,
         sample_rate: float = audio.SAMPLE_RATE,
-        normalization: Normalization = "dataset",
+        normalization: Normalization = "default",
     ) -> tuple[np.ndarray, np.ndarray]:
         """(features float32 [B, T, F'*D], timestamps float32 [B, T] in milliseconds).
 
@@ -292,12 +297,20 @@ class Runtime:
     def resolve_normalization(self, normalization: Normalization) -> tuple[bool, float, float]:
         """Checks a `normalization` argument -> (use the batch's statistics, mean, std)."""
         if isinstance(normalization, str):
+            if normalization == "default":
+                normalization = self.default_normalization
             if normalization == "dataset":
+                if self.default_normalization == "batch":
+                    raise ValueError(
+                        "normalization='dataset': this model stores no dataset statistics "
+                        f"(source: {self.meta.get('source', '?')}, converted for per-batch "
+                        "normalisation); use 'batch' or an explicit (mean, std)"
+                    )
                 return False, self.norm_stats.mean, self.norm_stats.std
             if normalization == "batch":
                 return True, 0.0, 1.0
             raise ValueError(
-                f"normalization={normalization!r}; expected 'dataset', 'batch', "
+                f"normalization={normalization!r}; expected 'default', 'dataset', 'batch', "
                 "(mean, std), a NormStats or None"
             )
         if normalization is None:
@@ -308,7 +321,7 @@ class Runtime:
             stats = NormStats(float(normalization[0]), float(normalization[1]))  # validates
             return False, stats.mean, stats.std
         raise ValueError(
-            f"normalization={normalization!r}; expected 'dataset', 'batch', "
+            f"normalization={normalization!r}; expected 'default', 'dataset', 'batch', "
             "(mean, std), a NormStats or None"
         )
 

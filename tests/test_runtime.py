@@ -240,3 +240,23 @@ def test_load_errors(tmp_path, enc_params):
         Runtime.load(tmp_path / "w.pth")
     with pytest.raises(ValueError, match="blocks_2"):
         Runtime(CFG.replace(depth=3), enc_params, STATS)
+
+
+def test_loads_converted_official_weights(tmp_path, rt, enc_params):
+    from msm_mae_jax import convert
+
+    src = tmp_path / "80x208p16x16_tiny" / "checkpoint.npz"
+    src.parent.mkdir()
+    np.savez(src, **convert.params_to_state_dict({"encoder": enc_params}, CFG))
+    wav = _noise(2, 9_000, seed=9)
+    out = convert.convert(str(src), str(tmp_path / "dataset"), num_heads=4, norm_stats=STATS)
+    np.testing.assert_allclose(Runtime.load(out).encode(wav), rt.encode(wav), atol=1e-6)
+    # Official weights carry no statistics: converted for per-batch normalisation, the
+    # runtime normalises per batch by default and refuses 'dataset'.
+    out = convert.convert(str(src), str(tmp_path / "batch"), num_heads=4, per_batch_norm=True)
+    per_batch = Runtime.load(out)
+    np.testing.assert_allclose(
+        per_batch.encode(wav), rt.encode(wav, normalization="batch"), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="no dataset statistics"):
+        per_batch.encode(wav, normalization="dataset")
