@@ -166,6 +166,13 @@ def test_large_batches_are_sharded_and_agree(rt):
     assert rt._params_sharded is not None
     np.testing.assert_allclose(big[:2], rt.encode(wav[:2]), atol=ATOL)
     np.testing.assert_allclose(big[-1:], rt.encode(wav[-1:]), atol=ATOL)
+    # Batch statistics reduce over every device's real rows, not the padding rows.
+    lms = np.asarray(audio.log_mel_jax(wav), np.float64)
+    np.testing.assert_allclose(
+        rt.encode(wav, normalization="batch"),
+        rt.encode(wav, normalization=(lms.mean(), lms.std(ddof=1))),
+        atol=ATOL,
+    )
 
 
 def test_resampled_input(rt):
