@@ -21,6 +21,7 @@ D width, P pixels per patch, H heads, E head width.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -207,7 +208,7 @@ class PatchEmbed(nn.Module):
 
 def num_keep_for(num_patches: int, mask_ratio: float) -> int:
     """Visible patches for a static mask ratio, as the official int(N * (1 - ratio))."""
-    if isinstance(mask_ratio, jax.core.Tracer) or not isinstance(mask_ratio, (int, float)):
+    if isinstance(mask_ratio, jax.core.Tracer) or not isinstance(mask_ratio, numbers.Real):
         raise TypeError(f"mask_ratio must be a static Python float, got {type(mask_ratio)}")
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1)")
