@@ -10,6 +10,7 @@ same command on every host (TPU pods and SLURM/Open MPI jobs are detected), or p
 import json
 import logging
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -51,7 +52,8 @@ def main(argv):
         result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except ConfigError as e:  # a readable line instead of a traceback
         raise SystemExit(f"train.py: {e}") from None
-    print(json.dumps({"final": result}, default=float))
+    if jax.process_index() == 0:
+        print(json.dumps({"final": result}, default=float))
 
 
 if __name__ == "__main__":

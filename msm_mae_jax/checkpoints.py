@@ -88,28 +88,29 @@ class Checkpointer:
         self.manager.close()
 
 
-def _encoder_target(tree_metadata: Any) -> Any:
-    """Restore target for params['encoder'] only (numpy arrays, host memory)."""
-    enc = tree_metadata["params"]["encoder"]
-    return {
-        "params": {
-            "encoder": jax.tree.map(
-                lambda m: np.zeros(m.shape, m.dtype),
-                enc,
-                is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
-            )
-        }
-    }
+def _is_meta_leaf(m) -> bool:
+    return hasattr(m, "shape") and hasattr(m, "dtype")
 
 
-def load_encoder_from_workdir(
-    workdir: str, step: int | None = None
-) -> tuple[ModelConfig, Any, NormStats]:
-    """(ModelConfig, encoder params as a numpy tree, NormStats) of a training workdir.
+def _restore_numpy(state_dir: str, select) -> Any:
+    """Reads the sub-tree `select(tree)` of a saved state as host numpy arrays, whatever
+    devices or processes wrote it."""
+    with ocp.PyTreeCheckpointer() as ptc:
+        tree_md = ptc.metadata(state_dir).item_metadata
+        target = jax.tree.map(
+            lambda m: np.zeros(m.shape, m.dtype), select(tree_md), is_leaf=_is_meta_leaf
+        )
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        out = ptc.restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True
+            ),
+        )
+    return jax.tree.map(np.asarray, out)
 
-    Only the encoder parameters are read from disk (orbax partial restore), not the decoder
-    or the optimizer state. `step=None` takes the latest checkpoint.
-    """
+
+def _resolve_step(workdir: str, step: int | None) -> tuple[str, int, dict]:
     d = checkpoint_dir(workdir)
     if not os.path.isdir(d):
         raise FileNotFoundError(f"{workdir}: no training checkpoints (missing {d})")
@@ -122,20 +123,28 @@ def load_encoder_from_workdir(
         if step not in steps:
             raise FileNotFoundError(f"{d}: no checkpoint for step {step}; have {sorted(steps)}")
         meta = ckpt.restore_meta(step)
-        state_dir = os.path.join(d, str(step), "state")
-        with ocp.PyTreeCheckpointer() as ptc:
-            tree_md = ptc.metadata(state_dir).item_metadata
-            target = _encoder_target(tree_md)
-            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-            restored = ptc.restore(
-                state_dir,
-                args=ocp.args.PyTreeRestore(
-                    item=target, restore_args=restore_args, partial_restore=True
-                ),
-            )
     finally:
         ckpt.close()
-    params = jax.tree.map(np.asarray, restored["params"]["encoder"])
+    return os.path.join(d, str(step), "state"), step, meta
+
+
+def load_state_numpy(workdir: str, step: int | None = None) -> tuple[dict, dict]:
+    """(state as a dict of numpy trees {params, opt_state, step, rng}, meta) of a checkpoint."""
+    state_dir, _, meta = _resolve_step(workdir, step)
+    return _restore_numpy(state_dir, lambda t: t), meta
+
+
+def load_encoder_from_workdir(
+    workdir: str, step: int | None = None
+) -> tuple[ModelConfig, Any, NormStats]:
+    """(ModelConfig, encoder params as a numpy tree, NormStats) of a training workdir.
+
+    Only the encoder parameters are read from disk (orbax partial restore), not the decoder
+    or the optimizer state. `step=None` takes the latest checkpoint.
+    """
+    state_dir, _, meta = _resolve_step(workdir, step)
+    out = _restore_numpy(state_dir, lambda t: {"params": {"encoder": t["params"]["encoder"]}})
+    params = out["params"]["encoder"]
     return ModelConfig.from_dict(meta["model"]), params, NormStats.from_dict(meta["norm_stats"])
 
 

@@ -43,12 +43,7 @@ def _jsonl(workdir):
 
 
 def _final_params(workdir, step):
-    ck = checkpoints.Checkpointer(workdir)
-    out = ck.manager.restore(
-        step, args=checkpoints.ocp.args.Composite(state=checkpoints.ocp.args.StandardRestore())
-    )
-    ck.close()
-    return jax.tree.map(np.asarray, out["state"]["params"])
+    return checkpoints.load_state_numpy(workdir, step)[0]["params"]
 
 
 def _tb_scalars(workdir):
@@ -88,16 +83,12 @@ def test_end_to_end_files_and_resume(tmp_path):
     assert checkpoints.Checkpointer(wd).all_steps() == [2, 3]
     mc, enc, ns = checkpoints.load_encoder_from_workdir(wd)
     assert mc.embed_dim == 64 and "blocks_0" in enc
-    # Same workdir, longer schedule: resumes at 3 and continues (no re-initialisation).
-    c5 = tiny(5)
-    trainer.train_and_evaluate(c5, wd)
-    assert [r["step"] for r in _jsonl(wd)] == [1, 2, 3, 4, 5]
-    assert checkpoints.Checkpointer(wd).all_steps()[-1] == 5
 
 
-def _run_steps(c, batches, seed=0):
+def _run_steps(c, batches, init=None):
     s = trainer.Setup(c, optim.resolve_schedule(c))
-    state = s.init_state(seed)
+    # Initialising on one mesh and moving to another is exact (and skips a compile).
+    state = s.init_state(0) if init is None else jax.device_put(init, s.state_shardings)
     losses = []
     with s.activate():
         for b in batches:
@@ -106,18 +97,36 @@ def _run_steps(c, batches, seed=0):
     return losses, jax.tree.map(np.asarray, state.params), s
 
 
+def test_init_is_the_same_on_any_mesh():
+    c1 = tiny(3)
+    c8 = tiny(3, mesh=(("data", 4), ("fsdp", 2), ("tensor", 1)))
+    a = trainer.Setup(c1, optim.resolve_schedule(c1)).init_state(0)
+    s8 = trainer.Setup(c8, optim.resolve_schedule(c8))
+    b = s8.init_state(0)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+    kernel = b.params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+    assert (
+        kernel.sharding == s8.state_shardings.params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+        and len(kernel.addressable_shards) == 8
+    )
+    mu = b.opt_state[0][0].mu["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+    assert mu.sharding.spec == kernel.sharding.spec  # optimizer state sharded like params
+
+
 def test_multi_device_matches_one_device():
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((8, 1, 80, 208), np.float32) for _ in range(3)]
-    ref, ref_p, _ = _run_steps(tiny(3), batches)
+    init = trainer.Setup(tiny(3), optim.resolve_schedule(tiny(3))).init_state(0)
+    init = jax.tree.map(np.asarray, init)
+    ref, ref_p, _ = _run_steps(tiny(3), batches, init)
     for mesh in (
         (("data", 8), ("fsdp", 1), ("tensor", 1)),
         (("data", 4), ("fsdp", 2), ("tensor", 1)),
     ):
-        losses, params, s = _run_steps(tiny(3, mesh=mesh), batches)
+        losses, params, s = _run_steps(tiny(3, mesh=mesh), batches, init)
         np.testing.assert_allclose(losses, ref, atol=1e-5, rtol=0)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_p)
-    assert ref[0] > ref[-1] * 0 and len(set(ref)) == 3  # three different batches / steps
+    assert len(set(ref)) == 3 and all(np.isfinite(ref))
 
 
 def test_grad_accumulation_is_mean_of_micro_batches():
@@ -133,15 +142,15 @@ def test_grad_accumulation_is_mean_of_micro_batches():
     # Independent computation: micro-batch i = rows i::2 with key fold_in(fold_in(rng,0), i).
     key = jax.random.fold_in(jnp.asarray(rng_key), 0)
     losses, grads = [], []
+    loss_grad = jax.jit(jax.value_and_grad(s._loss))
     for i in range(2):
-        l, g = jax.value_and_grad(s._loss)(p0, lms[i::2], jax.random.fold_in(key, i))
+        l, g = loss_grad(p0, lms[i::2], jax.random.fold_in(key, i))
         losses.append(float(l))
         grads.append(g)
     assert float(m["loss"]) == pytest.approx(np.mean(losses), abs=1e-6)
     g = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
     assert float(m["l2_grads"]) == pytest.approx(float(optax.global_norm(g)), rel=1e-5)
-    upd, _ = s.tx.update(g, s.tx.init(p0), p0)
-    want = optax.apply_updates(p0, upd)
+    want = jax.jit(lambda g, p: optax.apply_updates(p, s.tx.update(g, s.tx.init(p), p)[0]))(g, p0)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(np.asarray(a), b, atol=1e-6), new.params, want
     )
@@ -202,7 +211,7 @@ def test_vit_b_step_compiles_on_abstract_inputs():
     """The paper's ViT-B 80x208 step lowers and compiles over 8 fake devices (data x fsdp),
     without allocating parameters or running anything."""
     c = get_config("base_208")
-    c.batch_size, c.total_steps = 64, 10
+    c.batch_size, c.total_steps, c.warmup_steps = 64, 10, 1
     c.mesh = (("data", 4), ("fsdp", 2), ("tensor", 1))
     s = trainer.Setup(c, optim.resolve_schedule(c))
     batch = jax.ShapeDtypeStruct(s.batch_shape, jnp.float32, sharding=s.batch_sharding)
@@ -239,18 +248,26 @@ def _train_cmd(wd, *extra):
     ]
 
 
-def _env():
-    return {
+def _env(cache_dir=None):
+    env = {
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
     }
+    if cache_dir:  # the restarted run reuses the first run's compiled programs
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
+        )
+    return env
 
 
-def _wait_for_step(proc, wd, step, timeout=120):
+def _wait_for_step(proc, wd, step, timeout=120, ckpt=None):
     t0 = time.time()
     while time.time() - t0 < timeout:
+        if ckpt is not None and not os.path.isdir(os.path.join(wd, "checkpoints", str(ckpt))):
+            time.sleep(0.05)
+            continue
         if proc.poll() is not None:
             raise AssertionError(f"training exited early: {proc.stderr.read()[-3000:]}")
         path = os.path.join(wd, "metrics.jsonl")
@@ -265,27 +282,32 @@ def _wait_for_step(proc, wd, step, timeout=120):
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     """Killed at an arbitrary step, restarted: final params equal an uninterrupted run."""
     wd = str(tmp_path / "killed")
+    cache = tmp_path / "jax_cache"
     steps = ["--config.total_steps=7", "--config.ckpt_every_steps=2"]
     p = subprocess.Popen(
         _train_cmd(wd, *steps),
-        env=_env(),
+        env=_env(cache),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_for_step(p, wd, 3)
+    _wait_for_step(p, wd, 3, ckpt=2)  # between two checkpoints
     p.send_signal(signal.SIGKILL)
     p.wait()
     done = max(r["step"] for r in _jsonl(wd))
     assert done < 7, "the run finished before it could be killed"
     r = subprocess.run(
-        _train_cmd(wd, *steps), env=_env(), capture_output=True, text=True, timeout=300
+        _train_cmd(wd, *steps), env=_env(cache), capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout
-    # Uninterrupted reference in this process, on one device as well.
+    # Uninterrupted reference, also one device in its own process (XLA:CPU programs differ in
+    # the last bits between processes with 1 and 8 devices, even on a 1-device mesh).
     ref = str(tmp_path / "ref")
-    trainer.train_and_evaluate(tiny(7, ckpt_every_steps=100), ref)
+    r = subprocess.run(
+        _train_cmd(ref, *steps), env=_env(cache), capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
     a, b = _final_params(wd, 7), _final_params(ref, 7)
     jax.tree.map(np.testing.assert_array_equal, a, b)
     la = {x["step"]: x["loss"] for x in _jsonl(wd)}
@@ -310,9 +332,5 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     final = json.loads(out.strip().splitlines()[-1])["final"]
     assert final["preempted"] is True
     steps = checkpoints.Checkpointer(wd).all_steps()
-    assert (
-        steps
-        and steps[-1] >= 2
-        and steps[-1] == max(r["step"] for r in _jsonl(wd))
-        or (steps[-1] == final["step"])
-    )
+    logged = max(r["step"] for r in _jsonl(wd))
+    assert steps == [final["step"]] and final["step"] == logged >= 2

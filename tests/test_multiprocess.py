@@ -1,0 +1,135 @@
+"""A real 2-process run (jax.distributed on localhost, gloo CPU collectives) equals 1 process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs.msm_mae import get_config
+from msm_mae_jax import checkpoints, distributed, input_pipeline, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _overrides():
+    return dict(
+        batch_size=8,
+        total_steps=STEPS,
+        warmup_steps=1,
+        log_every_steps=1,
+        ckpt_every_steps=2,
+        figure_every_steps=0,
+    )
+
+
+def _config():
+    c = get_config("tiny")
+    for k, v in _overrides().items():
+        c[k] = v
+    c.probe.every_steps = 0
+    c.data.synthetic_clips, c.data.synthetic_seconds, c.data.norm_stats_crops = 64, 2.5, 16
+    return c
+
+
+def _rows(wd):
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _params(wd, step):
+    return checkpoints.load_state_numpy(wd, step)[0]["params"]
+
+
+def test_cluster_detection():
+    assert distributed.detect_cluster({}) is None
+    assert distributed.detect_cluster({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "4"}) == "slurm"
+    assert distributed.detect_cluster({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "1"}) is None
+    assert distributed.detect_cluster({"OMPI_COMM_WORLD_SIZE": "2"}) == "ompi"
+    assert distributed.detect_cluster({"TPU_WORKER_HOSTNAMES": "a,b"}) == "tpu"
+    assert distributed.detect_cluster({"TPU_WORKER_HOSTNAMES": "a"}) is None
+    c = _config()
+    assert distributed.initialize(c) == (0, 1)  # single process: no-op
+    c.num_processes, c.coordinator_address, c.process_id = 2, "", 0
+    with pytest.raises(Exception, match="coordinator_address"):
+        distributed.initialize(c)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, monkeypatch):
+    wd2 = str(tmp_path / "two")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    c = _config()
+    flags = [f"--config.{k}={v}" for k, v in _overrides().items()] + [
+        "--config.probe.every_steps=0",
+        "--config.data.synthetic_clips=64",
+        "--config.data.synthetic_seconds=2.5",
+        "--config.data.norm_stats_crops=16",
+        f"--config.coordinator_address=localhost:{port}",
+        "--config.num_processes=2",
+    ]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, "train.py"),
+                "--config",
+                os.path.join(ROOT, "configs/msm_mae.py:tiny"),
+                "--workdir",
+                wd2,
+                *flags,
+                f"--config.process_id={i}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "2 process(es)" in outs[0][0] and f"[1/{STEPS}" not in outs[1][0]  # only 0 logs
+
+    # Reference: one process, 4 devices, fed the concatenation of both processes' slices.
+    real = input_pipeline.train_iterator
+
+    def both(config, stats, *, process_index=0, process_count=1, start_step=0):
+        its = [
+            real(config, stats, process_index=i, process_count=2, start_step=start_step)
+            for i in range(2)
+        ]
+        while True:
+            yield {"lms": np.concatenate([next(it)["lms"] for it in its])}
+
+    monkeypatch.setattr(input_pipeline, "train_iterator", both)
+    c.mesh = (("data", 4), ("fsdp", 1), ("tensor", 1))
+    wd1 = str(tmp_path / "one")
+    trainer.train_and_evaluate(c, wd1)
+    l2 = [r["loss"] for r in _rows(wd2)]
+    l1 = [r["loss"] for r in _rows(wd1)]
+    assert len(l2) == STEPS
+    np.testing.assert_allclose(l2, l1, atol=1e-5, rtol=0)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+        _params(wd2, STEPS),
+        _params(wd1, STEPS),
+    )
