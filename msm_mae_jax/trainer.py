@@ -72,6 +72,11 @@ def check_config(
     for key in ("log_every_steps", "ckpt_every_steps"):
         if int(config[key]) <= 0:
             raise ConfigError(f"config.{key}={config[key]} must be > 0")
+    if config.probe.every_steps > 0 and config.probe.task != "synthetic":
+        raise ConfigError(
+            f"config.probe.task={config.probe.task!r}: the in-training probe supports "
+            "'synthetic' only (evaluate.py runs any task on a saved checkpoint)"
+        )
     if config.figure_every_steps > 0 and config.figure_clips > b // process_count:
         raise ConfigError(
             f"config.figure_clips={config.figure_clips} exceeds the per-process "
@@ -262,8 +267,7 @@ def _clip_embedding_fn(setup: Setup) -> Callable:
 
 def probe_data(config: ml_collections.ConfigDict, mc: ModelConfig, norm_stats: NormStats):
     """(train lms, train labels, test lms, test labels) of the in-training probe, normalised
-    log-mel crops of the model's input size. Only the built-in 'synthetic' task is known to
-    the trainer; other specs go through `msm_mae_jax.tasks` when it offers `probe_arrays`."""
+    log-mel crops of the model's input size (the built-in synthetic labelled clips)."""
     task = str(config.probe.task)
     n_tr, n_te = int(config.probe.max_train), int(config.probe.max_test)
     if task == "synthetic":
@@ -282,12 +286,9 @@ def probe_data(config: ml_collections.ConfigDict, mc: ModelConfig, norm_stats: N
         lms_B1FT = ((lms_BFT - norm_stats.mean) / norm_stats.std)[:, None].astype(np.float32)
         y = np.asarray(labels, np.int64)
         return lms_B1FT[:n_tr], y[:n_tr], lms_B1FT[n_tr:], y[n_tr:]
-    try:
-        from msm_mae_jax.tasks import probe_arrays  # noqa: PLC0415
-    except ImportError as e:
-        raise ConfigError(f"config.probe.task={task!r}: only 'synthetic' is available ({e})") from e
-    return probe_arrays(
-        task, config.probe.label, mc, norm_stats, max_train=n_tr, max_test=n_te, seed=config.seed
+    raise ConfigError(
+        f"config.probe.task={task!r}: the in-training probe supports 'synthetic' only; "
+        "evaluate.py runs any task on a saved checkpoint"
     )
 
 

@@ -183,6 +183,7 @@ def test_nan_stops_with_step_and_keeps_good_checkpoint(tmp_path, monkeypatch):
         (dict(mesh=(("data", 3), ("fsdp", -1), ("tensor", 1))), "does not divide"),
         (dict(mesh=(("data", -1),)), "mesh axis 'fsdp'"),
         (dict(figure_every_steps=1, figure_clips=9), "figure_clips"),
+        ({"probe.every_steps": 5, "probe.task": "csv:x.csv"}, "probe.task"),
     ],
 )
 def test_config_errors_before_compilation(kw, match, tmp_path):
