@@ -1,0 +1,246 @@
+"""Feature-extraction throughput: `runtime.Runtime.encode` on 10 s clips vs PyTorch eager.
+
+JAX arm: a randomly initialised encoder in `Runtime(model_config, params, norm_stats)`;
+`encode(wav_BS)` on a batch of 10 s, 16 kHz clips: on-device log-mel, normalisation, units of
+the model's input width, encoder, '(f t) d -> t (f d)', features back in host memory (numpy).
+Compiled and warmed up before timing. Throughput = audio seconds per wall-clock second.
+
+PyTorch arm (when torch is installed): what the official feature extractor does per batch,
+in eager PyTorch with bench/torch_reference.py's encoder and the same thread count: log-mel
+(torch.stft, reflect-padded, Slaney mel matrix from `audio.mel_basis`, log(x + eps)),
+normalisation, zero-padding of the last unit, then one encoder call per 208-frame unit of
+the whole batch (the official runtime's loop), '(f t) d -> t (f d)', concatenation, features
+converted to numpy. A 10 s clip (1001 frames) is 5 units there.
+
+Note: `Runtime.encode` rounds the number of units up to a power of two (one compiled
+function per bucket), so a 10 s clip runs 8 units on the JAX side. The encoder-only figures
+(`jax_units_per_s`, `torch_units_per_s`, same unit batch on both sides) separate that from
+the speed of the encoder itself.
+
+Usage: python bench/extract.py [--variant base_208] [--batch 8] [--seconds 10] [--json out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from msm_mae_jax import xla_flags  # noqa: E402
+
+xla_flags.set_default_xla_flags()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.common import machine_info, model_config_for  # noqa: E402
+from msm_mae_jax import audio, models  # noqa: E402
+from msm_mae_jax.model_config import ModelConfig  # noqa: E402
+from msm_mae_jax.normalization import NormStats  # noqa: E402
+from msm_mae_jax.runtime import Runtime  # noqa: E402
+
+NORM = NormStats(-7.1, 4.2)  # any fixed statistics; the figures do not depend on them
+
+
+def clips(batch: int, seconds: float, seed: int = 0) -> np.ndarray:
+    """Tones in noise, float32 [B, S] at 16 kHz."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * audio.SAMPLE_RATE)) / audio.SAMPLE_RATE
+    f0 = rng.uniform(100, 2000, size=(batch, 1))
+    y = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.05 * rng.standard_normal((batch, t.size))
+    return y.astype(np.float32)
+
+
+def _timed(fn, repeats: int) -> float:
+    """Seconds per call: the median of `repeats` calls."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class JaxArm:
+    def __init__(self, c: ModelConfig, wav_BS: np.ndarray):
+        params = models.init_params(c, jax.random.key(0))["encoder"]
+        self.rt = Runtime(c, params, NORM)
+        self.wav = wav_BS
+        t0 = time.perf_counter()
+        self.out = self.rt.encode(wav_BS)  # compiles
+        self.compile_s = time.perf_counter() - t0
+        self.rt.encode(wav_BS)
+        # Encoder alone on a unit batch (the cost the bucketing multiplies).
+        enc = models.Encoder(c)
+        self._enc = jax.jit(lambda p, x: enc.apply({"params": p}, x).x_BKD)
+        self._params = self.rt._params
+
+    def encode(self) -> np.ndarray:
+        return self.rt.encode(self.wav)
+
+    def encoder_units(self, x_U1FT: jax.Array) -> None:
+        jax.block_until_ready(self._enc(self._params, x_U1FT))
+
+
+class TorchArm:
+    """The official runtime's recipe in eager PyTorch (see the module docstring)."""
+
+    def __init__(self, c: ModelConfig, threads: int):
+        import torch
+
+        from bench import torch_reference as tr
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        self.torch = torch
+        self.c = c
+        self.model = tr.TorchMAE(c).eval()
+        self.mel_FK = torch.tensor(audio.mel_basis().T.copy())  # [80, 201]
+        self.window = torch.hann_window(audio.N_FFT, periodic=True)
+
+    def log_mel(self, wav_BS):
+        torch = self.torch
+        spec = torch.stft(
+            wav_BS,
+            audio.N_FFT,
+            audio.HOP_LENGTH,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        power_BKT = spec.real.square() + spec.imag.square()
+        return torch.log(self.mel_FK @ power_BKT + audio.LOG_OFFSET)
+
+    def encode(self, wav: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        c = self.c
+        with torch.no_grad():
+            lms_BFT = (self.log_mel(torch.from_numpy(wav)) - NORM.mean) / NORM.std
+            fu = c.input_size[1]
+            frames = lms_BFT.shape[-1]
+            pad = fu - frames % fu  # as the official runtime (a whole unit when divisible)
+            lms_BFT = torch.nn.functional.pad(lms_BFT, (0, pad))
+            gf, _ = c.grid_size
+            feats = []
+            for i in range(lms_BFT.shape[-1] // fu):
+                x = lms_BFT[:, None, :, i * fu : (i + 1) * fu]
+                emb = self.model.forward_encoder(x, 0.0)[0][:, int(c.use_cls_token) :]
+                B, _, D = emb.shape
+                emb = emb.reshape(B, gf, -1, D).permute(0, 2, 1, 3).reshape(B, -1, gf * D)
+                feats.append(emb)
+            return torch.cat(feats, dim=1).numpy()
+
+    def encoder_units(self, x_U1FT: np.ndarray) -> None:
+        with self.torch.no_grad():
+            self.model.forward_encoder(self.torch.from_numpy(x_U1FT), 0.0)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variant", default="base_208", help="configs/msm_mae.py variant")
+    ap.add_argument("--batch", type=int, default=8, help="clips per encode call")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--json", default="")
+    a = ap.parse_args(argv)
+
+    c = model_config_for(a.variant)
+    wav = clips(a.batch, a.seconds)
+    audio_s = a.batch * a.seconds
+    frames = audio.num_frames(wav.shape[1])
+    fu = c.input_size[1]
+    units_official = frames // fu + 1
+    units_jax = 1 << (-(-frames // fu) - 1).bit_length()
+    x_U1FT = np.random.default_rng(1).standard_normal(
+        (a.batch * units_official, 1, *c.input_size), dtype=np.float32
+    )
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    ja = JaxArm(c, wav)
+    x_jax = jnp.asarray(x_U1FT)
+    ja.encoder_units(x_jax)
+    ta = None
+    if not a.no_torch:
+        try:
+            ta = TorchArm(c, a.threads)
+            ta.encode(wav)  # warm-up
+            ta.encoder_units(x_U1FT)
+        except ImportError:
+            ta = None
+
+    jt, tt, jut, tut = [], [], [], []
+    for _ in range(a.repeats):
+        jt.append(_timed(ja.encode, 1))
+        jut.append(_timed(lambda: ja.encoder_units(x_jax), 1))
+        if ta is not None:
+            time.sleep(0.2)  # let OpenMP workers stop spinning before the next arm
+            tt.append(_timed(lambda: ta.encode(wav), 1))
+            tut.append(_timed(lambda: ta.encoder_units(x_U1FT), 1))
+            time.sleep(0.2)
+    units = a.batch * units_official
+    r = {
+        "variant": a.variant,
+        "batch": a.batch,
+        "clip_seconds": a.seconds,
+        "frames_per_clip": frames,
+        "units_per_clip_jax": units_jax,
+        "units_per_clip_official": units_official,
+        "compile_s": ja.compile_s,
+        "jax_s": statistics.median(jt),
+        "jax_s_all": jt,
+        "audio_s_per_s": audio_s / statistics.median(jt),
+        "jax_units_per_s": units / statistics.median(jut),
+        "feature_shape": list(ja.out.shape),
+        "load_avg_start": load_start,
+    }
+    print(
+        f"{a.variant}: {a.batch} clips x {a.seconds:g} s ({frames} frames: {units_jax} units "
+        f"in Runtime.encode, {units_official} in the official loop), features "
+        f"{tuple(ja.out.shape)}"
+    )
+    print(
+        f"  JAX Runtime.encode: {r['jax_s'] * 1e3:.0f} ms/batch = {r['audio_s_per_s']:.1f} "
+        f"audio s/s (compile {ja.compile_s:.1f} s); encoder alone "
+        f"{r['jax_units_per_s']:.1f} units/s"
+    )
+    if ta is not None:
+        t = statistics.median(tt)
+        r.update(
+            torch=ta.torch.__version__,
+            torch_threads=a.threads,
+            torch_s=t,
+            torch_s_all=tt,
+            torch_audio_s_per_s=audio_s / t,
+            torch_units_per_s=units / statistics.median(tut),
+            jax_over_torch=t / r["jax_s"],
+        )
+        r["encoder_jax_over_torch"] = r["jax_units_per_s"] / r["torch_units_per_s"]
+        print(
+            f"  PyTorch ({a.threads} threads): {t * 1e3:.0f} ms/batch = "
+            f"{r['torch_audio_s_per_s']:.1f} audio s/s; encoder alone "
+            f"{r['torch_units_per_s']:.1f} units/s"
+        )
+        print(
+            f"  JAX/PyTorch: extraction {r['jax_over_torch']:.2f}x, encoder on equal units "
+            f"{r['encoder_jax_over_torch']:.2f}x"
+        )
+    r["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    r["machine"] = machine_info()
+    print(f"  load average: start {load_start}, end {r['load_avg_end']}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(r, f, indent=2)
+    return r
+
+
+if __name__ == "__main__":
+    main()
