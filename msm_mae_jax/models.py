@@ -118,20 +118,28 @@ class Attention(nn.Module):
     def __call__(self, x_BND: jax.Array) -> jax.Array:
         B, N, D = x_BND.shape
         H = self.num_heads
+        E = D // H
         qkv_BN3D = _dense(3 * D, ("embed", "qkv"), self.dtype, "qkv", use_bias=False)(x_BND)
         q_bias = self.param("q_bias", _logical(_zeros, ("qkv",)), (D,), jnp.float32)
         v_bias = self.param("v_bias", _logical(_zeros, ("qkv",)), (D,), jnp.float32)
         # The k bias is identically zero (softmax is invariant to it anyway).
         bias_3D = jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(self.dtype)
-        # Channel order of the official qkv output: (3, heads, head width).
-        qkv_BN3HE = (qkv_BN3D + bias_3D).reshape(B, N, 3, H, D // H)
-        names = ("batch", "seq", "heads", "kv")
-        q_BNHE = _constrain(qkv_BN3HE[:, :, 0], names)
-        k_BNHE = _constrain(qkv_BN3HE[:, :, 1], names)
-        v_BNHE = _constrain(qkv_BN3HE[:, :, 2], names)
-        # Scale 1/sqrt(E); lets XLA pick a fused kernel where one exists.
-        o_BNHE = jax.nn.dot_product_attention(q_BNHE, k_BNHE, v_BNHE)
-        o_BND = _constrain(o_BNHE.reshape(B, N, D), ("batch", "seq", "qkv"))
+        # Channel order of the official qkv output: (3, heads, head width). One transpose
+        # puts q, k and v head-major ([3, B, H, N, E]) so both attention products are
+        # batched dots with leading batch dimensions: XLA then needs no further layout
+        # copies around them (jax.nn.dot_product_attention's 'BTNH' einsums cost several
+        # transposes per block in the forward and backward pass on CPU).
+        qkv_3BHNE = (qkv_BN3D + bias_3D).reshape(B, N, 3, H, E).transpose(2, 0, 3, 1, 4)
+        names = ("batch", "heads", "seq", "kv")
+        q_BHNE = _constrain(qkv_3BHNE[0], names) * jnp.asarray(E**-0.5, self.dtype)
+        k_BHNE = _constrain(qkv_3BHNE[1], names)
+        v_BHNE = _constrain(qkv_3BHNE[2], names)
+        # Logits and softmax in float32 also under bfloat16 compute.
+        s_BHNN = jnp.einsum("bhne,bhme->bhnm", q_BHNE, k_BHNE, preferred_element_type=jnp.float32)
+        p_BHNN = jax.nn.softmax(s_BHNN, axis=-1).astype(self.dtype)
+        o_BHNE = jnp.einsum("bhnm,bhme->bhne", p_BHNN, v_BHNE)
+        o_BND = o_BHNE.transpose(0, 2, 1, 3).reshape(B, N, D)
+        o_BND = _constrain(o_BND, ("batch", "seq", "qkv"))
         return _dense(D, ("qkv", "embed"), self.dtype, "proj")(o_BND)
 
 
