@@ -24,9 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="runs/demo")
-    p.add_argument("--config", default="tiny", help="config spec: [path.py:]variant")
-    p.add_argument("--steps", type=int, default=600, help="pre-training steps")
-    p.add_argument("--task", default="synthetic:600", help="labelled task for the probe")
+    p.add_argument("--config", default="demo", help="config spec: [path.py:]variant")
+    p.add_argument("--steps", type=int, default=0, help="pre-training steps (0: the config's)")
+    p.add_argument("--task", default="synthetic:1800", help="labelled task for the probe")
     p.add_argument("--seeds", type=int, default=3, help="classifier seeds")
     return p.parse_args(argv)
 
@@ -41,12 +41,14 @@ def main(argv=None) -> int:
     train_dir, export_dir = os.path.join(work, "train"), os.path.join(work, "export")
     spec = args.config if ":" in args.config else f"configs/msm_mae.py:{args.config}"
     config = load_config(args.config)
-    config.total_steps = args.steps
-    config.ckpt_every_steps = max(1, args.steps // 2)
-    config.figure_every_steps = max(1, args.steps // 3)
-    config.probe.every_steps = max(1, args.steps // 3)
+    if args.steps > 0:
+        config.total_steps = args.steps
+        config.ckpt_every_steps = max(1, args.steps // 2)
+        config.figure_every_steps = max(1, args.steps // 3)
+        config.probe.every_steps = max(1, args.steps // 3)
+    steps = int(config.total_steps)
 
-    print(f"[demo] 1/3 pre-training {spec} for {args.steps} steps in {train_dir}", flush=True)
+    print(f"[demo] 1/3 pre-training {spec} for {steps} steps in {train_dir}", flush=True)
     t0 = time.time()
     final = trainer.train_and_evaluate(config, train_dir)
     train_s = time.time() - t0
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
         "task": task.summary(),
         "pretraining": {
             "config": spec,
-            "steps": args.steps,
+            "steps": steps,
             "seconds": round(train_s, 1),
             "final_metrics": final,
         },

@@ -368,7 +368,7 @@ def _plan(config, seed: int, process_index: int, process_count: int) -> _Plan:  
         data_seed, seconds = int(config.data.synthetic_seed), float(config.data.synthetic_seconds)
 
         def gen(i):  # noqa: ANN001, ANN202
-            return synthetic.make_clip(int(ids[int(i)]), data_seed, seconds)[0]
+            return synthetic.make_clip_cached(int(ids[int(i)]), data_seed, seconds)[0]
 
         def elements(start_pos: int):  # noqa: ANN202
             def load(pos, i):  # noqa: ANN001, ANN202

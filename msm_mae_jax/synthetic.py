@@ -18,6 +18,8 @@ Shape letters: S samples.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 SAMPLE_RATE = 16000
@@ -69,6 +71,19 @@ def make_clip(index: int, seed: int, seconds: float) -> tuple[np.ndarray, int]:
     if peak > 0.99:  # scale peaky clips down rather than clipping them
         wav_S *= 0.99 / peak
     return wav_S.astype(np.float32), label
+
+
+@functools.lru_cache(maxsize=2048)
+def _cached_clip(index: int, seed: int, seconds: float) -> tuple[np.ndarray, int]:
+    wav, label = make_clip(index, seed, seconds)
+    wav.setflags(write=False)  # shared between callers
+    return wav, label
+
+
+def make_clip_cached(index: int, seed: int, seconds: float) -> tuple[np.ndarray, int]:
+    """`make_clip` memoised (read-only arrays): training re-reads the same clips every epoch,
+    and generating them costs more than the model step of a small encoder."""
+    return _cached_clip(int(index), int(seed), float(seconds))
 
 
 def make_dataset(n: int, seed: int, seconds: float) -> tuple[list[np.ndarray], np.ndarray]:

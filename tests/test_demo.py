@@ -12,7 +12,18 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     work = tmp_path / "demo"
     assert (
         demo.main(
-            ["--workdir", str(work), "--steps", "4", "--task", "synthetic:60", "--seeds", "1"]
+            [
+                "--workdir",
+                str(work),
+                "--config",
+                "tiny",
+                "--steps",
+                "4",
+                "--task",
+                "synthetic:60",
+                "--seeds",
+                "1",
+            ]
         )
         == 0
     )
