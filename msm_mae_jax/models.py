@@ -124,6 +124,14 @@ class Attention(nn.Module):
         v_bias = self.param("v_bias", _logical(_zeros, ("qkv",)), (D,), jnp.float32)
         # The k bias is identically zero (softmax is invariant to it anyway).
         bias_3D = jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(self.dtype)
+        if jax.default_backend() != "cpu":
+            # GPU/TPU: the fused attention entry point, so XLA can pick cuDNN / flash kernels.
+            qkv_BN3HE = (qkv_BN3D + bias_3D).reshape(B, N, 3, H, E)
+            names = ("batch", "seq", "heads", "kv")
+            q, k, v = (_constrain(qkv_BN3HE[:, :, i], names) for i in range(3))
+            o_BND = jax.nn.dot_product_attention(q, k, v).reshape(B, N, D)
+            o_BND = _constrain(o_BND, ("batch", "seq", "qkv"))
+            return _dense(D, ("qkv", "embed"), self.dtype, "proj")(o_BND)
         # Channel order of the official qkv output: (3, heads, head width). One transpose
         # puts q, k and v head-major ([3, B, H, N, E]) so both attention products are
         # batched dots with leading batch dimensions: XLA then needs no further layout

@@ -155,7 +155,10 @@ def test_patchify_is_frequency_major_and_inverts():
     np.testing.assert_array_equal(np.asarray(models.unpatchify(jnp.asarray(x), c)), lms)
 
 
-def test_attention_equals_plain_softmax():
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_attention_equals_plain_softmax(backend, monkeypatch):
+    # "gpu": the jax.nn.dot_product_attention path taken on accelerators, run here on CPU.
+    monkeypatch.setattr(models.jax, "default_backend", lambda: backend)
     rng = np.random.default_rng(1)
     B, N, D, H = 2, 11, 32, 4
     x = rng.normal(size=(B, N, D)).astype(np.float32)
@@ -164,7 +167,7 @@ def test_attention_equals_plain_softmax():
     params = jax.tree.map(
         lambda a: a + 0.1 * rng.normal(size=a.shape).astype(np.float32), nn.unbox(params)
     )  # non-zero q/v biases
-    got = np.asarray(jax.jit(attn.apply)({"params": params}, x))
+    got = np.asarray(attn.apply({"params": params}, x))
     w = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     qkv = x @ w["qkv"]["kernel"] + np.concatenate([w["q_bias"], np.zeros(D), w["v_bias"]])
     q, k, v = (qkv[..., i * D : (i + 1) * D].reshape(B, N, H, D // H) for i in range(3))
