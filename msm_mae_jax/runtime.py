@@ -52,10 +52,16 @@ Normalization = str | tuple[float, float] | NormStats | None
 
 
 def bucket_size(n: int) -> int:
-    """Smallest power of two >= n (n >= 1)."""
+    """Smallest bucket >= n among 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (2^k and 3 * 2^k).
+
+    Two buckets per octave: at most 2 compilations per doubling of the length, and at most
+    ~1.5x (on average ~1.2x) padded work, where powers of two alone cost up to 2x (a 10 s
+    clip is 5 units: 8 with powers of two, 6 here).
+    """
     if n < 1:
         raise ValueError(f"bucket_size needs n >= 1, got {n}")
-    return 1 << (int(n) - 1).bit_length()
+    p = 1 << (int(n) - 1).bit_length()  # power of two >= n
+    return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -65,7 +65,11 @@ def _reference(params, lms_BFT, mean, std, layer=None):
 
 
 def test_bucket_size():
-    assert [bucket_size(n) for n in (1, 2, 3, 4, 5, 8, 9, 1000)] == [1, 2, 4, 4, 8, 8, 16, 1024]
+    ns = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 1000)
+    assert [bucket_size(n) for n in ns] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 16, 1024]
+    for n in range(1, 300):  # smallest of the 2^k / 3 * 2^k family that holds n
+        family = sorted({2**k for k in range(10)} | {3 * 2**k for k in range(9)})
+        assert bucket_size(n) == min(b for b in family if b >= n)
     with pytest.raises(ValueError):
         bucket_size(0)
 
@@ -145,13 +149,14 @@ def test_no_recompilation_within_a_bucket(enc_params):
     for samples in (8_000, 20_000, 33_119):  # 51 .. 207 frames: all one unit
         rt.encode(_noise(2, samples))
     assert rt.num_traces == n
-    rt.encode(_noise(3, 16_000))  # batch bucket 4: one new function
-    rt.encode(_noise(4, 10_000))
+    rt.encode(_noise(5, 16_000))  # batch bucket 6: one new function
+    rt.encode(_noise(6, 10_000))
     assert rt.num_traces == n + 1
     rt.encode(_noise(2, 40_000))  # 251 frames: two units
     rt.encode(_noise(2, 66_000))  # 413 frames: two units
-    rt.encode(_noise(2, 90_000))  # 563 frames: three units -> bucket of four
-    rt.encode(_noise(2, 130_000))  # 813 frames: four units
+    assert rt.num_traces == n + 2
+    rt.encode(_noise(2, 140_000))  # 876 frames: five units -> bucket of six
+    rt.encode(_noise(2, 190_000))  # 1188 frames: six units
     assert rt.num_traces == n + 3
     # A second runtime of the same config reuses the compiled functions.
     Runtime(cfg, rt._params, STATS).encode(_noise(2, 12_345))
