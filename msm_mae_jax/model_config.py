@@ -87,22 +87,33 @@ class ModelConfig:
     def validate(self) -> None:
         (f, t), (ph, pw) = self.input_size, self.patch_size
         if min(f, t, ph, pw) <= 0:
-            raise ConfigError(f"model.input_size {self.input_size} / model.patch_size "
-                              f"{self.patch_size} must be positive")
+            raise ConfigError(
+                f"model.input_size {self.input_size} / model.patch_size "
+                f"{self.patch_size} must be positive"
+            )
         if f % ph or t % pw:
             raise ConfigError(
-                f"model.input_size {f}x{t} is not divisible by model.patch_size {ph}x{pw}")
-        for name, width, heads in (("", self.embed_dim, self.num_heads),
-                                   ("decoder_", self.decoder_embed_dim, self.decoder_num_heads)):
+                f"model.input_size {f}x{t} is not divisible by model.patch_size {ph}x{pw}"
+            )
+        for name, width, heads in (
+            ("", self.embed_dim, self.num_heads),
+            ("decoder_", self.decoder_embed_dim, self.decoder_num_heads),
+        ):
             if width <= 0 or heads <= 0 or width % heads:
-                raise ConfigError(f"model.{name}embed_dim={width} must be a positive multiple "
-                                  f"of model.{name}num_heads={heads}")
+                raise ConfigError(
+                    f"model.{name}embed_dim={width} must be a positive multiple "
+                    f"of model.{name}num_heads={heads}"
+                )
         if self.embed_dim % 4:
-            raise ConfigError(f"model.embed_dim={self.embed_dim} must be divisible by 4 "
-                              "(2-D sin-cos positional embedding)")
+            raise ConfigError(
+                f"model.embed_dim={self.embed_dim} must be divisible by 4 "
+                "(2-D sin-cos positional embedding)"
+            )
         if self.decoder_pos_embed not in DECODER_POS_EMBEDS:
-            raise ConfigError(f"model.decoder_pos_embed={self.decoder_pos_embed!r}; "
-                              f"expected one of {DECODER_POS_EMBEDS}")
+            raise ConfigError(
+                f"model.decoder_pos_embed={self.decoder_pos_embed!r}; "
+                f"expected one of {DECODER_POS_EMBEDS}"
+            )
         if self.decoder_pos_embed == "2d" and self.decoder_embed_dim % 4:
             raise ConfigError("model.decoder_embed_dim must be divisible by 4 for a 2d table")
         if not 0.0 <= self.mask_ratio < 1.0:

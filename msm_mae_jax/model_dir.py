@@ -32,8 +32,14 @@ def is_model_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, META_FILE))
 
 
-def save_model_dir(path: str, model_config: ModelConfig, encoder_params: Any,
-                   norm_stats: NormStats, source: str, extra: dict | None = None) -> str:
+def save_model_dir(
+    path: str,
+    model_config: ModelConfig,
+    encoder_params: Any,
+    norm_stats: NormStats,
+    source: str,
+    extra: dict | None = None,
+) -> str:
     """Writes the artifact; the metadata file is written last so a partial dir is never valid."""
     path = os.path.abspath(path)
     if os.path.exists(os.path.join(path, META_FILE)):
@@ -68,10 +74,15 @@ def load_model_dir(path: str) -> tuple[ModelConfig, Any, NormStats, dict]:
     with open(meta_path) as f:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: unsupported format {meta.get('format')!r}, "
-                         f"expected {FORMAT!r}")
+        raise ValueError(
+            f"{meta_path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}"
+        )
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(os.path.join(os.path.abspath(path), PARAMS_DIR))
     params = jax.tree.map(np.asarray, params)
-    return (ModelConfig.from_dict(meta["model"]), params,
-            NormStats.from_dict(meta["norm_stats"]), meta)
+    return (
+        ModelConfig.from_dict(meta["model"]),
+        params,
+        NormStats.from_dict(meta["norm_stats"]),
+        meta,
+    )

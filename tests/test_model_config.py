@@ -21,9 +21,16 @@ def test_defaults_are_vit_b_80x208():
     assert c.feature_dim == 3840 and c.run_name_prefix == "80x208p16x16"
 
 
-@pytest.mark.parametrize("size,patch", [((80, 208), (16, 16)), ((80, 512), (16, 8)),
-                                        ((80, 608), (16, 4)), ((80, 208), (8, 16)),
-                                        ((80, 208), (80, 4))])
+@pytest.mark.parametrize(
+    "size,patch",
+    [
+        ((80, 208), (16, 16)),
+        ((80, 512), (16, 8)),
+        ((80, 608), (16, 4)),
+        ((80, 208), (8, 16)),
+        ((80, 208), (80, 4)),
+    ],
+)
 def test_supported_shapes(size, patch):
     c = ModelConfig(input_size=size, patch_size=patch)
     assert c.num_patches == (size[0] // patch[0]) * (size[1] // patch[1])
@@ -54,8 +61,10 @@ def test_config_variants_build_model_configs():
 
 
 def test_model_dir_round_trip(tmp_path):
-    params = {"a": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)},
-              "b": np.ones((4,), np.float32)}
+    params = {
+        "a": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)},
+        "b": np.ones((4,), np.float32),
+    }
     cfg = ModelConfig(embed_dim=64, depth=2, num_heads=4)
     save_model_dir(str(tmp_path / "m"), cfg, params, NormStats(-7.0, 4.0), source="test")
     cfg2, params2, stats2, meta = load_model_dir(str(tmp_path / "m"))
