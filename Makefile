@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check msm_mae_jax configs tests bench train.py evaluate.py
-	$(BIN)/ruff format --check msm_mae_jax configs tests bench train.py evaluate.py
+	$(BIN)/ruff check msm_mae_jax configs tests bench scripts train.py evaluate.py
+	$(BIN)/ruff format --check msm_mae_jax configs tests bench scripts train.py evaluate.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py --out bench/results.json
