@@ -9,19 +9,28 @@ Sources (`config.data.source`):
   label key and data_dir configurable);
 - `lms:/dir`: log-mel shards written by `python -m msm_mae_jax.prepare`.
 
-Training order: the files of a host are `valid[process_index::process_count]`; each epoch is a
-full permutation drawn from `(seed, process_index, epoch)`; the random crop of the element at
-host-local position `pos` is drawn from `(seed, process_index, pos)`. So the batch for a step
-depends only on the seed and the step, and `start_step` resumes by skipping indices (never
-decoded audio). Record sources (tfds, lms) cannot seek: their epochs are a seeded shuffle of
-the record stream (shard order permuted per epoch for lms), and `start_step` skips records of
-the current epoch without cropping them.
+Training order of `synthetic` and `files` (independent of the number of processes): epoch
+`e` is one permutation of all N clips drawn from `(seed, e)`; global position `g = step * B + j`
+(B = config.batch_size) holds clip `perm_e[g - e * N]` with `e = g // N`; host p of P reads the
+contiguous slice `j in [p * B_local, (p + 1) * B_local)` of every global batch and decodes only
+those elements. The random crop of an element is drawn from `(seed, g)`, never from the process
+index, so the hosts' local batches concatenated in process order are exactly the one-process
+batch, for any P dividing B. The batch for a step depends only on the seed and the step, and
+`start_step` resumes by computing the positions (no skip over decoded audio).
+
+Record sources (tfds, lms) cannot seek, so each host reads its own shard of the records
+(`tfds.even_splits`, or every P-th shard / record of an lms corpus) in a seeded shuffle per
+epoch (shard order permuted per epoch for lms), with crops keyed by `(seed, process_index,
+host-local position)`; `start_step` skips records of the current epoch without cropping them.
+Their batch order therefore DEPENDS ON THE PROCESS COUNT: a run on P hosts sees different
+batches than a run on one host (same distribution, different order).
 
 Bad input: files are validated up front from their headers (`audio_io.audio_info`); a file that
-passes but fails to decode (or holds NaN/Inf) is replaced by the next usable file of the host's
-list, deterministically, and reported once. Skips are logged as warnings naming the file and
-collected in a `SkipReport` (`iterator.skip_report`). No usable file left -> `DataError`
-naming the source. Shape letters: B batch, F mel bins, T frames, S samples.
+passes but fails to decode (or holds NaN/Inf) is replaced by the next file of the global sorted
+list that decodes (deterministic and the same on every host), and reported once. Skips are
+logged as warnings naming the file and collected in a `SkipReport` (`iterator.skip_report`).
+No usable file left -> `DataError` naming the source.
+Shape letters: B batch, F mel bins, T frames, S samples.
 """
 
 from __future__ import annotations
@@ -297,18 +306,32 @@ def _check_input_size(config) -> tuple[int, int]:  # noqa: ANN001
     return f, t
 
 
-def _index_stream(n: int, seed: int, start_pos: int):  # noqa: ANN202
-    """(pos, index) for pos >= start_pos: epoch e = pos // n is a permutation seeded by e."""
+def _global_index_stream(n: int, seed: int, start_q: int, p: int, b_local: int, b: int):  # noqa: ANN202
+    """(g, index) at host p's local positions q >= start_q of the process-independent order.
+
+    Local position q (step q // b_local, row q % b_local) is global position
+    g = (q // b_local) * b + p * b_local + q % b_local; epoch e = g // n is the permutation of
+    the n clips seeded by (seed, e). Each epoch's permutation is drawn once and gathered at the
+    host's positions in it (a contiguous range of q), so resuming costs nothing per element.
+    """
     tf = _tf()
-    epoch0, offset = divmod(start_pos, n)
+
+    def g_of(q):  # noqa: ANN001, ANN202
+        return (q // b_local) * b + p * b_local + q % b_local
+
+    def count_below(x):  # noqa: ANN001, ANN202
+        """Host positions q with g(q) < x (x >= 0)."""
+        return (x // b) * b_local + tf.clip_by_value(x % b - p * b_local, 0, b_local)
 
     def epoch(e):  # noqa: ANN001, ANN202
+        lo = tf.maximum(count_below(e * n), start_q)
+        q = tf.range(lo, count_below((e + 1) * n), dtype=tf.int64)
+        g = g_of(q)
         noise = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), e]))
-        return tf.data.Dataset.from_tensor_slices(tf.argsort(noise, stable=True))
+        perm = tf.argsort(noise, stable=True)
+        return tf.data.Dataset.from_tensor_slices((g, tf.gather(perm, g - e * n)))
 
-    idx = tf.data.Dataset.range(epoch0, _BIG).flat_map(epoch).skip(offset)
-    pos = tf.data.Dataset.range(start_pos, _BIG)
-    return tf.data.Dataset.zip(pos, idx)
+    return tf.data.Dataset.range(g_of(start_q) // n, _BIG).flat_map(epoch)
 
 
 def _crop(lms_FT, pos, seed: int, frames: int):  # noqa: ANN001, ANN202
@@ -338,9 +361,14 @@ class _Plan:
     """What a training/statistics pipeline reads on this host."""
 
     source: Source
-    num_local: int  # clips (or records) of this host per epoch
+    # Elements of one epoch this host reads: exact for record sources; for the global order
+    # (synthetic, files) the N positions of an epoch split N / P per host, rounded up here.
+    num_local: int
     report: SkipReport
-    elements: Any  # (start_pos) -> Dataset of (pos, lms_FT)
+    elements: Any  # (start_q: host-local position) -> Dataset of (pos, lms_FT)
+    # True: pos is the global position and the order does not depend on the process count
+    # (synthetic, files); False: pos is host-local (record sources, sharded per host).
+    global_order: bool
 
 
 def _window_seconds(config, frames: int) -> float:  # noqa: ANN001
@@ -350,56 +378,49 @@ def _window_seconds(config, frames: int) -> float:  # noqa: ANN001
     return min(need, cap) if cap > 0 else need
 
 
-def _plan(config, seed: int, process_index: int, process_count: int) -> _Plan:  # noqa: ANN001
+def _plan(config, seed: int, process_index: int, process_count: int, b_local: int) -> _Plan:  # noqa: ANN001
+    """Elements of host `process_index` for local batches of `b_local` (global b_local * P)."""
     tf = _tf()
     src = parse_source(config.data.source, config.data.file_pattern)
     _, frames = _check_input_size(config)
     if not 0 <= process_index < process_count:
         raise DataError(f"process_index={process_index} not in [0, {process_count})")
-    host_seed = _mix(seed, process_index, 1)
+    host_seed = _mix(seed, process_index, 1)  # record sources: per-host shuffles
+    order_seed = _mix(seed, 1)  # synthetic / files: one order for every process count
     par = tf.data.AUTOTUNE
+
+    def global_elements(n: int, load_np):  # noqa: ANN001, ANN202
+        def elements(start_q: int):  # noqa: ANN202
+            def load(pos, i):  # noqa: ANN001, ANN202
+                wav = tf.numpy_function(load_np, [pos, i], tf.float32, stateful=False)
+                wav.set_shape([None])
+                return pos, audio.log_mel(wav)
+
+            stream = _global_index_stream(
+                n, order_seed, start_q, process_index, b_local, b_local * process_count
+            )
+            return stream.map(load, par)
+
+        return elements
 
     if src.kind == "synthetic":
         n_total = int(config.data.synthetic_clips)
-        ids = np.arange(process_index, n_total, process_count)
-        report = SkipReport(src.spec)
-        if len(ids) == 0:
-            raise DataError(f"data.synthetic_clips={n_total} < process_count={process_count}")
+        if n_total <= 0:
+            raise DataError(f"data.synthetic_clips={n_total} must be positive")
         data_seed, seconds = int(config.data.synthetic_seed), float(config.data.synthetic_seconds)
 
-        def gen(i):  # noqa: ANN001, ANN202
-            return synthetic.make_clip_cached(int(ids[int(i)]), data_seed, seconds)[0]
+        def gen(pos, i):  # noqa: ANN001, ANN202
+            return synthetic.make_clip_cached(int(i), data_seed, seconds)[0]
 
-        def elements(start_pos: int):  # noqa: ANN202
-            def load(pos, i):  # noqa: ANN001, ANN202
-                wav = tf.numpy_function(gen, [i], tf.float32, stateful=False)
-                wav.set_shape([None])
-                return pos, audio.log_mel(wav)
-
-            return _index_stream(len(ids), host_seed, start_pos).map(load, par)
-
-        return _Plan(src, len(ids), report, elements)
+        n_local = math.ceil(n_total / process_count)
+        return _Plan(src, n_local, SkipReport(src.spec), global_elements(n_total, gen), True)
 
     if src.kind == "files":
         fl = scan_files(src)
-        paths = fl.paths[process_index::process_count]
-        if not paths:
-            raise DataError(
-                f"data source {src.spec!r}: {len(fl.paths)} usable file(s) cannot feed "
-                f"{process_count} processes"
-            )
         window = _window_seconds(config, frames)
-        loader = _SubstitutingLoader(paths, window, seed, process_index, fl.report, src.spec)
-
-        def elements(start_pos: int):  # noqa: ANN202
-            def load(pos, i):  # noqa: ANN001, ANN202
-                wav = tf.numpy_function(loader, [pos, i], tf.float32, stateful=False)
-                wav.set_shape([None])
-                return pos, audio.log_mel(wav)
-
-            return _index_stream(len(paths), host_seed, start_pos).map(load, par)
-
-        return _Plan(src, len(paths), fl.report, elements)
+        loader = _SubstitutingLoader(fl.paths, window, seed, fl.report, src.spec)
+        n_local = math.ceil(len(fl.paths) / process_count)
+        return _Plan(src, n_local, fl.report, global_elements(len(fl.paths), loader), True)
 
     if src.kind == "lms":
         manifest = read_manifest(src.path)
@@ -432,7 +453,7 @@ def _plan(config, seed: int, process_index: int, process_count: int) -> _Plan:  
                 lambda p, r: (p, parse_lms_record(r, dtype)[0]), par
             )
 
-        return _Plan(src, counts, report, elements)
+        return _Plan(src, counts, report, elements, False)
 
     # tfds
     base, n_local, to_wav, report = _tfds_reader(config, src, process_index, process_count)
@@ -453,7 +474,7 @@ def _plan(config, seed: int, process_index: int, process_count: int) -> _Plan:  
         ds = tf.data.Dataset.zip(pos, recs).map(load, par).filter(lambda p, w, ok: ok)
         return ds.map(lambda p, w, ok: (p, audio.log_mel(w)), par)
 
-    return _Plan(src, n_local, report, elements)
+    return _Plan(src, n_local, report, elements, False)
 
 
 def _seed_of(host_seed: int, e):  # noqa: ANN001, ANN202
@@ -476,21 +497,22 @@ def _lms_host_shards(manifest: dict, p: int, n: int) -> tuple[list[str], int, bo
 
 
 class _SubstitutingLoader:
-    """numpy side of the files pipeline: (pos, index) -> wav of the window for that position.
+    """numpy side of the files pipeline: (global pos, index) -> wav of the window for that pos.
 
-    A file that fails to decode is replaced by the next files of the host's list (the same
-    replacement every time, so resumption stays exact) and reported once.
+    A file that fails to decode is replaced by the next files of the global sorted list (the
+    same replacement on every host and every run, so resumption and the process-independent
+    order stay exact) and reported once. The window is drawn from (seed, pos, attempt).
     """
 
-    def __init__(self, paths, seconds, seed, process_index, report, spec):  # noqa: ANN001
+    def __init__(self, paths, seconds, seed, report, spec):  # noqa: ANN001
         self.paths, self.seconds, self.report, self.spec = paths, seconds, report, spec
-        self.seed, self.process_index = int(seed), int(process_index)
+        self.seed = int(seed)
 
     def __call__(self, pos, i) -> np.ndarray:  # noqa: ANN001
         n = len(self.paths)
         for k in range(min(n, _MAX_SUBSTITUTES)):
             path = self.paths[(int(i) + k) % n]
-            rng = np.random.default_rng((self.seed, self.process_index, int(pos), k))
+            rng = np.random.default_rng((self.seed, int(pos), k))
             try:
                 return audio_io.load_audio(path, max_seconds=self.seconds, rng=rng)
             except audio_io.AudioError as e:
@@ -606,13 +628,16 @@ def train_iterator(
     """Endless normalised training batches {"lms": float32 [B_local, 1, 80, T]} for this host.
 
     B_local = config.batch_size // process_count, T = config.model.input_size[1]. Batch s is
-    the same whether iteration started at 0 or at `start_step=s`.
+    the same whether iteration started at 0 or at `start_step=s`. For `synthetic` and `files`
+    host p's batch s is rows [p * B_local, (p + 1) * B_local) of the one-process batch s; for
+    `tfds` and `lms` each host reads its own shard, so the order depends on process_count.
     """
     tf = _tf()
     _, frames = _check_input_size(config)
     b_local = _local_batch(config, process_count)
-    plan = _plan(config, int(config.seed), process_index, process_count)
-    crop_seed = _mix(config.seed, process_index, 2)
+    plan = _plan(config, int(config.seed), process_index, process_count, b_local)
+    # Global order: crops keyed by the global position only, as the element order is.
+    crop_seed = _mix(config.seed, 2) if plan.global_order else _mix(config.seed, process_index, 2)
     mean, std = float(norm_stats.mean), float(norm_stats.std)
 
     def finish(pos, lms_FT):  # noqa: ANN001, ANN202
@@ -641,7 +666,7 @@ def compute_norm_stats(config, seed: int = 0) -> NormStats:  # noqa: ANN001
     n = int(config.data.norm_stats_crops)
     if n <= 0:
         raise DataError(f"data.norm_stats_crops={n} must be positive (or set data.norm_std)")
-    plan = _plan(config, _mix(seed, 7), 0, 1)
+    plan = _plan(config, _mix(seed, 7), 0, 1, 1)
     crop_seed = _mix(seed, 8)
 
     def crop(pos, lms_FT):  # noqa: ANN001, ANN202

@@ -1,5 +1,6 @@
-"""Training/eval pipelines over every source: shapes, normalisation, determinism, resume,
-per-host disjointness, and the bad-input suite."""
+"""Training/eval pipelines over every source: shapes, normalisation, determinism, resume, the
+process-independent order (hosts' batches concatenate to the one-process batch), and the
+bad-input suite."""
 
 import logging
 import os
@@ -101,7 +102,7 @@ def test_norm_stats_match_numpy_over_the_clips():
     assert ip.compute_norm_stats(c) == NormStats(-1.0, 3.0)
 
 
-def test_determinism_resume_and_host_disjointness():
+def test_determinism_and_resume():
     c = _config(synthetic_seconds=1.0)  # 101 frames > 64: random crops
     a = _take(ip.train_iterator(c, STATS), 5)
     b = _take(ip.train_iterator(c, STATS), 5)
@@ -112,21 +113,95 @@ def test_determinism_resume_and_host_disjointness():
     np.testing.assert_array_equal(resumed[1], a[4])
     c.seed = 1
     assert not np.array_equal(_take(ip.train_iterator(c, STATS), 1)[0], a[0])
-    # Two hosts: 2 examples each per step; one epoch (4 steps... 8 clips) covers all clips once.
-    c.seed, c.data.synthetic_seconds = 0, 0.5  # whole clips again: identify them
+
+
+def _host_batches(c, n_proc, steps, start_step=0):
+    """[step][process] local batches of n_proc hosts."""
+    its = [
+        ip.train_iterator(c, STATS, process_index=p, process_count=n_proc, start_step=start_step)
+        for p in range(n_proc)
+    ]
+    return [[next(it)["lms"] for it in its] for _ in range(steps)]
+
+
+def _files_corpus(root):
+    """6 header-valid files of 1 s (random crops), one of which holds NaN (substituted)."""
+    root.mkdir()
+    for i in range(5):
+        _write_tone(root / f"t{i}.wav", seconds=1.0, freq=200.0 + 170 * i)
+    nan = np.full(16000, 0.1, np.float32)
+    nan[::7] = np.nan
+    sf.write(root / "t2_nan.wav", nan, 16000, subtype="FLOAT")
+
+
+@pytest.mark.parametrize("source", ["synthetic", "files"])
+def test_hosts_concatenate_to_the_one_process_batch(source, tmp_path):
+    # 6 clips, global batch 4: epochs straddle batches; 6 steps = 4 epochs.
+    if source == "files":
+        _files_corpus(tmp_path / "c")
+        c = _config(f"files:{tmp_path / 'c'}")
+    else:
+        c = _config(synthetic_seconds=1.0, synthetic_clips=6)
+    one = [b[0] for b in _host_batches(c, 1, 6)]
+    assert all(np.isfinite(x).all() for x in one)
+    assert len({x.tobytes() for x in one}) == 6  # the order is not trivially repeating
+    for n_proc in (2, 4):
+        for s, parts in enumerate(_host_batches(c, n_proc, 6)):
+            assert all(x.shape == (4 // n_proc, 1, 80, 64) for x in parts)
+            np.testing.assert_array_equal(np.concatenate(parts), one[s], err_msg=f"P={n_proc} {s}")
+        for s, parts in enumerate(_host_batches(c, n_proc, 2, start_step=3), start=3):
+            np.testing.assert_array_equal(np.concatenate(parts), one[s], err_msg=f"resume {s}")
+
+
+def test_files_hosts_decode_only_their_slice(tmp_path, monkeypatch):
+    _files_corpus(tmp_path / "c")
+    c = _config(f"files:{tmp_path / 'c'}")
+    calls = {}  # loader (one per iterator; prefetch threads may outlive the loop) -> positions
+    real = ip._SubstitutingLoader.__call__
+
+    def spy(self, pos, i):
+        calls.setdefault(id(self), []).append(int(pos))
+        return real(self, pos, i)
+
+    monkeypatch.setattr(ip._SubstitutingLoader, "__call__", spy)
+    its = [
+        ip.train_iterator(c, STATS, process_index=p, process_count=2, start_step=2) for p in (0, 1)
+    ]
+    for it in its:
+        _take(it, 3)
+        assert [os.path.basename(q) for q in it.skip_report.skipped] == ["t2_nan.wav"]
+    # Global batch 4, 2 per host: host p owns the positions g with (g % 4) // 2 == p, from step 2.
+    owners = []
+    for positions in calls.values():
+        assert len(positions) >= 6 and min(positions) >= 8, positions
+        hosts = {(g % 4) // 2 for g in positions}
+        assert len(hosts) == 1, positions
+        owners += hosts
+    assert sorted(owners) == [0, 1]
+
+
+def test_global_order_every_clip_once_per_epoch_and_hosts_disjoint():
+    c = _config()  # 8 whole clips (0.5 s < crop), global batch 4: an epoch is 2 steps
     refs = [
         (_librosa_lms(synthetic.make_clip(i, 0, 0.5)[0]) - STATS.mean) / STATS.std for i in range(8)
     ]
-    seen = {}
-    for p in range(2):
-        it = ip.train_iterator(c, STATS, process_index=p, process_count=2)
-        for batch in _take(it, 2):  # 2 steps x 2 examples = this host's 4 clips
-            assert batch.shape == (2, 1, 80, 64)
-            for x in batch[:, 0]:
-                i = int(np.argmin([np.abs(x[:, :51] - r).max() for r in refs]))
-                seen.setdefault(p, []).append(i)
-    assert sorted(seen[0] + seen[1]) == list(range(8))
-    assert set(seen[0]).isdisjoint(seen[1])
+
+    def ident(x):
+        errs = [np.abs(x[:, :51] - r).max() for r in refs]
+        assert min(errs) < 0.01, min(errs)
+        return int(np.argmin(errs))
+
+    for n_proc in (2, 4):
+        steps = _host_batches(c, n_proc, 6)  # 3 epochs
+        ids = [[[ident(x) for x in part[:, 0]] for part in parts] for parts in steps]
+        for s in range(6):  # within a global batch the hosts read different clips
+            flat = [i for part in ids[s] for i in part]
+            assert len(set(flat)) == 4, ids[s]
+        for e in range(3):  # every clip exactly once per epoch over all hosts
+            epoch = [i for s in (2 * e, 2 * e + 1) for part in ids[s] for i in part]
+            assert sorted(epoch) == list(range(8)), (n_proc, e, epoch)
+        # Epochs are different permutations: host 0's first clips change between epochs.
+        assert len({tuple(ids[2 * e][0]) for e in range(3)}) > 1
 
 
 def test_eval_iterator_is_padded_equally_across_hosts():
