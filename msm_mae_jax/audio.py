@@ -136,13 +136,35 @@ def log_mel(wav: np.ndarray | tf.Tensor) -> tf.Tensor:
         padded = reflect_once() if static_s > _PAD else reflect_many()
     else:
         padded = tf.cond(s > _PAD, reflect_once, reflect_many)
-    # tf.signal.frame splits into 80-sample sub-frames (gcd of 400 and 160) and gathers them.
-    frames_TW = tf.signal.frame(padded, N_FFT, HOP_LENGTH, pad_end=False)
+    frames_TW = _frames_tf(padded, s)
     spec_TK = tf.signal.rfft(frames_TW * tf.constant(hann_window()), fft_length=[N_FFT])
     power_TK = tf.math.square(tf.math.real(spec_TK)) + tf.math.square(tf.math.imag(spec_TK))
     mel_TF = tf.linalg.matmul(power_TK, tf.constant(mel_basis()))
     lms_TF = tf.math.log(mel_TF + LOG_OFFSET)
     return tf.linalg.matrix_transpose(lms_TF)
+
+
+def _frames_tf(padded: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+    """[..., S + 400] reflect-padded waveform -> frames [..., T, 400], T = 1 + S // 160.
+
+    Frame t is padded[160 t : 160 t + 400] = three hop-aligned pieces, each a plain reshape
+    of a contiguous slice: [160 t, +160), [160 (t+1), +160) and the second half of
+    [160 t + 240, +160). One concat instead of tf.signal.frame's gather (~2x faster on CPU).
+    Every slice ends at or before 400 + 160 * (S // 160) <= S + 400.
+    """
+    import tensorflow as tf
+
+    t = 1 + s // HOP_LENGTH
+    shape = tf.concat([tf.shape(padded)[:-1], [t, HOP_LENGTH]], axis=0)
+
+    def piece(start: int) -> tf.Tensor:
+        return tf.reshape(padded[..., start : start + t * HOP_LENGTH], shape)
+
+    rest = N_FFT - 2 * HOP_LENGTH  # 80
+    return tf.concat(
+        [piece(0), piece(HOP_LENGTH), piece(N_FFT - HOP_LENGTH)[..., HOP_LENGTH - rest :]],
+        axis=-1,
+    )
 
 
 def _reflect_indices_tf(s: tf.Tensor) -> tf.Tensor:
