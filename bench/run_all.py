@@ -39,7 +39,7 @@ def parts(torch: bool) -> dict[str, list[str]]:
     """name -> command line (the JSON path is appended with --json)."""
     t = ["--torch"] if torch else []
     return {
-        "data_pipeline": ["bench/data_pipeline.py", "--clips", "48"],
+        "data_pipeline": ["bench/data_pipeline.py", "--clips", "64", "--passes", "4"],
         "train_step_tiny": ["bench/train_step.py", "--variant", "tiny", "--batch", "16",
                             "--steps", "10", "--repeats", "3"],
         "train_step_base_208": ["bench/train_step.py", "--variant", "base_208", "--batch", "64",
