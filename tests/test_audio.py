@@ -13,6 +13,7 @@ import scipy.signal  # noqa: E402
 import soundfile as sf  # noqa: E402
 import soxr  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from reference import librosa_log_mel
 
 from msm_mae_jax import audio  # noqa: E402
 
@@ -20,15 +21,6 @@ tf.config.set_visible_devices([], "GPU")
 
 TOL = 1e-3  # max |difference| of log-mel values allowed against librosa
 SR = 16000
-
-
-def librosa_log_mel(y: np.ndarray) -> np.ndarray:
-    """The official definition, spelled out with librosa (float64 internally where it likes)."""
-    m = librosa.feature.melspectrogram(
-        y=y, sr=SR, n_fft=400, hop_length=160, win_length=400, window="hann", center=True,
-        pad_mode="reflect", power=2.0, n_mels=80, fmin=50, fmax=8000, htk=False, norm="slaney",
-    )  # fmt: skip
-    return np.log(m + 1.1920929e-07)
 
 
 def synthetic(name: str, seconds: float = 1.3) -> np.ndarray:

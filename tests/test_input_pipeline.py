@@ -10,6 +10,7 @@ import librosa
 import numpy as np
 import pytest
 import soundfile as sf
+from reference import librosa_log_mel
 
 from configs.msm_mae import get_config
 from msm_mae_jax import input_pipeline as ip
@@ -32,25 +33,6 @@ def _config(source="synthetic", **data):
     for k, v in data.items():
         setattr(c.data, k, v)
     return c
-
-
-def _librosa_lms(wav):
-    mel = librosa.feature.melspectrogram(
-        y=wav,
-        sr=16000,
-        n_fft=400,
-        hop_length=160,
-        n_mels=80,
-        fmin=50,
-        fmax=8000,
-        pad_mode="reflect",
-        htk=False,
-        norm="slaney",
-        power=2.0,
-        window="hann",
-        center=True,
-    )
-    return np.log(mel + 1.1920929e-07)
 
 
 def _write_tone(path, seconds=0.6, sr=16000, channels=1, freq=440.0, fmt=None):
@@ -83,7 +65,7 @@ def test_synthetic_batches_are_normalised_log_mels_of_the_clips():
     c = _config()
     (batch,) = _take(ip.train_iterator(c, STATS), 1)
     assert batch.shape == (4, 1, 80, 64) and batch.dtype == np.float32
-    refs = [_librosa_lms(synthetic.make_clip(i, 0, 0.5)[0]) for i in range(8)]
+    refs = [librosa_log_mel(synthetic.make_clip(i, 0, 0.5)[0]) for i in range(8)]
     for x in batch[:, 0]:
         errs = [np.abs(x[:, :51] - (r - STATS.mean) / STATS.std).max() for r in refs]
         assert min(errs) < 1e-3 / STATS.std * 10, min(errs)
@@ -94,7 +76,7 @@ def test_norm_stats_match_numpy_over_the_clips():
     c = _config()  # 8 crops = one epoch = every clip once, whole (clips shorter than crop)
     stats = ip.compute_norm_stats(c, seed=0)
     values = np.concatenate(
-        [_librosa_lms(synthetic.make_clip(i, 0, 0.5)[0]).ravel() for i in range(8)]
+        [librosa_log_mel(synthetic.make_clip(i, 0, 0.5)[0]).ravel() for i in range(8)]
     )
     assert stats.mean == pytest.approx(values.mean(), abs=2e-3)
     assert stats.std == pytest.approx(values.std(), abs=2e-3)
@@ -183,7 +165,8 @@ def test_files_hosts_decode_only_their_slice(tmp_path, monkeypatch):
 def test_global_order_every_clip_once_per_epoch_and_hosts_disjoint():
     c = _config()  # 8 whole clips (0.5 s < crop), global batch 4: an epoch is 2 steps
     refs = [
-        (_librosa_lms(synthetic.make_clip(i, 0, 0.5)[0]) - STATS.mean) / STATS.std for i in range(8)
+        (librosa_log_mel(synthetic.make_clip(i, 0, 0.5)[0]) - STATS.mean) / STATS.std
+        for i in range(8)
     ]
 
     def ident(x):
@@ -224,7 +207,7 @@ def test_eval_iterator_is_padded_equally_across_hosts():
     wav, _ = synthetic.make_clip(8, 0, 0.5)
     first = out[0][0]
     np.testing.assert_allclose(
-        first["lms"][0, 0, :, :51], (_librosa_lms(wav) - STATS.mean) / STATS.std, atol=2e-3
+        first["lms"][0, 0, :, :51], (librosa_log_mel(wav) - STATS.mean) / STATS.std, atol=2e-3
     )
     assert first["frames"][0] == 51
     whole = next(ip.eval_iterator(c, STATS, batch_size=6, whole=True))
@@ -264,7 +247,7 @@ def test_files_source_over_fsdd_matches_librosa(fsdd_dir, tmp_path):
     batch = next(ip.eval_iterator(c, STATS, batch_size=2, whole=True))
     for i, n in enumerate(names):
         wav, _ = librosa.load(tmp_path / n, sr=16000, res_type="soxr_hq")
-        ref = (_librosa_lms(wav) - STATS.mean) / STATS.std
+        ref = (librosa_log_mel(wav) - STATS.mean) / STATS.std
         t = batch["frames"][i]
         assert t == ref.shape[1]
         np.testing.assert_allclose(batch["lms"][i, 0, :, :t], ref, atol=2e-3)
