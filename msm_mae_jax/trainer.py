@@ -6,6 +6,7 @@ sharding rules come from the config, every process feeds its slice of the global
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -126,11 +127,18 @@ class Setup:
             self.state_shardings,
         )
         self.init = jax.jit(self._init, out_shardings=self.state_shardings)
-        self.train_step = jax.jit(
-            self._train_step,
+        # Two compiled variants of one step: `train_step` returns every logged metric,
+        # `train_step_lean` (the loop's step between log steps) leaves out l2_params and
+        # l2_updates, two extra reads of all parameters (about 1.5% of the ViT-B CPU step).
+        # jax.jit compiles each on first use only.
+        step_jit = dict(
             in_shardings=(self.state_shardings, self.batch_sharding),
             out_shardings=(self.state_shardings, self.replicated),
             donate_argnums=0,
+        )
+        self.train_step = jax.jit(self._train_step, **step_jit)
+        self.train_step_lean = jax.jit(
+            functools.partial(self._train_step, all_metrics=False), **step_jit
         )
 
     def activate(self):
@@ -152,8 +160,10 @@ class Setup:
         return loss
 
     def _train_step(
-        self, state: TrainState, lms_B1FT: jax.Array
+        self, state: TrainState, lms_B1FT: jax.Array, all_metrics: bool = True
     ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimizer update. Metrics: loss, lr, l2_grads, finite (loss and gradient
+        norm finite) and, when `all_metrics`, l2_params (after the update) and l2_updates."""
         key = jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(self._loss)
         with nn.logical_axis_rules(self.rules):
@@ -164,14 +174,11 @@ class Setup:
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
-        m = {
-            "loss": loss,
-            "lr": self.lr_fn(state.step),
-            "l2_grads": grad_norm,
-            "l2_params": optax.global_norm(params),
-            "l2_updates": optax.global_norm(updates),
-            "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
-        }
+        m = {"loss": loss, "lr": self.lr_fn(state.step), "l2_grads": grad_norm}
+        if all_metrics:
+            m["l2_params"] = optax.global_norm(params)
+            m["l2_updates"] = optax.global_norm(updates)
+        m["finite"] = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
         return new, m
 
@@ -480,7 +487,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     raise ValueError(
                         f"input pipeline yielded {batch.shape}, expected {local_shape}"
                     )
-                state, m = setup.train_step(state, setup.global_batch(batch))
+                do_log = (step + 1) % config.log_every_steps == 0 or step + 1 == total
+                train_step = setup.train_step if do_log else setup.train_step_lean
+                state, m = train_step(state, setup.global_batch(batch))
                 step += 1
                 if pending is not None:  # the previous step has finished by now
                     check(*pending)
@@ -488,7 +497,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     step,
                     {"finite": m["finite"], "loss": m["loss"], "l2_grads": m["l2_grads"]},
                 )
-                do_log = step % config.log_every_steps == 0 or step == total
                 do_save = step % config.ckpt_every_steps == 0 or step == total
                 preempted = preempt.reached(step)
                 if do_log or do_save or preempted:

@@ -335,3 +335,27 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     steps = checkpoints.Checkpointer(wd).all_steps()
     logged = max(r["step"] for r in _jsonl(wd))
     assert steps == [final["step"]] and final["step"] == logged >= 2
+
+
+def test_lean_step_equals_full_step_without_parameter_norms():
+    """The loop's step between log steps: same update and metrics, less l2_params/updates;
+    the full step's norms against numpy."""
+    c = tiny(3)
+    s = trainer.Setup(c, optim.resolve_schedule(c))
+    lms = np.random.default_rng(2).standard_normal((8, 1, 80, 208), np.float32)
+    with s.activate():
+        p0 = jax.tree.map(np.asarray, s.init_state(0).params)
+        full, m_full = s.train_step(s.init_state(0), s.global_batch(lms))
+        lean, m_lean = s.train_step_lean(s.init_state(0), s.global_batch(lms))
+    assert set(m_full) - set(m_lean) == {"l2_params", "l2_updates"}
+    for k in m_lean:
+        assert np.asarray(m_lean[k]) == np.asarray(m_full[k]), k
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), full.params, lean.params)
+    p1 = jax.tree.map(np.asarray, full.params)
+
+    def norm(tree):
+        return np.sqrt(sum(np.sum(np.square(x, dtype=np.float64)) for x in jax.tree.leaves(tree)))
+
+    assert float(m_full["l2_params"]) == pytest.approx(norm(p1), rel=1e-5)
+    d = jax.tree.map(lambda a, b: a.astype(np.float64) - b, p1, p0)
+    assert float(m_full["l2_updates"]) == pytest.approx(norm(d), rel=1e-4)
