@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check msm_mae_jax configs tests bench scripts train.py evaluate.py
 
 bench: $(STAMP)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	$(BIN)/python bench/run_all.py --out bench/results.json
 
 clean:
