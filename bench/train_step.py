@@ -3,7 +3,9 @@
 Measures, in one process and one run:
 
 - samples/s of the jitted, donated train step (forward, backward, AdamW update, metrics),
-  compile time separately;
+  compile time separately: by default `Setup.train_step_lean`, the step the training loop
+  runs between log steps; with --full-metrics `Setup.train_step` (log steps: also the
+  l2_params / l2_updates norms);
 - model FLOPs per step, two ways: XLA's cost analysis of the compiled step, and the analytic
   matmul count below. The analytic count is the one used for FLOP/s and MFU (it counts only
   the model's matrix products, the convention of MFU figures; XLA's count also includes
@@ -120,8 +122,11 @@ def make_setup(variant: str, batch: int, dtype: str) -> trainer.Setup:
 class JaxStep:
     """The compiled production step with its state, timed `steps` at a time."""
 
-    def __init__(self, variant: str, batch: int, dtype: str, seed: int = 0):
+    def __init__(
+        self, variant: str, batch: int, dtype: str, seed: int = 0, full_metrics: bool = False
+    ):
         self.setup = setup = make_setup(variant, batch, dtype)
+        step_fn = setup.train_step if full_metrics else setup.train_step_lean
         self.model_config = setup.model_config
         rng = np.random.default_rng(seed)
         lms = rng.standard_normal(setup.batch_shape, dtype=np.float32)
@@ -129,7 +134,7 @@ class JaxStep:
             self.state = setup.init_state(seed)
             self.lms = setup.global_batch(lms)
             t0 = time.perf_counter()
-            lowered = setup.train_step.lower(self.state, self.lms)
+            lowered = step_fn.lower(self.state, self.lms)
             t1 = time.perf_counter()
             self.compiled = lowered.compile()
             t2 = time.perf_counter()
@@ -249,10 +254,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads")
     ap.add_argument("--gemm-seconds", type=float, default=1.0)
     ap.add_argument("--json", default="", help="write the figures to this file")
+    ap.add_argument(
+        "--full-metrics",
+        action="store_true",
+        help="time the log-step variant (Setup.train_step) instead of Setup.train_step_lean",
+    )
     a = ap.parse_args(argv)
 
     load_start = _load()
-    js = JaxStep(a.variant, a.batch, a.dtype)
+    js = JaxStep(a.variant, a.batch, a.dtype, full_metrics=a.full_metrics)
     c = js.model_config
     dev = jax.devices()[0]
     flops = analytic_flops(c, a.batch)
@@ -278,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variant": a.variant,
         "batch": a.batch,
         "dtype": a.dtype,
+        "step_fn": "train_step" if a.full_metrics else "train_step_lean",
         "steps": a.steps,
         "repeats": a.repeats,
         "device": f"{dev.platform}:{dev.device_kind}",
@@ -319,7 +330,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     gf = 1e9
-    print(f"{a.variant} batch {a.batch} {a.dtype} on {r['device']} x{r['num_devices']}")
+    print(
+        f"{a.variant} batch {a.batch} {a.dtype} on {r['device']} x{r['num_devices']}, "
+        f"Setup.{r['step_fn']}"
+    )
     print(f"  compile {js.compile_s:.1f} s (trace+lower {js.trace_s:.1f} s)")
     print(
         f"  JAX step {step_s * 1e3:.1f} ms = {r['samples_per_s']:.2f} samples/s "
