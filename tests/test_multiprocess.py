@@ -2,7 +2,6 @@
 1-process run of the same config: same losses and parameters (the input order of the
 synthetic source does not depend on the process count)."""
 
-import json
 import os
 import socket
 import subprocess
@@ -11,9 +10,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+from train_utils import TINY_OVERRIDES, final_params, read_metrics, tiny_config
 
-from configs.msm_mae import get_config
-from msm_mae_jax import checkpoints, distributed, trainer
+from msm_mae_jax import distributed, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -25,35 +24,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _overrides():
-    return dict(
-        batch_size=8,
-        total_steps=STEPS,
-        warmup_steps=1,
-        log_every_steps=1,
-        ckpt_every_steps=2,
-        figure_every_steps=0,
-    )
-
-
-def _config():
-    c = get_config("tiny")
-    for k, v in _overrides().items():
-        c[k] = v
-    c.probe.every_steps = 0
-    c.data.synthetic_clips, c.data.synthetic_seconds, c.data.norm_stats_crops = 64, 2.5, 16
-    return c
-
-
-def _rows(wd):
-    with open(os.path.join(wd, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def _params(wd, step):
-    return checkpoints.load_state_numpy(wd, step)[0]["params"]
-
-
 def test_cluster_detection():
     assert distributed.detect_cluster({}) is None
     assert distributed.detect_cluster({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "4"}) == "slurm"
@@ -61,7 +31,7 @@ def test_cluster_detection():
     assert distributed.detect_cluster({"OMPI_COMM_WORLD_SIZE": "2"}) == "ompi"
     assert distributed.detect_cluster({"TPU_WORKER_HOSTNAMES": "a,b"}) == "tpu"
     assert distributed.detect_cluster({"TPU_WORKER_HOSTNAMES": "a"}) is None
-    c = _config()
+    c = tiny_config(STEPS)
     assert distributed.initialize(c) == (0, 1)  # single process: no-op
     c.num_processes, c.coordinator_address, c.process_id = 2, "", 0
     with pytest.raises(Exception, match="coordinator_address"):
@@ -78,12 +48,9 @@ def test_two_processes_match_one(tmp_path):
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
     }
-    c = _config()
-    flags = [f"--config.{k}={v}" for k, v in _overrides().items()] + [
-        "--config.probe.every_steps=0",
-        "--config.data.synthetic_clips=64",
-        "--config.data.synthetic_seconds=2.5",
-        "--config.data.norm_stats_crops=16",
+    c = tiny_config(STEPS)
+    flags = [f"--config.{k}={v}" for k, v in TINY_OVERRIDES.items()] + [
+        f"--config.total_steps={STEPS}",
         f"--config.coordinator_address=localhost:{port}",
         "--config.num_processes=2",
     ]
@@ -115,12 +82,12 @@ def test_two_processes_match_one(tmp_path):
     # devices of this test process): the data order does not depend on the process count.
     wd1 = str(tmp_path / "one")
     trainer.train_and_evaluate(c, wd1)
-    l2 = [r["loss"] for r in _rows(wd2)]
-    l1 = [r["loss"] for r in _rows(wd1)]
+    l2 = [r["loss"] for r in read_metrics(wd2)]
+    l1 = [r["loss"] for r in read_metrics(wd1)]
     assert len(l2) == STEPS
     np.testing.assert_allclose(l2, l1, atol=1e-5, rtol=0)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-        _params(wd2, STEPS),
-        _params(wd1, STEPS),
+        final_params(wd2, STEPS),
+        final_params(wd1, STEPS),
     )

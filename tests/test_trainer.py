@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from train_utils import final_params, read_metrics, tiny_config
 
 from configs.msm_mae import get_config
 from msm_mae_jax import checkpoints, input_pipeline, optim, trainer
@@ -22,28 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny(steps=3, mesh=(("data", 1), ("fsdp", 1), ("tensor", 1)), **kw):
-    c = get_config("tiny")
-    c.batch_size, c.total_steps, c.warmup_steps = 8, steps, 1
-    c.mesh = mesh
-    c.log_every_steps, c.ckpt_every_steps = 1, 2
-    c.figure_every_steps = c.probe.every_steps = 0
-    c.data.synthetic_clips, c.data.synthetic_seconds, c.data.norm_stats_crops = 64, 2.5, 16
-    for k, v in kw.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
-
-
-def _jsonl(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def _final_params(workdir, step):
-    return checkpoints.load_state_numpy(workdir, step)[0]["params"]
+    return tiny_config(steps, mesh=mesh, **kw)
 
 
 def _tb_scalars(workdir):
@@ -68,7 +48,7 @@ def test_end_to_end_files_and_resume(tmp_path):
         **{"probe.every_steps": 3, "probe.max_train": 24, "probe.max_test": 12},
     )
     out = trainer.train_and_evaluate(c, wd)
-    rows = _jsonl(wd)
+    rows = read_metrics(wd)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
     assert out["step"] == 3 and out["loss"] == rows[-1]["loss"] and not out["preempted"]
@@ -171,7 +151,7 @@ def test_nan_stops_with_step_and_keeps_good_checkpoint(tmp_path, monkeypatch):
         trainer.train_and_evaluate(c, str(tmp_path))
     ck = checkpoints.Checkpointer(str(tmp_path))
     assert ck.all_steps() == [2]
-    params = _final_params(str(tmp_path), 2)
+    params = final_params(str(tmp_path), 2)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
@@ -272,7 +252,7 @@ def _wait_for_step(proc, wd, step, timeout=120, ckpt=None):
         if proc.poll() is not None:
             raise AssertionError(f"training exited early: {proc.stderr.read()[-3000:]}")
         path = os.path.join(wd, "metrics.jsonl")
-        if os.path.exists(path) and any(r["step"] >= step for r in _jsonl(wd)):
+        if os.path.exists(path) and any(r["step"] >= step for r in read_metrics(wd)):
             return
         time.sleep(0.05)
     proc.kill()
@@ -295,7 +275,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     _wait_for_step(p, wd, 3, ckpt=2)  # between two checkpoints
     p.send_signal(signal.SIGKILL)
     p.wait()
-    done = max(r["step"] for r in _jsonl(wd))
+    done = max(r["step"] for r in read_metrics(wd))
     assert done < 7, "the run finished before it could be killed"
     r = subprocess.run(
         _train_cmd(wd, *steps), env=_env(cache), capture_output=True, text=True, timeout=300
@@ -309,10 +289,10 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
         _train_cmd(ref, *steps), env=_env(cache), capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    a, b = _final_params(wd, 7), _final_params(ref, 7)
+    a, b = final_params(wd, 7), final_params(ref, 7)
     jax.tree.map(np.testing.assert_array_equal, a, b)
-    la = {x["step"]: x["loss"] for x in _jsonl(wd)}
-    lb = {x["step"]: x["loss"] for x in _jsonl(ref)}
+    la = {x["step"]: x["loss"] for x in read_metrics(wd)}
+    lb = {x["step"]: x["loss"] for x in read_metrics(ref)}
     assert la[7] == lb[7]
 
 
@@ -333,7 +313,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     final = json.loads(out.strip().splitlines()[-1])["final"]
     assert final["preempted"] is True
     steps = checkpoints.Checkpointer(wd).all_steps()
-    logged = max(r["step"] for r in _jsonl(wd))
+    logged = max(r["step"] for r in read_metrics(wd))
     assert steps == [final["step"]] and final["step"] == logged >= 2
 
 
