@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 
+from msm_mae_jax.config_lib import load_config
 from msm_mae_jax.model_config import ModelConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(variant: str):
-    """configs/msm_mae.py:get_config(variant) without absl flags."""
-    spec = importlib.util.spec_from_file_location(
-        "msm_mae_config", os.path.join(ROOT, "configs", "msm_mae.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
 
 
 def model_config_for(variant: str) -> ModelConfig:

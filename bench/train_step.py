@@ -51,8 +51,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import load_config, machine_info  # noqa: E402
+from bench.common import machine_info  # noqa: E402
 from msm_mae_jax import optim, trainer  # noqa: E402
+from msm_mae_jax.config_lib import load_config  # noqa: E402
 from msm_mae_jax.model_config import ModelConfig  # noqa: E402
 
 # Dense bf16 peak FLOP/s of known accelerators (no sparsity), for MFU.

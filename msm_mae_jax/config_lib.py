@@ -30,7 +30,7 @@ def load_config(
     mod_spec.loader.exec_module(mod)
     config = mod.get_config(variant or None)
     for key, value in (overrides or {}).items():
-        node, *_ = config, None
+        node = config
         *parents, leaf = key.split(".")
         for p in parents:
             if p not in node:

@@ -23,7 +23,6 @@ Shape letters: N clips, S samples, F mel bins, T frames, D width, L layers.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import sys
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msm_mae_jax import audio, probe
+from msm_mae_jax.config_lib import load_config
 from msm_mae_jax.model_config import ModelConfig
 from msm_mae_jax.normalization import NormStats
 from msm_mae_jax.tasks import Task
@@ -242,13 +242,7 @@ def load_model_config(spec: str | None) -> ModelConfig:
     """None -> the default ViT-B 80x208; 'configs/msm_mae.py:tiny' -> that config's model."""
     if not spec:
         return ModelConfig()
-    path, _, variant = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config {spec!r}: no such config file {path}")
-    mod_spec = importlib.util.spec_from_file_location("_eval_config", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return ModelConfig.from_dict(mod.get_config(variant or None).model)
+    return ModelConfig.from_dict(load_config(spec).model)
 
 
 def random_runtime(model_config: ModelConfig, norm_stats: NormStats, seed: int = 0):
