@@ -5,7 +5,7 @@
     python evaluate.py --baseline random --config configs/msm_mae.py:tiny --task synthetic
 
 Tasks: csv:FILE (file, label and split or fold columns), folder:DIR (class sub-folders),
-tfds:NAME, synthetic[:N]; see msm_mae_jax/tasks.py. Logic lives in msm_mae_jax/evaluation.py.
+tfds:NAME, synthetic[:N]; see msm_mae_jax/tasks.py. Logic lives in msm_mae_jax/linear.py.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from msm_mae_jax import evaluation, tasks
+    from msm_mae_jax.evaluation import linear, tasks
 
     try:
         task = tasks.parse_task(
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
             audio_key=args.audio_key,
             tfds_data_dir=args.tfds_data_dir,
         )
-        result = evaluation.evaluate(
+        result = linear.evaluate(
             task,
             checkpoint=args.checkpoint,
             baseline=args.baseline,
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
             norm=args.norm,
             unit_sec=args.unit_sec or None,
             batch_size=args.batch_size,
-            cache_dir=None if args.no_cache else (args.cache_dir or evaluation.DEFAULT_CACHE_DIR),
+            cache_dir=None if args.no_cache else (args.cache_dir or linear.DEFAULT_CACHE_DIR),
             progress=not args.no_progress,
             seeds=tuple(range(args.seeds)),
             probe_kw={"lr": args.lr, "max_epochs": args.max_epochs, "patience": args.patience},
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     except (tasks.TaskError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(evaluation.format_table(result))
+    print(linear.format_table(result))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -14,8 +14,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from msm_mae_jax import trainer
-from msm_mae_jax.model_config import ConfigError
+from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.train import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -49,7 +49,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
-        result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except ConfigError as e:  # a readable line instead of a traceback
         raise SystemExit(f"train.py: {e}") from None
     if jax.process_index() == 0:

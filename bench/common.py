@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import platform
 
-from msm_mae_jax.config_lib import load_config
-from msm_mae_jax.model_config import ModelConfig
+from msm_mae_jax.core.config_files import load_config
+from msm_mae_jax.model.config import ModelConfig
 
 
 def model_config_for(variant: str) -> ModelConfig:

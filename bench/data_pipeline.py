@@ -30,7 +30,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from msm_mae_jax import audio, audio_io  # noqa: E402
+from msm_mae_jax.data import (
+    audio,  # noqa: E402
+    audio_io,  # noqa: E402
+)
 
 
 def write_clips(directory: pathlib.Path, n: int, seconds: float, seed: int) -> list[str]:

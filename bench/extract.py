@@ -32,7 +32,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from msm_mae_jax import xla_flags  # noqa: E402
+from msm_mae_jax.train import xla_flags  # noqa: E402
 
 xla_flags.set_default_xla_flags()
 
@@ -41,10 +41,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import machine_info, model_config_for  # noqa: E402
-from msm_mae_jax import audio, models  # noqa: E402
-from msm_mae_jax.model_config import ModelConfig  # noqa: E402
-from msm_mae_jax.normalization import NormStats  # noqa: E402
-from msm_mae_jax.runtime import Runtime, bucket_size  # noqa: E402
+from msm_mae_jax.data import audio  # noqa: E402
+from msm_mae_jax.data.normalization import NormStats  # noqa: E402
+from msm_mae_jax.features.runtime import Runtime, bucket_size  # noqa: E402
+from msm_mae_jax.model import mae  # noqa: E402
+from msm_mae_jax.model.config import ModelConfig  # noqa: E402
 
 NORM = NormStats(-7.1, 4.2)  # any fixed statistics; the figures do not depend on them
 
@@ -70,7 +71,7 @@ def _timed(fn, repeats: int) -> float:
 
 class JaxArm:
     def __init__(self, c: ModelConfig, wav_BS: np.ndarray):
-        params = models.init_params(c, jax.random.key(0))["encoder"]
+        params = mae.init_params(c, jax.random.key(0))["encoder"]
         self.rt = Runtime(c, params, NORM)
         self.wav = wav_BS
         t0 = time.perf_counter()
@@ -78,7 +79,7 @@ class JaxArm:
         self.compile_s = time.perf_counter() - t0
         self.rt.encode(wav_BS)
         # Encoder alone on a unit batch (the cost the bucketing multiplies).
-        enc = models.Encoder(c)
+        enc = mae.Encoder(c)
         self._enc = jax.jit(lambda p, x: enc.apply({"params": p}, x).x_BKD)
         self._params = self.rt._params
 

@@ -28,7 +28,7 @@ except ImportError as e:  # pragma: no cover - depends on the optional extra
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.common import model_config_for  # noqa: E402
-from msm_mae_jax.model_config import ModelConfig  # noqa: E402
+from msm_mae_jax.model.config import ModelConfig  # noqa: E402
 
 
 def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Steady-state throughput of the production MSM-MAE train step (`trainer.Setup.train_step`).
+"""Steady-state throughput of the production MSM-MAE train step (`loop.Setup.train_step`).
 
 Measures, in one process and one run:
 
@@ -43,7 +43,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from msm_mae_jax import xla_flags  # noqa: E402
+from msm_mae_jax.train import xla_flags  # noqa: E402
 
 xla_flags.set_default_xla_flags()
 
@@ -52,9 +52,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import machine_info  # noqa: E402
-from msm_mae_jax import optim, trainer  # noqa: E402
-from msm_mae_jax.config_lib import load_config  # noqa: E402
-from msm_mae_jax.model_config import ModelConfig  # noqa: E402
+from msm_mae_jax.core.config_files import load_config  # noqa: E402
+from msm_mae_jax.model.config import ModelConfig  # noqa: E402
+from msm_mae_jax.train import loop, optim  # noqa: E402
 
 # Dense bf16 peak FLOP/s of known accelerators (no sparsity), for MFU.
 PEAK_BF16_FLOPS = {
@@ -108,7 +108,7 @@ def analytic_flops(c: ModelConfig, batch: int) -> dict[str, int]:
     return {"forward": batch * forward, "step": batch * (3 * forward - patch)}
 
 
-def make_setup(variant: str, batch: int, dtype: str) -> trainer.Setup:
+def make_setup(variant: str, batch: int, dtype: str) -> loop.Setup:
     config = load_config(variant)
     config.batch_size = batch
     config.grad_accum_steps = 1
@@ -117,7 +117,7 @@ def make_setup(variant: str, batch: int, dtype: str) -> trainer.Setup:
     config.warmup_steps = 100
     config.steps_per_epoch = 100
     schedule = optim.resolve_schedule(config)
-    return trainer.Setup(config, schedule)
+    return loop.Setup(config, schedule)
 
 
 class JaxStep:

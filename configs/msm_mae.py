@@ -10,7 +10,8 @@ Every key the code reads is declared here.
 
 import ml_collections
 
-from msm_mae_jax.model_config import ConfigError, encoder_variant
+from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.model.config import encoder_variant
 
 VARIANTS = (
     "base_208",

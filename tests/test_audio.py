@@ -15,7 +15,7 @@ import soxr  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from reference import librosa_log_mel
 
-from msm_mae_jax import audio  # noqa: E402
+from msm_mae_jax.data import audio  # noqa: E402
 
 tf.config.set_visible_devices([], "GPU")
 

@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from msm_mae_jax import audio, audio_io
-from msm_mae_jax.audio_io import AudioError, load_audio
+from msm_mae_jax.data import audio, audio_io
+from msm_mae_jax.data.audio_io import AudioError, load_audio
 
 SR = 16000
 

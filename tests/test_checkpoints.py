@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from configs.msm_mae import get_config
-from msm_mae_jax import checkpoints, optim, trainer
-from msm_mae_jax.model_config import ModelConfig
-from msm_mae_jax.normalization import NormStats
+from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.train import checkpoints, loop, optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ def _setup(mesh):
     c.mesh = mesh
     c.batch_size = 8
     c.total_steps = 4
-    return c, trainer.Setup(c, optim.resolve_schedule(c))
+    return c, loop.Setup(c, optim.resolve_schedule(c))
 
 
 def _equal(a, b) -> bool:
@@ -85,7 +85,7 @@ _KILL_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     import numpy as np
-    from msm_mae_jax import checkpoints
+    from msm_mae_jax.train import checkpoints
     ck = checkpoints.Checkpointer(sys.argv[1], keep=3)
     ck.save(1, {"w": np.arange(1000, dtype=np.float32)}, {"step": 1})
     ck.wait()

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import scipy.special
 
-from msm_mae_jax import convert, models, posembed
-from msm_mae_jax.masking import random_masking
-from msm_mae_jax.model_config import ModelConfig
-from msm_mae_jax.model_dir import load_model_dir
+from msm_mae_jax.model import convert, mae, posembed
+from msm_mae_jax.model.artifact import load_model_dir
+from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.model.masking import random_masking
 
 
 def _block_sd(rng, prefix, D, hidden):
@@ -298,7 +298,7 @@ def test_single_block_matches_numpy_formulas():
     _, params = convert.state_dict_to_params(sd)
     x = np.random.default_rng(0).normal(size=(2, 17, 64))
     for heads in (1, 4):
-        got = jax.jit(models.Block(num_heads=heads).apply)(
+        got = jax.jit(mae.Block(num_heads=heads).apply)(
             {"params": params["encoder"]["blocks_0"]}, x.astype(np.float32)
         )
         np.testing.assert_allclose(
@@ -313,7 +313,7 @@ def test_whole_model_matches_numpy_forward(cls, decoder):
     config = ModelConfig(**kw)
     lms = np.random.default_rng(1).normal(size=(3, 1, 80, 208)).astype(np.float32)
     key = jax.random.key(3)
-    apply = jax.jit(models.MaskedAutoencoder(config).apply)
+    apply = jax.jit(mae.MaskedAutoencoder(config).apply)
     loss, pred, mask = apply({"params": params}, lms, key)
     ids_keep = np.asarray(random_masking(key, 3, config.num_patches, config.num_keep)[0])
     ref_loss, ref_pred, ref_mask = np_mae_loss(sd, lms.astype(np.float64), ids_keep, 4, 2, (16, 16))
@@ -334,13 +334,13 @@ def test_matches_pytorch_reference():
         decoder_depth=1,
         decoder_num_heads=2,
     )
-    params = models.init_params(config, jax.random.key(0))
+    params = mae.init_params(config, jax.random.key(0))
     tm = TorchMAE(config)
     sd = convert.params_to_state_dict(params, config)
     tm.load_state_dict({k: torch.tensor(v) for k, v in sd.items()}, strict=True)
     lms = np.random.default_rng(2).normal(size=(4, 1, 80, 208)).astype(np.float32)
     key = jax.random.key(5)
-    loss, pred, mask = jax.jit(models.MaskedAutoencoder(config).apply)({"params": params}, lms, key)
+    loss, pred, mask = jax.jit(mae.MaskedAutoencoder(config).apply)({"params": params}, lms, key)
     noise = np.asarray(jax.random.uniform(key, (4, config.num_patches)))  # same draws
     with torch.no_grad():
         t_loss, t_pred, t_mask = tm(torch.tensor(lms), noise=torch.tensor(noise))

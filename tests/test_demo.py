@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from msm_mae_jax import demo
+from msm_mae_jax.cli import demo
 
 
 @pytest.mark.slow

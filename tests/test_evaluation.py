@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from msm_mae_jax import audio, evaluation, synthetic, tasks
+from msm_mae_jax.data import audio, synthetic
+from msm_mae_jax.evaluation import linear, tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,39 +46,39 @@ def _synthetic_csv(tmp_path, n=48, seconds=0.5, folds=None):
 
 def test_fit_length_pads_both_sides_and_crops_from_start():
     x = np.arange(1, 6, dtype=np.float32)
-    np.testing.assert_array_equal(evaluation.fit_length(x, 8), [0, 1, 2, 3, 4, 5, 0, 0])
-    np.testing.assert_array_equal(evaluation.fit_length(x, 3), [1, 2, 3])
+    np.testing.assert_array_equal(linear.fit_length(x, 8), [0, 1, 2, 3, 4, 5, 0, 0])
+    np.testing.assert_array_equal(linear.fit_length(x, 3), [1, 2, 3])
 
 
 def test_norm_stats_and_logmel_features_match_numpy():
     task = tasks.parse_task("synthetic:12")
-    clips = evaluation.Clips(task, unit_sec=0.5, progress=False)
-    wavs = [evaluation.fit_length(w, 8000) for w in task.source.iterate(range(12), 0.5)]
+    clips = linear.Clips(task, unit_sec=0.5, progress=False)
+    wavs = [linear.fit_length(w, 8000) for w in task.source.iterate(range(12), 0.5)]
     lms = np.stack([_lms(w) for w in wavs])
-    stats = evaluation.task_norm_stats(clips, [0, 3, 5], batch_size=2)
+    stats = linear.task_norm_stats(clips, [0, 3, 5], batch_size=2)
     assert stats.mean == pytest.approx(lms[[0, 3, 5]].mean(), rel=1e-5)
     assert stats.std == pytest.approx(lms[[0, 3, 5]].std(), rel=1e-4)
     # clips exactly unit length: the per-band mean and std of the frames centred inside the
     # clip (all but the last, centred on the end sample)
-    feats = evaluation.logmel_features(clips, np.arange(12), batch_size=5)["logmel"]
+    feats = linear.logmel_features(clips, np.arange(12), batch_size=5)["logmel"]
     inside = lms[..., np.arange(lms.shape[-1]) * 160 < 8000]
     assert inside.shape[-1] == lms.shape[-1] - 1
     ref = np.concatenate([inside.mean(-1), inside.std(-1)], axis=1)
     np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4)
     # padding to a longer unit leaves the statistics of the clip's own frames (almost) as they
     # were: only the frames at the edges see zeros instead of reflected audio
-    longer = evaluation.logmel_features(evaluation.Clips(task, 2.0, progress=False), np.arange(12))[
+    longer = linear.logmel_features(linear.Clips(task, 2.0, progress=False), np.arange(12))[
         "logmel"
     ]
     assert np.median(np.abs(longer - ref)[:, :80]) < 0.5
-    padded_lms = _lms(evaluation.fit_length(wavs[0], 32000))
+    padded_lms = _lms(linear.fit_length(wavs[0], 32000))
     assert np.abs(padded_lms.mean(-1) - ref[0, :80]).max() > 3  # what counting padding does
 
 
 def test_logmel_baseline_on_fsdd_digits(fsdd_dir, tmp_path):
     task = _fsdd_task(fsdd_dir, tmp_path)
     assert task.folds[0].sizes() == {"train": 2430, "valid": 270, "test": 300}
-    res = evaluation.evaluate(
+    res = linear.evaluate(
         task,
         baseline="logmel",
         unit_sec=1.0,
@@ -92,7 +93,7 @@ def test_logmel_baseline_on_fsdd_digits(fsdd_dir, tmp_path):
 
 def test_random_tiny_encoder_full_path_on_fsdd(fsdd_dir, tmp_path):
     task = _fsdd_task(fsdd_dir, tmp_path, every=25)  # 120 clips
-    res = evaluation.evaluate(
+    res = linear.evaluate(
         task,
         baseline="random",
         config=os.path.join(ROOT, "configs/msm_mae.py:tiny"),
@@ -124,23 +125,23 @@ def test_cache_hit_skips_extraction(tmp_path, monkeypatch):
         probe_kw={"max_epochs": 5},
         log=lambda m: None,
     )
-    first = evaluation.evaluate(task, **kw)
+    first = linear.evaluate(task, **kw)
     assert not first["timing"]["cache_hit"] and os.path.isfile(first["settings"]["cache_file"])
 
     def no_extraction(*a, **k):
         raise AssertionError("extraction ran despite a cached result")
 
-    monkeypatch.setattr(evaluation, "Clips", no_extraction)
-    second = evaluation.evaluate(task, **kw)
+    monkeypatch.setattr(linear, "Clips", no_extraction)
+    second = linear.evaluate(task, **kw)
     assert second["timing"]["cache_hit"] and second["accuracy"] == first["accuracy"]
     # other settings: another cache entry, so extraction is needed
     with pytest.raises(AssertionError, match="extraction ran"):
-        evaluation.evaluate(task, **{**kw, "unit_sec": 0.4})
+        linear.evaluate(task, **{**kw, "unit_sec": 0.4})
 
 
 def test_fold_task_reports_mean_and_std_over_folds(tmp_path):
     task = tasks.parse_task(f"csv:{_synthetic_csv(tmp_path, n=60, folds=3)}")
-    res = evaluation.evaluate(
+    res = linear.evaluate(
         task,
         baseline="logmel",
         unit_sec=0.5,
@@ -155,20 +156,20 @@ def test_fold_task_reports_mean_and_std_over_folds(tmp_path):
     assert list(acc["per_fold"]) == ["fold0", "fold1", "fold2"]
     assert acc["mean"] == pytest.approx(per_fold.mean())
     assert acc["std"] == pytest.approx(per_fold.std())
-    assert "3 folds" in evaluation.format_table(res)
+    assert "3 folds" in linear.format_table(res)
 
 
 def test_argument_errors(tmp_path):
     task = tasks.parse_task("synthetic:12")
     with pytest.raises(ValueError, match="exactly one"):
-        evaluation.extract(task, unit_sec=0.5)
+        linear.extract(task, unit_sec=0.5)
     with pytest.raises(ValueError, match="--norm checkpoint needs"):
-        evaluation.extract(task, baseline="random", norm="checkpoint", unit_sec=0.5)
+        linear.extract(task, baseline="random", norm="checkpoint", unit_sec=0.5)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        evaluation.extract(task, checkpoint=str(tmp_path / "nowhere"), unit_sec=0.5)
+        linear.extract(task, checkpoint=str(tmp_path / "nowhere"), unit_sec=0.5)
     with pytest.raises(ValueError, match="block 3 outside 1..2"):
-        evaluation.parse_layers("1,3", 2)
-    assert evaluation.parse_layers("1,-1", 12) == [0, 11]
+        linear.parse_layers("1,3", 2)
+    assert linear.parse_layers("1,-1", 12) == [0, 11]
 
 
 def test_bad_audio_file_is_named(tmp_path):
@@ -177,7 +178,7 @@ def test_bad_audio_file_is_named(tmp_path):
         f.write(b"not a wav file")
     task = tasks.parse_task(f"csv:{path}")
     with pytest.raises(ValueError, match="3.wav"):
-        evaluation.evaluate(
+        linear.evaluate(
             task,
             baseline="logmel",
             unit_sec=0.5,
@@ -233,12 +234,12 @@ def test_cli_smoke(tmp_path):
 
 
 def test_checkpoint_path_with_task_and_checkpoint_norm(tmp_path):
-    from msm_mae_jax import model_dir
-    from msm_mae_jax.normalization import NormStats
+    from msm_mae_jax.data.normalization import NormStats
+    from msm_mae_jax.model import artifact
 
-    cfg = evaluation.load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
-    rt = evaluation.random_runtime(cfg, NormStats(-5.0, 3.0), seed=1)
-    ckpt = model_dir.save_model_dir(
+    cfg = linear.load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
+    rt = linear.random_runtime(cfg, NormStats(-5.0, 3.0), seed=1)
+    ckpt = artifact.save_model_dir(
         str(tmp_path / "model"), cfg, rt._params, NormStats(-5.0, 3.0), source="test"
     )
     task = tasks.parse_task("synthetic:24")
@@ -251,14 +252,14 @@ def test_checkpoint_path_with_task_and_checkpoint_norm(tmp_path):
         probe_kw={"max_epochs": 3},
         log=lambda m: None,
     )
-    own = evaluation.evaluate(task, norm="checkpoint", **kw)
+    own = linear.evaluate(task, norm="checkpoint", **kw)
     assert own["settings"]["norm_stats"] == {"mean": -5.0, "std": 3.0}
     assert own["feature_dim"] == cfg.feature_dim and own["model"] == ckpt
-    feats, info = evaluation.extract(
+    feats, info = linear.extract(
         task, **{k: v for k, v in kw.items() if k not in ("seeds", "probe_kw")}
     )
     ref = rt.scene_embeddings(
-        np.stack([evaluation.fit_length(w, 8000) for w in task.source.iterate(range(24), 0.5)]),
+        np.stack([linear.fit_length(w, 8000) for w in task.source.iterate(range(24), 0.5)]),
         normalization=tuple(info["norm_stats"].values()),
     )
     np.testing.assert_allclose(feats["final"], ref, rtol=1e-4, atol=1e-4)

@@ -7,10 +7,11 @@ import numpy as np
 import optax
 import pytest
 
-from msm_mae_jax import checkpoints, export, model_dir, models
-from msm_mae_jax.model_config import ModelConfig
-from msm_mae_jax.normalization import NormStats
-from msm_mae_jax.runtime import Runtime
+from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.features.runtime import Runtime
+from msm_mae_jax.model import artifact, mae
+from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.train import checkpoints, export
 
 CFG = ModelConfig(
     embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
@@ -30,7 +31,7 @@ def workdir(tmp_path_factory):
     ckpt = checkpoints.Checkpointer(wd, keep=3, async_save=False)
     params = {}
     for step in (1, 2):
-        p = models.init_params(CFG, jax.random.key(step))
+        p = mae.init_params(CFG, jax.random.key(step))
         state = {
             "params": p,
             "opt_state": optax.adamw(1e-3).init(p),
@@ -48,7 +49,7 @@ def workdir(tmp_path_factory):
 def test_export_load_gives_the_checkpoint_features(workdir, tmp_path):
     wd, params = workdir
     out = export.export(wd, str(tmp_path / "latest"))
-    cfg, enc, stats, meta = model_dir.load_model_dir(out)
+    cfg, enc, stats, meta = artifact.load_model_dir(out)
     assert cfg == CFG and stats == STATS
     assert meta["step"] == 2 and meta["source"] == os.path.abspath(wd) and meta["version"]
     assert set(enc) == set(params[2])  # encoder only: no decoder, no optimizer state
@@ -68,7 +69,7 @@ def test_cli_with_step(workdir, tmp_path, capsys):
     wd, params = workdir
     out = str(tmp_path / "step1")
     assert export.main(["--workdir", wd, "--out", out, "--step", "1"]) == 0
-    _, enc, _, meta = model_dir.load_model_dir(out)
+    _, enc, _, meta = artifact.load_model_dir(out)
     assert meta["step"] == 1
     jax.tree.map(np.testing.assert_array_equal, enc, jax.tree.map(np.asarray, params[1]))
     assert export.main(["--workdir", wd, "--out", str(tmp_path / "x"), "--step", "7"]) == 1

@@ -4,9 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from msm_mae_jax import hear, model_dir, models
-from msm_mae_jax.model_config import ModelConfig
-from msm_mae_jax.normalization import NormStats
+from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.features import hear
+from msm_mae_jax.model import artifact, mae
+from msm_mae_jax.model.config import ModelConfig
 
 CFG = ModelConfig(
     embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
@@ -15,9 +16,9 @@ CFG = ModelConfig(
 
 @pytest.fixture(scope="module")
 def saved_dir(tmp_path_factory):
-    params = models.init_params(CFG, jax.random.key(2))["encoder"]
+    params = mae.init_params(CFG, jax.random.key(2))["encoder"]
     path = tmp_path_factory.mktemp("hear_model")
-    return model_dir.save_model_dir(str(path), CFG, params, NormStats(-6.0, 4.0), source="init")
+    return artifact.save_model_dir(str(path), CFG, params, NormStats(-6.0, 4.0), source="init")
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import soundfile as sf
 from reference import librosa_log_mel
 
 from configs.msm_mae import get_config
-from msm_mae_jax import input_pipeline as ip
-from msm_mae_jax import synthetic
-from msm_mae_jax.normalization import NormStats
+from msm_mae_jax.data import pipeline as ip
+from msm_mae_jax.data import synthetic
+from msm_mae_jax.data.normalization import NormStats
 
 STATS = NormStats(-6.0, 4.0)
 
@@ -254,7 +254,7 @@ def test_files_source_over_fsdd_matches_librosa(fsdd_dir, tmp_path):
 
 
 def test_tfds_source_via_local_builder(fsdd_dir, tmp_path):
-    from msm_mae_jax.tfds_audio_folder import build_audio_folder
+    from msm_mae_jax.data.tfds_audio_folder import build_audio_folder
 
     src = tmp_path / "src"
     src.mkdir()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_mae_jax.losses import masked_mse
+from msm_mae_jax.model.losses import masked_mse
 
 
 def _data(seed=0, B=3, N=10, P=16):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_mae_jax.masking import random_masking
+from msm_mae_jax.model.masking import random_masking
 
 
 def test_counts_inverse_and_mask_consistency():

@@ -3,9 +3,10 @@ import importlib.util
 import numpy as np
 import pytest
 
-from msm_mae_jax.model_config import ConfigError, ModelConfig, parse_run_name
-from msm_mae_jax.model_dir import load_model_dir, save_model_dir
-from msm_mae_jax.normalization import NormStats
+from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.model.artifact import load_model_dir, save_model_dir
+from msm_mae_jax.model.config import ModelConfig, parse_run_name
 
 
 def _load_config_module():

@@ -16,8 +16,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from msm_mae_jax import models
-from msm_mae_jax.model_config import ModelConfig
+from msm_mae_jax.model import mae
+from msm_mae_jax.model.config import ModelConfig
 
 TINY = ModelConfig(
     embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
@@ -48,12 +48,12 @@ def _batch_constraints(hlo_text):
 
 
 def _loss(params, lms, key):
-    return models.MaskedAutoencoder(TINY).apply({"params": params}, lms, key)[0]
+    return mae.MaskedAutoencoder(TINY).apply({"params": params}, lms, key)[0]
 
 
 @pytest.fixture(scope="module")
 def reference():
-    params = models.init_params(TINY, jax.random.key(0))
+    params = mae.init_params(TINY, jax.random.key(0))
     lms = jax.random.normal(jax.random.key(1), (B, 1, *TINY.input_size))
     key = jax.random.key(2)
     loss, grads = jax.jit(jax.value_and_grad(_loss))(params, lms, key)
@@ -66,7 +66,7 @@ def test_sharded_step_matches_single_device(reference, shape):
         pytest.skip("needs 8 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
     params, lms, key, loss_1, grads_1 = reference
     mesh, rules = _mesh(shape), _config_rules()
-    logical = nn.get_partition_spec(models.abstract_params(TINY))
+    logical = nn.get_partition_spec(mae.abstract_params(TINY))
     param_sh = nn.logical_to_mesh_sharding(logical, mesh, rules)
     batch_sh = NamedSharding(mesh, P(("data", "fsdp")))
 
@@ -99,7 +99,7 @@ def test_constraints_are_no_ops_without_rules(reference):
 
 
 def test_every_parameter_has_logical_names():
-    abstract = models.abstract_params(ModelConfig())
+    abstract = mae.abstract_params(ModelConfig())
     leaves = jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
     known = {"embed", "mlp", "qkv", "patch", None}
@@ -113,11 +113,11 @@ def test_init_directly_into_shardings():
         pytest.skip("needs 8 (fake) devices")
     mesh, rules = _mesh((4, 2, 1)), _config_rules()
     param_sh = nn.logical_to_mesh_sharding(
-        nn.get_partition_spec(models.abstract_params(TINY)), mesh, rules
+        nn.get_partition_spec(mae.abstract_params(TINY)), mesh, rules
     )
-    model = models.MaskedAutoencoder(TINY)
+    model = mae.MaskedAutoencoder(TINY)
     init = jax.jit(
-        lambda k: nn.unbox(model.init(k, models.dummy_input(TINY), k)["params"]),
+        lambda k: nn.unbox(model.init(k, mae.dummy_input(TINY), k)["params"]),
         out_shardings=param_sh,
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_mae_jax import models
-from msm_mae_jax.model_config import ConfigError, ModelConfig, encoder_variant
+from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.model import mae
+from msm_mae_jax.model.config import ModelConfig, encoder_variant
 
 TINY = ModelConfig(
     embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
@@ -39,7 +40,7 @@ def random_params(config: ModelConfig, seed: int = 0):
         fan_in = x.shape[0] if name == "kernel" else 100
         return (rng.normal(size=x.shape) / math.sqrt(fan_in)).astype(np.float32)
 
-    return jax.tree_util.tree_map_with_path(draw, nn.unbox(models.abstract_params(config)))
+    return jax.tree_util.tree_map_with_path(draw, nn.unbox(mae.abstract_params(config)))
 
 
 def _formula_count(c: ModelConfig):
@@ -58,12 +59,12 @@ def _formula_count(c: ModelConfig):
 
 
 def test_vit_b_parameter_count_equals_official():
-    p = models.abstract_params(ModelConfig())
-    enc, dec = models.count_params(p["encoder"]), models.count_params(p["decoder"])
+    p = mae.abstract_params(ModelConfig())
+    enc, dec = mae.count_params(p["encoder"]), mae.count_params(p["decoder"])
     assert (enc, dec) == (85_244_928, 7_491_328)
     assert enc + dec == 92_736_256
-    no_cls = models.abstract_params(ModelConfig(use_cls_token=False))
-    assert models.count_params(no_cls["encoder"]) == 85_244_928 - 768
+    no_cls = mae.abstract_params(ModelConfig(use_cls_token=False))
+    assert mae.count_params(no_cls["encoder"]) == 85_244_928 - 768
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nn.unbox(p)))
 
 
@@ -85,19 +86,17 @@ def test_variants_build(variant, patch, frames, cls, dec):
         decoder_pos_embed=dec,
         **encoder_variant(variant),
     )
-    p = models.abstract_params(c)
-    assert (models.count_params(p["encoder"]), models.count_params(p["decoder"])) == _formula_count(
-        c
-    )
+    p = mae.abstract_params(c)
+    assert (mae.count_params(p["encoder"]), mae.count_params(p["decoder"])) == _formula_count(c)
     lms = jax.ShapeDtypeStruct((2, 1, 80, frames), jnp.float32)
     out = jax.eval_shape(
-        lambda p, x: models.MaskedAutoencoder(c).apply({"params": p}, x, jax.random.key(0)),
+        lambda p, x: mae.MaskedAutoencoder(c).apply({"params": p}, x, jax.random.key(0)),
         nn.unbox(p),
         lms,
     )
     assert out[1].shape == (2, c.num_patches, c.patch_dim) and out[0].shape == ()
     feats = jax.eval_shape(
-        lambda p, x: models.Encoder(c).apply({"params": p}, x, return_layers=True),
+        lambda p, x: mae.Encoder(c).apply({"params": p}, x, return_layers=True),
         nn.unbox(p["encoder"]),
         lms,
     )
@@ -123,8 +122,8 @@ def test_invalid_configs_fail_at_config_time(kw, match):
 
 
 def test_bad_calls_are_clear_errors():
-    params = models.init_params(TINY, jax.random.key(0))
-    enc = models.Encoder(TINY)
+    params = mae.init_params(TINY, jax.random.key(0))
+    enc = mae.Encoder(TINY)
     with pytest.raises(ValueError, match=r"expects \[B, 1, 80, 208\]"):
         enc.apply({"params": params["encoder"]}, jnp.zeros((2, 1, 80, 200)))
     with pytest.raises(ValueError, match="needs a PRNG key"):
@@ -143,7 +142,7 @@ def test_bad_calls_are_clear_errors():
 def test_patchify_is_frequency_major_and_inverts():
     c = ModelConfig(input_size=(80, 64), patch_size=(16, 8), **encoder_variant("tiny"))
     lms = np.random.default_rng(0).normal(size=(2, 1, 80, 64)).astype(np.float32)
-    x = np.asarray(models.patchify(jnp.asarray(lms), c.patch_size))
+    x = np.asarray(mae.patchify(jnp.asarray(lms), c.patch_size))
     gf, gt = c.grid_size
     assert x.shape == (2, gf * gt, 128)
     for f in range(gf):
@@ -152,17 +151,17 @@ def test_patchify_is_frequency_major_and_inverts():
                 x[:, f * gt + t],
                 lms[:, 0, f * 16 : (f + 1) * 16, t * 8 : (t + 1) * 8].reshape(2, -1),
             )
-    np.testing.assert_array_equal(np.asarray(models.unpatchify(jnp.asarray(x), c)), lms)
+    np.testing.assert_array_equal(np.asarray(mae.unpatchify(jnp.asarray(x), c)), lms)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
 def test_attention_equals_plain_softmax(backend, monkeypatch):
     # "gpu": the jax.nn.dot_product_attention path taken on accelerators, run here on CPU.
-    monkeypatch.setattr(models.jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(mae.jax, "default_backend", lambda: backend)
     rng = np.random.default_rng(1)
     B, N, D, H = 2, 11, 32, 4
     x = rng.normal(size=(B, N, D)).astype(np.float32)
-    attn = models.Attention(num_heads=H)
+    attn = mae.Attention(num_heads=H)
     params = attn.init(jax.random.key(0), x)["params"]
     params = jax.tree.map(
         lambda a: a + 0.1 * rng.normal(size=a.shape).astype(np.float32), nn.unbox(params)
@@ -188,16 +187,14 @@ def tiny():
 
 def test_unmasked_encoder_and_per_layer_outputs(tiny):
     params, lms = tiny
-    apply = jax.jit(models.Encoder(TINY).apply, static_argnames=("mask_ratio", "return_layers"))
+    apply = jax.jit(mae.Encoder(TINY).apply, static_argnames=("mask_ratio", "return_layers"))
     out = apply({"params": params["encoder"]}, lms, return_layers=True)
     assert out.x_BKD.shape == (3, 66, 64) and len(out.layers) == TINY.depth
     np.testing.assert_array_equal(np.asarray(out.mask_BN), 0)
     np.testing.assert_array_equal(np.asarray(out.ids_restore_BN), np.tile(np.arange(65), (3, 1)))
     np.testing.assert_array_equal(np.asarray(out.layers[-1]), np.asarray(out.x_BKD))
     # Each layer is the block applied to the previous one (the last then normalised).
-    blk1 = models.Block(TINY.num_heads).apply(
-        {"params": params["encoder"]["blocks_1"]}, out.layers[0]
-    )
+    blk1 = mae.Block(TINY.num_heads).apply({"params": params["encoder"]["blocks_1"]}, out.layers[0])
     normed = nn.LayerNorm(epsilon=1e-6).apply({"params": params["encoder"]["norm"]}, blk1)
     np.testing.assert_allclose(np.asarray(normed), np.asarray(out.x_BKD), atol=1e-5)
     plain = apply({"params": params["encoder"]}, lms)
@@ -216,10 +213,10 @@ def test_masked_encoder_keeps_the_right_tokens(tiny):
             sub["kernel"] = np.zeros_like(sub["kernel"])
             sub["bias"] = np.zeros_like(sub["bias"])
     key = jax.random.key(7)
-    apply = jax.jit(models.Encoder(TINY).apply, static_argnames=("mask_ratio",))
+    apply = jax.jit(mae.Encoder(TINY).apply, static_argnames=("mask_ratio",))
     masked = apply({"params": enc_p}, lms, key=key, mask_ratio=0.75)
     full = apply({"params": enc_p}, lms)
-    from msm_mae_jax.masking import random_masking
+    from msm_mae_jax.model.masking import random_masking
 
     ids_keep, ids_restore, mask = random_masking(key, 3, 65, TINY.num_keep)
     np.testing.assert_array_equal(np.asarray(masked.mask_BN), np.asarray(mask))
@@ -235,12 +232,12 @@ def test_masked_encoder_keeps_the_right_tokens(tiny):
 
 def test_loss_depends_on_key_only_through_masks(tiny):
     params, lms = tiny
-    f = jax.jit(lambda p, x, k: models.MaskedAutoencoder(TINY).apply({"params": p}, x, k))
+    f = jax.jit(lambda p, x, k: mae.MaskedAutoencoder(TINY).apply({"params": p}, x, k))
     a, b, c = (f(params, lms, jax.random.key(s)) for s in (1, 1, 2))
     assert float(a[0]) == float(b[0]) and float(a[0]) != float(c[0])
     assert np.asarray(a[2]).sum() == 3 * (65 - TINY.num_keep)
     # mask_ratio 0: nothing masked, nothing to reconstruct.
-    loss0, _, mask0 = models.MaskedAutoencoder(TINY).apply(
+    loss0, _, mask0 = mae.MaskedAutoencoder(TINY).apply(
         {"params": params}, lms, jax.random.key(1), mask_ratio=0.0
     )
     assert float(loss0) == 0.0 and float(mask0.sum()) == 0.0
@@ -252,9 +249,7 @@ def test_remat_and_bf16(tiny):
 
     def loss_fn(c):
         return jax.jit(
-            jax.value_and_grad(
-                lambda p: models.MaskedAutoencoder(c).apply({"params": p}, lms, key)[0]
-            )
+            jax.value_and_grad(lambda p: mae.MaskedAutoencoder(c).apply({"params": p}, lms, key)[0])
         )
 
     l32, g32 = loss_fn(MICRO)(params)
@@ -265,7 +260,7 @@ def test_remat_and_bf16(tiny):
     lbf, gbf = loss_fn(MICRO.replace(dtype="bfloat16"))(params)
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(gbf))
     np.testing.assert_allclose(float(lbf), float(l32), rtol=3e-2)
-    enc = jax.jit(models.Encoder(MICRO.replace(dtype="bfloat16")).apply)(
+    enc = jax.jit(mae.Encoder(MICRO.replace(dtype="bfloat16")).apply)(
         {"params": params["encoder"]}, lms
     )
     assert enc.x_BKD.dtype == jnp.bfloat16
@@ -273,7 +268,7 @@ def test_remat_and_bf16(tiny):
 
 def test_initialisation_follows_official_mae():
     c = ModelConfig(depth=4, **{k: v for k, v in encoder_variant("small").items() if k != "depth"})
-    params = jax.tree.map(np.asarray, models.init_params(c, jax.random.key(0)))
+    params = jax.tree.map(np.asarray, mae.init_params(c, jax.random.key(0)))
     enc, dec = params["encoder"], params["decoder"]
     for kernel in (
         enc["blocks_0"]["attn"]["qkv"]["kernel"],

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from train_utils import TINY_OVERRIDES, final_params, read_metrics, tiny_config
 
-from msm_mae_jax import distributed, trainer
+from msm_mae_jax.train import distributed, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -81,7 +81,7 @@ def test_two_processes_match_one(tmp_path):
     # Reference: a plain one-process run of the same config (its own data pipeline, all the
     # devices of this test process): the data order does not depend on the process count.
     wd1 = str(tmp_path / "one")
-    trainer.train_and_evaluate(c, wd1)
+    loop.train_and_evaluate(c, wd1)
     l2 = [r["loss"] for r in read_metrics(wd2)]
     l1 = [r["loss"] for r in read_metrics(wd1)]
     assert len(l2) == STEPS

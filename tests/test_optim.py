@@ -7,8 +7,10 @@ import optax
 import pytest
 
 from configs.msm_mae import get_config
-from msm_mae_jax import models, optim
-from msm_mae_jax.model_config import ConfigError, ModelConfig
+from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.model import mae
+from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.train import optim
 
 
 def _numpy_lr(step, base, min_lr, warm, total):
@@ -53,7 +55,7 @@ def test_base_lr_scaling_and_epoch_conversion():
 
 def test_weight_decay_mask_exact_set():
     mc = ModelConfig.from_dict(get_config("tiny").model)
-    params = jax.tree.map(lambda x: x, models.abstract_params(mc))
+    params = jax.tree.map(lambda x: x, mae.abstract_params(mc))
     import flax.linen as nn
 
     mask = optim.weight_decay_mask(nn.meta.unbox(params))

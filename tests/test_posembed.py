@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from msm_mae_jax import posembed
+from msm_mae_jax.model import posembed
 
 
 def _ref_2d(D, gf, gt, cls):

@@ -11,8 +11,8 @@ import soundfile as sf
 from reference import librosa_log_mel
 
 from configs.msm_mae import get_config
-from msm_mae_jax import input_pipeline as ip
-from msm_mae_jax import prepare
+from msm_mae_jax.data import pipeline as ip
+from msm_mae_jax.data import prepare
 
 NAMES = [
     "0_jackson_0.wav",

@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 from sklearn.preprocessing import StandardScaler
 
-from msm_mae_jax import probe
+from msm_mae_jax.evaluation import probe
 
 
 def _blobs(rng, n, d=16, c=4, sep=6.0):

@@ -6,10 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from msm_mae_jax import audio, audio_io, model_dir, models
-from msm_mae_jax.model_config import ModelConfig
-from msm_mae_jax.normalization import NormStats
-from msm_mae_jax.runtime import Runtime, bucket_size, patch_timestamps_ms
+from msm_mae_jax.data import audio, audio_io
+from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.features.runtime import Runtime, bucket_size, patch_timestamps_ms
+from msm_mae_jax.model import artifact, mae
+from msm_mae_jax.model.config import ModelConfig
 
 CFG = ModelConfig(
     embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
@@ -20,13 +21,13 @@ ATOL = 2e-5
 
 @pytest.fixture(scope="module")
 def enc_params():
-    return models.init_params(CFG, jax.random.key(1))["encoder"]
+    return mae.init_params(CFG, jax.random.key(1))["encoder"]
 
 
 @pytest.fixture(scope="module")
 def saved_dir(tmp_path_factory, enc_params):
     path = tmp_path_factory.mktemp("model")
-    return model_dir.save_model_dir(str(path), CFG, enc_params, STATS, source="random init")
+    return artifact.save_model_dir(str(path), CFG, enc_params, STATS, source="random init")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def _reference(params, lms_BFT, mean, std, layer=None):
     x = np.concatenate([x, np.zeros((B, F, units * fu - T))], axis=2).astype(np.float32)
     out = []
     for u in range(units):
-        y = models.Encoder(CFG).apply(
+        y = mae.Encoder(CFG).apply(
             {"params": params},
             x[:, None, :, u * fu : (u + 1) * fu],
             return_layers=layer is not None,
@@ -255,7 +256,7 @@ def test_load_errors(tmp_path, enc_params):
 
 
 def test_loads_converted_official_weights(tmp_path, rt, enc_params):
-    from msm_mae_jax import convert
+    from msm_mae_jax.model import convert
 
     src = tmp_path / "80x208p16x16_tiny" / "checkpoint.npz"
     src.parent.mkdir()

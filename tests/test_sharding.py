@@ -5,8 +5,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs.msm_mae import get_config
-from msm_mae_jax import models, sharding
-from msm_mae_jax.model_config import ConfigError, ModelConfig
+from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.model import mae
+from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.train import sharding
 
 
 def test_parse_mesh_infers_minus_one():
@@ -46,7 +48,7 @@ def test_param_shardings_follow_rules_and_divisibility():
     mesh = sharding.make_mesh([("data", 2), ("fsdp", 4), ("tensor", 1)])
     rules = sharding.parse_rules(c.sharding_rules, mesh)
     mc = ModelConfig.from_dict(c.model)
-    sh = sharding.param_shardings(models.abstract_params(mc), mesh, rules)
+    sh = sharding.param_shardings(mae.abstract_params(mc), mesh, rules)
     blk = sh["encoder"]["blocks_0"]
     assert blk["mlp"]["fc1"]["kernel"].spec == P("fsdp", "tensor")
     assert blk["attn"]["proj"]["kernel"].spec == P("tensor", "fsdp")

@@ -5,7 +5,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from msm_mae_jax import synthetic
+from msm_mae_jax.data import synthetic
 
 
 def test_clip_format_and_determinism():

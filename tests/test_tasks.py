@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from msm_mae_jax import tasks
+from msm_mae_jax.evaluation import tasks
 
 
 def _wav(path, seconds=0.2, sr=16000, seed=0):

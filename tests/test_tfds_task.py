@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from msm_mae_jax import audio_io, evaluation, tasks
-from msm_mae_jax.tfds_audio_folder import build_audio_folder
+from msm_mae_jax.data import audio_io
+from msm_mae_jax.data.tfds_audio_folder import build_audio_folder
+from msm_mae_jax.evaluation import linear, tasks
 
 DIGITS = ("0", "1", "2")
 
@@ -63,7 +64,7 @@ def test_tfds_task_with_train_and_test_splits(fsdd_dir, tmp_path):
     assert not set(fold.train) & set(fold.valid)
     assert set(task.y[fold.train]) == {0, 1, 2}
 
-    res = evaluation.evaluate(
+    res = linear.evaluate(
         task,
         baseline="logmel",
         unit_sec=1.0,
@@ -88,8 +89,8 @@ def test_tfds_task_with_train_and_test_splits(fsdd_dir, tmp_path):
     csv_task = tasks.parse_task(f"csv:{csv}")
     np.testing.assert_array_equal(csv_task.y, task.y)
     kw = dict(baseline="logmel", unit_sec=1.0, cache_dir=None, progress=False, log=lambda m: None)
-    (f_tfds,) = evaluation.extract(task, **kw)[0].values()
-    (f_csv,) = evaluation.extract(csv_task, **kw)[0].values()
+    (f_tfds,) = linear.extract(task, **kw)[0].values()
+    (f_csv,) = linear.extract(csv_task, **kw)[0].values()
     np.testing.assert_allclose(f_tfds, f_csv, rtol=0, atol=1e-5)
 
 

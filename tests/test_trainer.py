@@ -16,8 +16,9 @@ import pytest
 from train_utils import final_params, read_metrics, tiny_config
 
 from configs.msm_mae import get_config
-from msm_mae_jax import checkpoints, input_pipeline, optim, trainer
-from msm_mae_jax.model_config import ConfigError
+from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.data import pipeline
+from msm_mae_jax.train import checkpoints, loop, optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +48,7 @@ def test_end_to_end_files_and_resume(tmp_path):
         figure_clips=2,
         **{"probe.every_steps": 3, "probe.max_train": 24, "probe.max_test": 12},
     )
-    out = trainer.train_and_evaluate(c, wd)
+    out = loop.train_and_evaluate(c, wd)
     rows = read_metrics(wd)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
@@ -66,7 +67,7 @@ def test_end_to_end_files_and_resume(tmp_path):
 
 
 def _run_steps(c, batches, init=None):
-    s = trainer.Setup(c, optim.resolve_schedule(c))
+    s = loop.Setup(c, optim.resolve_schedule(c))
     # Initialising on one mesh and moving to another is exact (and skips a compile).
     state = s.init_state(0) if init is None else jax.device_put(init, s.state_shardings)
     losses = []
@@ -80,8 +81,8 @@ def _run_steps(c, batches, init=None):
 def test_init_is_the_same_on_any_mesh():
     c1 = tiny(3)
     c8 = tiny(3, mesh=(("data", 4), ("fsdp", 2), ("tensor", 1)))
-    a = trainer.Setup(c1, optim.resolve_schedule(c1)).init_state(0)
-    s8 = trainer.Setup(c8, optim.resolve_schedule(c8))
+    a = loop.Setup(c1, optim.resolve_schedule(c1)).init_state(0)
+    s8 = loop.Setup(c8, optim.resolve_schedule(c8))
     b = s8.init_state(0)
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
     kernel = b.params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]
@@ -96,7 +97,7 @@ def test_init_is_the_same_on_any_mesh():
 def test_multi_device_matches_one_device():
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((8, 1, 80, 208), np.float32) for _ in range(3)]
-    init = trainer.Setup(tiny(3), optim.resolve_schedule(tiny(3))).init_state(0)
+    init = loop.Setup(tiny(3), optim.resolve_schedule(tiny(3))).init_state(0)
     init = jax.tree.map(np.asarray, init)
     ref, ref_p, _ = _run_steps(tiny(3), batches, init)
     for mesh in (
@@ -113,7 +114,7 @@ def test_grad_accumulation_is_mean_of_micro_batches():
     rng = np.random.default_rng(1)
     lms = rng.standard_normal((8, 1, 80, 208), np.float32)
     c = tiny(3, grad_accum_steps=2, mesh=(("data", 2), ("fsdp", 2), ("tensor", 1)))
-    s = trainer.Setup(c, optim.resolve_schedule(c))
+    s = loop.Setup(c, optim.resolve_schedule(c))
     state = s.init_state(0)
     p0 = jax.tree.map(np.asarray, state.params)
     rng_key = np.asarray(state.rng)
@@ -137,7 +138,7 @@ def test_grad_accumulation_is_mean_of_micro_batches():
 
 
 def test_nan_stops_with_step_and_keeps_good_checkpoint(tmp_path, monkeypatch):
-    real = input_pipeline.train_iterator
+    real = pipeline.train_iterator
 
     def poisoned(*a, **kw):
         for i, b in enumerate(real(*a, **kw), start=kw.get("start_step", 0)):
@@ -145,10 +146,10 @@ def test_nan_stops_with_step_and_keeps_good_checkpoint(tmp_path, monkeypatch):
                 b = {"lms": np.full_like(b["lms"], np.nan)}
             yield b
 
-    monkeypatch.setattr(input_pipeline, "train_iterator", poisoned)
+    monkeypatch.setattr(pipeline, "train_iterator", poisoned)
     c = tiny(4, log_every_steps=10)
-    with pytest.raises(trainer.NonFiniteError, match="at step 3"):
-        trainer.train_and_evaluate(c, str(tmp_path))
+    with pytest.raises(loop.NonFiniteError, match="at step 3"):
+        loop.train_and_evaluate(c, str(tmp_path))
     ck = checkpoints.Checkpointer(str(tmp_path))
     assert ck.all_steps() == [2]
     params = final_params(str(tmp_path), 2)
@@ -168,7 +169,7 @@ def test_nan_stops_with_step_and_keeps_good_checkpoint(tmp_path, monkeypatch):
 )
 def test_config_errors_before_compilation(kw, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
-        trainer.train_and_evaluate(tiny(2, **kw), str(tmp_path))
+        loop.train_and_evaluate(tiny(2, **kw), str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "0"))
 
 
@@ -194,7 +195,7 @@ def test_vit_b_step_compiles_on_abstract_inputs():
     c = get_config("base_208")
     c.batch_size, c.total_steps, c.warmup_steps = 64, 10, 1
     c.mesh = (("data", 4), ("fsdp", 2), ("tensor", 1))
-    s = trainer.Setup(c, optim.resolve_schedule(c))
+    s = loop.Setup(c, optim.resolve_schedule(c))
     batch = jax.ShapeDtypeStruct(s.batch_shape, jnp.float32, sharding=s.batch_sharding)
     with s.activate():
         compiled = s.train_step.lower(s.abstract_state, batch).compile()
@@ -321,7 +322,7 @@ def test_lean_step_equals_full_step_without_parameter_norms():
     """The loop's step between log steps: same update and metrics, less l2_params/updates;
     the full step's norms against numpy."""
     c = tiny(3)
-    s = trainer.Setup(c, optim.resolve_schedule(c))
+    s = loop.Setup(c, optim.resolve_schedule(c))
     lms = np.random.default_rng(2).standard_normal((8, 1, 80, 208), np.float32)
     with s.activate():
         p0 = jax.tree.map(np.asarray, s.init_state(0).params)

@@ -3,8 +3,8 @@
 import json
 import os
 
-from msm_mae_jax import checkpoints
-from msm_mae_jax.config_lib import load_config
+from msm_mae_jax.core.config_files import load_config
+from msm_mae_jax.train import checkpoints
 
 # configs/msm_mae.py:tiny shrunk to seconds per run (dotted keys, as --config.key=value).
 TINY_OVERRIDES = {

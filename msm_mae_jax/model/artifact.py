@@ -20,8 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from msm_mae_jax import __version__
-from msm_mae_jax.model_config import ModelConfig
-from msm_mae_jax.normalization import NormStats
+from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.model.config import ModelConfig
 
 FORMAT = "msm_mae_jax.encoder/1"
 META_FILE = "msm_mae.json"

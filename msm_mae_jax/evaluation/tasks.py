@@ -30,8 +30,10 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from msm_mae_jax import audio_io, synthetic
-from msm_mae_jax.audio import SAMPLE_RATE
+from msm_mae_jax.core.errors import TaskError
+from msm_mae_jax.data import audio_io, synthetic
+from msm_mae_jax.data.audio import SAMPLE_RATE
+from msm_mae_jax.data.tf_setup import tensorflow
 
 SPLIT_NAMES = ("train", "valid", "test")
 _SPLIT_ALIASES = {
@@ -46,10 +48,6 @@ VALID_FRACTION = 0.1
 SYNTHETIC_CLIPS = 600
 SYNTHETIC_SECONDS = 2.0
 _SYNTHETIC_SEED = 1_000_003  # fixed: evaluation clips are not the training generator's clips
-
-
-class TaskError(ValueError):
-    """A task spec or its data is unusable; the message names the file, column or class."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,10 +443,9 @@ def load_tfds_task(
     seed: int = 0,
     data_dir: str | None = None,
 ) -> Task:
-    import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    tf.config.set_visible_devices([], "GPU")
+    tensorflow()
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises several types for unknown names

@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msm_mae_jax import posembed
-from msm_mae_jax.losses import masked_mse
-from msm_mae_jax.masking import random_masking
-from msm_mae_jax.model_config import ModelConfig
+from msm_mae_jax.model import posembed
+from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.model.losses import masked_mse
+from msm_mae_jax.model.masking import random_masking
 
 LN_EPS = 1e-6
 _xavier = nn.initializers.xavier_uniform()

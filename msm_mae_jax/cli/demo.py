@@ -33,8 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from msm_mae_jax import evaluation, export, tasks, trainer
-    from msm_mae_jax.config_lib import load_config
+    from msm_mae_jax.core.config_files import load_config
+    from msm_mae_jax.evaluation import linear, tasks
+    from msm_mae_jax.train import export, loop
 
     t_start = time.time()
     work = os.path.abspath(args.workdir)
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
 
     print(f"[demo] 1/3 pre-training {spec} for {steps} steps in {train_dir}", flush=True)
     t0 = time.time()
-    final = trainer.train_and_evaluate(config, train_dir)
+    final = loop.train_and_evaluate(config, train_dir)
     train_s = time.time() - t0
 
     print(f"[demo] 2/3 exporting the encoder to {export_dir}", flush=True)
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
         "random init (same encoder)": dict(baseline="random", config=spec),
         "logmel baseline": dict(baseline="logmel"),
     }
-    results = {name: evaluation.evaluate(task, **kw, **common) for name, kw in runs.items()}
+    results = {name: linear.evaluate(task, **kw, **common) for name, kw in runs.items()}
 
     rows = [f"{'model':<28} {'accuracy (%)':>16}  feature dim"]
     for name, r in results.items():

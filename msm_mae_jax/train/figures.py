@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from msm_mae_jax.model_config import ModelConfig  # noqa: E402
+from msm_mae_jax.model.config import ModelConfig  # noqa: E402
 
 
 def _patchify(lms_B1FT: np.ndarray, patch_size: tuple[int, int]) -> np.ndarray:

@@ -13,7 +13,7 @@ import os
 
 import jax
 
-from msm_mae_jax.model_config import ConfigError
+from msm_mae_jax.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

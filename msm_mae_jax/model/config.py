@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from msm_mae_jax.core.errors import ConfigError
+
 # Encoder width / depth / heads of the paper's variants; decoder is the same for all.
 ENCODER_VARIANTS: dict[str, tuple[int, int, int]] = {
     "tiny": (64, 2, 4),  # seconds per step on a laptop CPU: tests and the demo
@@ -23,10 +25,6 @@ DECODER_POS_EMBEDS = ("1d", "2d")
 DTYPES = ("float32", "bfloat16")
 
 _RUN_NAME = re.compile(r"^(\d+)x(\d+)p(\d+)x(\d+)(?:$|[_\-.])")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key."""
 
 
 @dataclasses.dataclass(frozen=True)

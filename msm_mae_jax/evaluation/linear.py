@@ -33,11 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msm_mae_jax import audio, probe
-from msm_mae_jax.config_lib import load_config
-from msm_mae_jax.model_config import ModelConfig
-from msm_mae_jax.normalization import NormStats
-from msm_mae_jax.tasks import Task
+from msm_mae_jax.core.config_files import load_config
+from msm_mae_jax.data import audio
+from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.evaluation import probe
+from msm_mae_jax.evaluation.tasks import Task
+from msm_mae_jax.model.config import ModelConfig
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "msm_mae_jax", "embeddings")
 MAX_DEFAULT_UNIT_SEC = 10.0
@@ -246,8 +247,8 @@ def load_model_config(spec: str | None) -> ModelConfig:
 
 
 def random_runtime(model_config: ModelConfig, norm_stats: NormStats, seed: int = 0):
-    from msm_mae_jax.models import Encoder
-    from msm_mae_jax.runtime import Runtime
+    from msm_mae_jax.features.runtime import Runtime
+    from msm_mae_jax.model.mae import Encoder
 
     lms = jnp.zeros((1, 1, *model_config.input_size), jnp.float32)
     params = jax.jit(Encoder(model_config).init)(jax.random.key(seed), lms)["params"]
@@ -373,7 +374,7 @@ def extract(
         if baseline == "random":
             runtime = random_runtime(load_model_config(config), stats, seed)
         else:
-            from msm_mae_jax.runtime import Runtime
+            from msm_mae_jax.features.runtime import Runtime
 
             runtime = Runtime.load(checkpoint)
             if stats is None:

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from msm_mae_jax.data.tf_setup import tensorflow
+
 if TYPE_CHECKING:  # both frameworks are imported lazily: TF-only users never load jax
     import jax
     import tensorflow as tf
@@ -108,8 +110,7 @@ def log_mel(wav: np.ndarray | tf.Tensor) -> tf.Tensor:
     (faster on CPU here than a DFT matmul, and float32-exact). Raises ValueError (static S) or
     tf.errors.InvalidArgumentError (dynamic S) for an empty waveform.
     """
-    import tensorflow as tf
-
+    tf = tensorflow()
     wav = tf.convert_to_tensor(wav)
     if wav.dtype != tf.float32:
         wav = tf.cast(wav, tf.float32)
@@ -152,8 +153,7 @@ def _frames_tf(padded: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
     [160 t + 240, +160). One concat instead of tf.signal.frame's gather (~2x faster on CPU).
     Every slice ends at or before 400 + 160 * (S // 160) <= S + 400.
     """
-    import tensorflow as tf
-
+    tf = tensorflow()
     t = 1 + s // HOP_LENGTH
     shape = tf.concat([tf.shape(padded)[:-1], [t, HOP_LENGTH]], axis=0)
 
@@ -169,8 +169,7 @@ def _frames_tf(padded: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
 
 def _reflect_indices_tf(s: tf.Tensor) -> tf.Tensor:
     """TF twin of `_reflect_indices_np` for a (possibly dynamic) scalar length s >= 1."""
-    import tensorflow as tf
-
+    tf = tensorflow()
     i = tf.range(-_PAD, s + _PAD)
     period = tf.maximum(2 * (s - 1), 1)  # s == 1: period 1 maps every index to 0
     j = tf.math.floormod(i, period)

@@ -16,7 +16,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from msm_mae_jax.model_config import ConfigError
+from msm_mae_jax.core.errors import ConfigError
 
 Rules = tuple[tuple[str, Any], ...]
 

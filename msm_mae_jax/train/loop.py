@@ -25,9 +25,11 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from msm_mae_jax import checkpoints, distributed, metrics, models, optim, sharding
-from msm_mae_jax.model_config import ConfigError, ModelConfig
-from msm_mae_jax.normalization import NormStats
+from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.model import mae
+from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.train import checkpoints, distributed, metrics, optim, sharding
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ class Setup:
     def __init__(self, config: ml_collections.ConfigDict, schedule: optim.Schedule, devices=None):
         self.config = config
         self.model_config = ModelConfig.from_dict(config.model)
-        self.model = models.MaskedAutoencoder(self.model_config)
+        self.model = mae.MaskedAutoencoder(self.model_config)
         self.mesh = sharding.make_mesh(config.mesh, devices)
         self.rules = sharding.parse_rules(config.sharding_rules, self.mesh)
         check_config(config, self.mesh, self.rules, jax.process_count())
@@ -106,7 +108,7 @@ class Setup:
         self.batch_shape = (int(config.batch_size), 1, F, T)
 
         with self.activate():
-            boxed = models.abstract_params(self.model_config)
+            boxed = mae.abstract_params(self.model_config)
         param_sh = sharding.param_shardings(boxed, self.mesh, self.rules)
         abstract_opt = jax.eval_shape(self.tx.init, nn.meta.unbox(boxed))
         opt_sh = optax.tree_map_params(
@@ -147,7 +149,7 @@ class Setup:
 
     def _init(self, seed_key: jax.Array) -> TrainState:
         param_key, mask_key, rng = jax.random.split(seed_key, 3)
-        lms = models.dummy_input(self.model_config)
+        lms = mae.dummy_input(self.model_config)
         with nn.logical_axis_rules(self.rules):
             variables = self.model.init(param_key, lms, mask_key)
         params = nn.meta.unbox(variables["params"])
@@ -254,7 +256,7 @@ def _clip_embedding_fn(setup: Setup) -> Callable:
     """Clip embeddings as the evaluation uses them: unmasked encoder, [CLS] dropped,
     '(f t) d -> t (f d)', mean over t."""
     mc = setup.model_config
-    encoder = models.Encoder(mc)
+    encoder = mae.Encoder(mc)
 
     def fn(enc_params, lms):
         with nn.logical_axis_rules(setup.rules):
@@ -278,7 +280,10 @@ def probe_data(config: ml_collections.ConfigDict, mc: ModelConfig, norm_stats: N
     task = str(config.probe.task)
     n_tr, n_te = int(config.probe.max_train), int(config.probe.max_test)
     if task == "synthetic":
-        from msm_mae_jax import audio, synthetic  # noqa: PLC0415
+        from msm_mae_jax.data import (
+            audio,  # noqa: PLC0415
+            synthetic,  # noqa: PLC0415
+        )
 
         T = mc.input_size[1]
         seconds = (T - 1) * audio.HOP_LENGTH / audio.SAMPLE_RATE + 1e-3
@@ -332,10 +337,10 @@ def _norm_stats(config, workdir: str, ckpt_meta: dict | None, is_main: bool) -> 
     if config.data.norm_std > 0:
         stats = NormStats(float(config.data.norm_mean), float(config.data.norm_std))
     else:
-        from msm_mae_jax import input_pipeline  # noqa: PLC0415
+        from msm_mae_jax.data import pipeline  # noqa: PLC0415
 
         t0 = time.perf_counter()
-        stats = input_pipeline.compute_norm_stats(config, seed=config.seed)
+        stats = pipeline.compute_norm_stats(config, seed=config.seed)
         log.info("normalisation statistics %s (%.1f s)", stats, time.perf_counter() - t0)
     if is_main:
         stats.save(path)
@@ -348,14 +353,14 @@ def _to_host(m: dict) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) in `workdir`; returns the last logged metrics."""
-    from msm_mae_jax import input_pipeline  # noqa: PLC0415
+    from msm_mae_jax.data import pipeline  # noqa: PLC0415
 
     process_index, process_count = distributed.initialize(config)
     is_main = process_index == 0
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
 
-    schedule = optim.resolve_schedule(config, lambda: input_pipeline.count_clips(config))
+    schedule = optim.resolve_schedule(config, lambda: pipeline.count_clips(config))
     setup = Setup(config, schedule)
     mc = setup.model_config
     ckpt = checkpoints.Checkpointer(workdir, keep=int(config.keep_checkpoints))
@@ -390,13 +395,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.save(step, state, {**base_meta, "step": step, "data_position": step})
 
     writer.console(
-        f"MSM-MAE {mc.run_name_prefix}: {models.count_params(state.params):,} parameters, "
+        f"MSM-MAE {mc.run_name_prefix}: {mae.count_params(state.params):,} parameters, "
         f"{jax.device_count()} devices mesh {dict(setup.mesh.shape)}, {process_count} "
         f"process(es), batch {config.batch_size} (x{setup.accum} accumulation), steps "
         f"{start}->{total}, lr {schedule.base_lr:.3g}, warm-up {schedule.warmup_steps}"
     )
 
-    it = input_pipeline.train_iterator(
+    it = pipeline.train_iterator(
         config,
         norm_stats,
         process_index=process_index,
@@ -409,7 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     fig_inputs = None
     if fig_every > 0:  # fixed clips: the first of process 0's first batch, on every process
         first = next(
-            input_pipeline.train_iterator(
+            pipeline.train_iterator(
                 config, norm_stats, process_index=0, process_count=process_count, start_step=0
             )
         )
@@ -422,7 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     probe = None
     if probe_every > 0:
         try:
-            from msm_mae_jax.probe import ridge_fewshot  # noqa: PLC0415
+            from msm_mae_jax.evaluation.probe import ridge_fewshot  # noqa: PLC0415
         except ImportError as e:  # evaluation package absent: train without the probe
             writer.console(f"in-training probe disabled: {e}")
         else:
@@ -451,7 +456,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             pred, mask = reconstruct(state.params, *fig_inputs)
         pred, mask = np.asarray(pred), np.asarray(mask)
         if is_main:
-            from msm_mae_jax import figures  # noqa: PLC0415
+            from msm_mae_jax.train import figures  # noqa: PLC0415
 
             figures.save_reconstruction_figure(
                 os.path.join(workdir, "figures", f"recon_{step:08d}.png"),

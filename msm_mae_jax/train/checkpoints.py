@@ -16,8 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from msm_mae_jax.model_config import ModelConfig
-from msm_mae_jax.normalization import NormStats
+from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.model.config import ModelConfig
 
 CKPT_DIR = "checkpoints"
 

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from msm_mae_jax import audio_io
+from msm_mae_jax.data import audio_io
 
 log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "validation", "valid", "test")

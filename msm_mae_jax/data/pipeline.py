@@ -49,8 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from msm_mae_jax import audio, audio_io, synthetic
-from msm_mae_jax.normalization import NormStats
+from msm_mae_jax.core.errors import DataError
+from msm_mae_jax.data import audio, audio_io, synthetic
+from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.data.tf_setup import tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +60,6 @@ SOURCE_KINDS = ("synthetic", "files", "tfds", "lms")
 MANIFEST = "manifest.json"
 _BIG = 2**62  # "forever" for Dataset.range
 _MAX_SUBSTITUTES = 16  # decode failures in a row before the pipeline gives up
-
-
-class DataError(ValueError):
-    """A data source is missing, empty or has no usable clip; the message names it."""
 
 
 # ---- sources ---------------------------------------------------------------------------------
@@ -244,7 +242,7 @@ def read_manifest(path: str) -> dict[str, Any]:
 
 def parse_lms_record(record, dtype: str):  # noqa: ANN001, ANN201 (tf in, tf out)
     """A serialized prepare.py example -> (lms float32 [80, frames], path string)."""
-    tf = _tf()
+    tf = tensorflow()
     ex = tf.io.parse_single_example(
         record,
         {
@@ -260,25 +258,9 @@ def parse_lms_record(record, dtype: str):  # noqa: ANN001, ANN201 (tf in, tf out
 
 # ---- tensorflow helpers ------------------------------------------------------------------------
 
-_TF_READY = False
-
-
-def _tf():  # noqa: ANN202
-    """TensorFlow, imported lazily with its GPUs hidden (the model owns the accelerators)."""
-    global _TF_READY
-    import tensorflow as tf
-
-    if not _TF_READY:
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:  # already initialised by the caller; nothing to hide then
-            pass
-        _TF_READY = True
-    return tf
-
 
 def _options():  # noqa: ANN202
-    tf = _tf()
+    tf = tensorflow()
     opts = tf.data.Options()
     opts.deterministic = True
     opts.threading.max_intra_op_parallelism = 1  # parallelism comes from parallel maps
@@ -314,7 +296,7 @@ def _global_index_stream(n: int, seed: int, start_q: int, p: int, b_local: int, 
     the n clips seeded by (seed, e). Each epoch's permutation is drawn once and gathered at the
     host's positions in it (a contiguous range of q), so resuming costs nothing per element.
     """
-    tf = _tf()
+    tf = tensorflow()
 
     def g_of(q):  # noqa: ANN001, ANN202
         return (q // b_local) * b + p * b_local + q % b_local
@@ -336,7 +318,7 @@ def _global_index_stream(n: int, seed: int, start_q: int, p: int, b_local: int, 
 
 def _crop(lms_FT, pos, seed: int, frames: int):  # noqa: ANN001, ANN202
     """Random crop of `frames` frames (zero-padded at the end) -> (lms [F, frames], valid)."""
-    tf = _tf()
+    tf = tensorflow()
     t = tf.shape(lms_FT, out_type=tf.int64)[1]
     max_off = tf.maximum(t - frames, 0)
     off = tf.random.stateless_uniform(
@@ -380,7 +362,7 @@ def _window_seconds(config, frames: int) -> float:  # noqa: ANN001
 
 def _plan(config, seed: int, process_index: int, process_count: int, b_local: int) -> _Plan:  # noqa: ANN001
     """Elements of host `process_index` for local batches of `b_local` (global b_local * P)."""
-    tf = _tf()
+    tf = tensorflow()
     src = parse_source(config.data.source, config.data.file_pattern)
     _, frames = _check_input_size(config)
     if not 0 <= process_index < process_count:
@@ -479,7 +461,7 @@ def _plan(config, seed: int, process_index: int, process_count: int, b_local: in
 
 def _seed_of(host_seed: int, e):  # noqa: ANN001, ANN202
     """An int64 shuffle seed for epoch `e` (a tensor inside flat_map)."""
-    tf = _tf()
+    tf = tensorflow()
     return tf.bitwise.bitwise_xor(tf.constant(host_seed, tf.int64), e * 1_000_003 + 17)
 
 
@@ -525,10 +507,10 @@ class _SubstitutingLoader:
 
 def _tfds_reader(config, src: Source, p: int, n: int):  # noqa: ANN001, ANN202
     """(dataset of examples for host p, its size, example -> (wav, ok) fn, report)."""
-    tf = _tf()
+    tf = tensorflow()
     import tensorflow_datasets as tfds
 
-    from msm_mae_jax import tfds_audio_folder  # noqa: F401 (registers 'audio_folder')
+    from msm_mae_jax.data import tfds_audio_folder  # noqa: F401 (registers 'audio_folder')
 
     data_dir = config.data.tfds_data_dir or None
     try:
@@ -632,7 +614,7 @@ def train_iterator(
     host p's batch s is rows [p * B_local, (p + 1) * B_local) of the one-process batch s; for
     `tfds` and `lms` each host reads its own shard, so the order depends on process_count.
     """
-    tf = _tf()
+    tf = tensorflow()
     _, frames = _check_input_size(config)
     b_local = _local_batch(config, process_count)
     plan = _plan(config, int(config.seed), process_index, process_count, b_local)
@@ -661,7 +643,7 @@ def compute_norm_stats(config, seed: int = 0) -> NormStats:  # noqa: ANN001
     src = parse_source(config.data.source, config.data.file_pattern)
     if src.kind == "lms":
         return NormStats.from_dict(read_manifest(src.path)["norm_stats"])
-    tf = _tf()
+    tf = tensorflow()
     _, frames = _check_input_size(config)
     n = int(config.data.norm_stats_crops)
     if n <= 0:
@@ -708,7 +690,7 @@ def eval_iterator(
     `source` defaults to data.eval_source, then data.source; the synthetic eval set is
     `data.synthetic_eval_clips` clips held out from the training clips.
     """
-    tf = _tf()
+    tf = tensorflow()
     _, frames = _check_input_size(config)
     spec = source or config.data.eval_source or config.data.source
     src = parse_source(spec, config.data.file_pattern)
@@ -808,7 +790,7 @@ def eval_iterator(
 
 def _record_eval(config, src: Source, p: int, n: int, b: int):  # noqa: ANN001, ANN202
     """(index, lms or wav, label, ok) of a record source in order, padded to equal batches."""
-    tf = _tf()
+    tf = tensorflow()
     if src.kind == "lms":
         manifest = read_manifest(src.path)
         files = [os.path.join(src.path, s["name"]) for s in manifest["shards"]]

@@ -49,9 +49,9 @@ class MetricWriter:
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
         if tensorboard:
-            import tensorflow as tf  # noqa: PLC0415  (heavy; only the logging process needs it)
+            from msm_mae_jax.data.tf_setup import tensorflow  # noqa: PLC0415 (heavy)
 
-            tf.config.set_visible_devices([], "GPU")
+            tf = tensorflow()
             self._tf = tf
             from tensorflow.core.framework import summary_pb2  # noqa: PLC0415
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from msm_mae_jax.model_config import ConfigError
+from msm_mae_jax.core.errors import ConfigError
 
 # Leaves never decayed besides every 1-D parameter (biases, LayerNorm scales): the learned
 # tokens, and fixed positional tables should a model keep them among its parameters.

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from msm_mae_jax.audio import HOP_LENGTH, SAMPLE_RATE
+from msm_mae_jax.data.audio import HOP_LENGTH, SAMPLE_RATE
 
 # Extension (lower case, with dot) -> the libsndfile major format that reads it.
 _EXTENSION_FORMATS = {

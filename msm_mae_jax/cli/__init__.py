@@ -1,0 +1,1 @@
+"""Command lines: `msm-mae` and its subcommands (thin wrappers over the library)."""

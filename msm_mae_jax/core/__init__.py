@@ -1,0 +1,1 @@
+"""Foundations every layer uses: user-facing errors and config-file loading."""

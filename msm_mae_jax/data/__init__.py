@@ -1,0 +1,1 @@
+"""Data layer: log-mel front end, audio files, sources, tf.data pipelines, log-mel shards."""

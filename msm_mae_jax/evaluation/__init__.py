@@ -1,0 +1,1 @@
+"""Evaluation layer: labelled tasks, linear probes and the linear evaluation."""

@@ -1,0 +1,1 @@
+"""Features layer: the feature-extraction runtime, the HEAR API and file embedding."""

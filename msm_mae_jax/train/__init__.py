@@ -1,0 +1,1 @@
+"""Training layer: sharded state and step, the loop, optimizer, checkpoints, logs, export."""

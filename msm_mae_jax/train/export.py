@@ -1,0 +1,60 @@
+"""Export the encoder of a training run: `python -m msm_mae_jax.export --workdir RUN --out DIR`.
+
+Writes the encoder artifact (`msm_mae_jax.model_dir`): encoder parameters, model config,
+normalisation statistics, project version and the source run/step. No decoder, no optimizer
+state: the result is what `Runtime.load` and `msm_mae_jax.hear.load_model` need, nothing more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from msm_mae_jax.model import artifact
+from msm_mae_jax.train import checkpoints
+
+
+def export(workdir: str, out: str, step: int | None = None) -> str:
+    """Exports checkpoint `step` (default: the latest) of `workdir` to `out`; returns `out`."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"{workdir}: no such training workdir")
+    if step is None:
+        ckpt = checkpoints.Checkpointer(workdir, read_only=True, async_save=False)
+        try:
+            step = ckpt.latest_step()
+        finally:
+            ckpt.close()
+        if step is None:
+            raise FileNotFoundError(
+                f"{checkpoints.checkpoint_dir(workdir)}: no complete checkpoint to export"
+            )
+    if os.path.abspath(out) == os.path.abspath(workdir):
+        raise ValueError(f"--out {out} must differ from the workdir")
+    cfg, params, stats = checkpoints.load_encoder_from_workdir(workdir, step=step)
+    return artifact.save_model_dir(
+        out, cfg, params, stats, source=os.path.abspath(workdir), extra={"step": int(step)}
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m msm_mae_jax.export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--workdir", required=True, help="training run directory")
+    ap.add_argument("--out", required=True, help="directory to write the encoder artifact to")
+    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    args = ap.parse_args(argv)
+    try:
+        path = export(args.workdir, args.out, args.step)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"exported {args.workdir} -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
