@@ -63,6 +63,9 @@ def test_tfds_task_with_train_and_test_splits(fsdd_dir, tmp_path):
     assert len(fold.train) + len(fold.valid) == 18 and len(fold.valid) > 0
     assert not set(fold.train) & set(fold.valid)
     assert set(task.y[fold.train]) == {0, 1, 2}
+    # Durations are unknown without decoding the dataset: unit_sec must be given.
+    with pytest.raises(ValueError, match="give unit_sec"):
+        linear.default_unit_sec(task)
 
     res = linear.evaluate(
         task,

@@ -35,7 +35,7 @@ import numpy as np
 
 from msm_mae_jax.core.config_files import load_config
 from msm_mae_jax.data import audio
-from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.data.normalization import NormAccumulator, NormStats
 from msm_mae_jax.evaluation import probe
 from msm_mae_jax.evaluation.tasks import Task
 from msm_mae_jax.model.config import ModelConfig
@@ -62,12 +62,13 @@ def fit_length(wav_S: np.ndarray, samples: int) -> np.ndarray:
 
 
 def default_unit_sec(task: Task) -> float:
-    if not hasattr(task.source, "durations") or task.spec.startswith("tfds:"):
+    durations = task.source.durations()
+    if durations is None:
         raise ValueError(
             f"{task.spec}: give unit_sec (--unit_sec) for this task; the clip "
             "durations are not known without decoding the whole dataset"
         )
-    return float(min(MAX_DEFAULT_UNIT_SEC, np.max(task.source.durations())))
+    return float(min(MAX_DEFAULT_UNIT_SEC, np.max(durations)))
 
 
 class Clips:
@@ -147,14 +148,10 @@ _log_mel = jax.jit(audio.log_mel_jax)
 
 def task_norm_stats(clips: Clips, indices: Sequence[int], batch_size: int = 64) -> NormStats:
     """Mean and std of the log-mel values of the given (unit-length) clips."""
-    total = total_sq = count = 0.0
+    acc = NormAccumulator()
     for pos, wav_BS, _ in clips.batches(indices, batch_size, "norm stats"):
-        lms = np.asarray(_log_mel(jnp.asarray(wav_BS)), np.float64)[: len(pos)]
-        total += lms.sum()
-        total_sq += np.square(lms).sum()
-        count += lms.size
-    mean = total / count
-    return NormStats(mean=float(mean), std=float(np.sqrt(max(total_sq / count - mean**2, 0.0))))
+        acc.add(np.asarray(_log_mel(jnp.asarray(wav_BS)))[: len(pos)])
+    return acc.stats()
 
 
 # ---------------------------------------------------------------------------------------------
