@@ -13,7 +13,8 @@ import pytest
 from configs.msm_mae import get_config
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model.config import ModelConfig
-from msm_mae_jax.train import checkpoints, loop, optim
+from msm_mae_jax.train import checkpoints, optim
+from msm_mae_jax.train.state import Setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +24,7 @@ def _setup(mesh):
     c.mesh = mesh
     c.batch_size = 8
     c.total_steps = 4
-    return c, loop.Setup(c, optim.resolve_schedule(c))
+    return c, Setup(c, optim.resolve_schedule(c))
 
 
 def _equal(a, b) -> bool:
