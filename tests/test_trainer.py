@@ -27,7 +27,7 @@ def tiny(steps=3, mesh=(("data", 1), ("fsdp", 1), ("tensor", 1)), **kw):
     return tiny_config(steps, mesh=mesh, **kw)
 
 
-def test_end_to_end_files_and_resume(tmp_path):
+def test_end_to_end_files_and_resume(tmp_path, capsys):
     wd = str(tmp_path)
     c = tiny(
         3,
@@ -36,6 +36,7 @@ def test_end_to_end_files_and_resume(tmp_path):
         **{"probe.every_steps": 2, "probe.max_train": 24, "probe.max_test": 12},
     )
     out = loop.train_and_evaluate(c, wd)
+    assert "parameters, cpu backend, 1 device, mesh {" in capsys.readouterr().out
     rows = read_metrics(wd)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)

@@ -108,7 +108,7 @@ def _start_line(config, setup: Setup, state: TrainState, process_count: int, sta
     sch = setup.schedule
     return (
         f"MSM-MAE {setup.model_config.run_name_prefix}: {mae.count_params(state.params):,} "
-        f"parameters, {jax.device_count()} devices mesh "
+        f"parameters, {distributed.describe_devices(setup.mesh.devices.flat)}, mesh "
         f"{dict(setup.mesh.shape)}, {process_count} process(es), batch {config.batch_size} "
         f"(x{setup.accum} accumulation), steps {start}->{sch.total_steps}, lr "
         f"{sch.base_lr:.3g}, warm-up {sch.warmup_steps}"
