@@ -8,8 +8,11 @@ half-way never replaces the latest good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -20,6 +23,31 @@ from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model.config import ModelConfig
 
 CKPT_DIR = "checkpoints"
+
+# Orbax warnings that say nothing to the user of a read-only load: the first comes with every
+# read-only CheckpointManager (reading is the point), the second when the train state item is
+# read on its own (orbax looks for the step's metadata file in the item directory).
+_READ_ONLY_NOTICES = ("Given directory is read only", "Metadata file does not exist")
+
+
+class _DropReadOnlyNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.WARNING
+            and isinstance(record.msg, str)
+            and record.msg.startswith(_READ_ONLY_NOTICES)
+        )
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notices() -> Iterator[None]:
+    """Drops `_READ_ONLY_NOTICES` from orbax's logger ('absl') while reading; others pass."""
+    logger, notices = logging.getLogger("absl"), _DropReadOnlyNotices()
+    logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notices)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -46,7 +74,8 @@ class Checkpointer:
                 cleanup_tmp_directories=True,  # leftovers of a save killed half-way
             )
         self.directory = checkpoint_dir(workdir)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet_read_only_notices() if read_only else contextlib.nullcontext():
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -95,7 +124,7 @@ def _is_meta_leaf(m) -> bool:
 def _restore_numpy(state_dir: str, select) -> Any:
     """Reads the sub-tree `select(tree)` of a saved state as host numpy arrays, whatever
     devices or processes wrote it."""
-    with ocp.PyTreeCheckpointer() as ptc:
+    with _quiet_read_only_notices(), ocp.PyTreeCheckpointer() as ptc:
         tree_md = ptc.metadata(state_dir).item_metadata
         target = jax.tree.map(
             lambda m: np.zeros(m.shape, m.dtype), select(tree_md), is_leaf=_is_meta_leaf

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import sys
 import time
 from typing import Any, TextIO
@@ -17,6 +18,14 @@ def _scalar(v: Any) -> float | int:
     return int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
 
 
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of PNG bytes, read from the IHDR chunk."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not PNG data")
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
@@ -27,7 +36,8 @@ def format_duration(seconds: float) -> str:
 
 
 class MetricWriter:
-    """Writes scalars to the console, WORKDIR/metrics.jsonl and WORKDIR/tb.
+    """Writes scalars to the console, WORKDIR/metrics.jsonl and WORKDIR/tb (and PNG images
+    to WORKDIR/tb).
 
     Disabled writers (processes other than 0) accept calls and do nothing. Console output
     is one plain line per call, so it reads the same in a terminal, a pipe or a log file.
@@ -55,9 +65,15 @@ class MetricWriter:
             self._tf = tf
             from tensorflow.core.framework import summary_pb2  # noqa: PLC0415
 
+            # tf.summary.scalar/image live in the tensorboard package; writing the summaries
+            # with the plugins' metadata directly needs only TF core.
             md = summary_pb2.SummaryMetadata()
             md.plugin_data.plugin_name = "scalars"  # what TensorBoard's scalar dashboard reads
             self._scalar_md = md.SerializeToString()
+            md = summary_pb2.SummaryMetadata()
+            md.plugin_data.plugin_name = "images"  # content: ImagePluginData v0 = empty bytes
+            md.data_class = summary_pb2.DATA_CLASS_BLOB_SEQUENCE
+            self._image_md = md.SerializeToString()
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
 
     def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
@@ -71,12 +87,22 @@ class MetricWriter:
             with self._tb.as_default():
                 for k, v in row.items():
                     if k != "step":
-                        # tf.summary.scalar lives in the tensorboard package; writing the
-                        # scalar-plugin summary directly needs only TF core.
                         tf.summary.write(
                             k, tf.constant(v, tf.float32), step=int(step), metadata=self._scalar_md
                         )
             self._tb.flush()
+
+    def write_png(self, step: int, tag: str, png: bytes) -> None:
+        """One PNG image under `tag` in TensorBoard's image dashboard."""
+        if not self.enabled or self._tb is None:
+            return
+        tf = self._tf
+        width, height = png_size(png)
+        # The image plugin's layout: [width, height, png, ...] as one string tensor.
+        tensor = tf.constant([str(width).encode(), str(height).encode(), png], tf.string)
+        with self._tb.as_default():
+            tf.summary.write(tag, tensor, step=int(step), metadata=self._image_md)
+        self._tb.flush()
 
     def console(self, line: str) -> None:
         if self.enabled:
