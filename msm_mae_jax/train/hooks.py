@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.data.normalization import NormStats, normalize
+from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.model.frames import encode_frames
 from msm_mae_jax.train import fewshot, metrics
@@ -185,7 +185,7 @@ def probe_data(
     lms_BFT = np.concatenate(lms)[..., :T]
     if lms_BFT.shape[-1] < T:
         raise ValueError(f"probe clips give {lms_BFT.shape[-1]} frames, need {T}")
-    lms_B1FT = np.asarray(normalize(lms_BFT, norm_stats), np.float32)[:, None]
+    lms_B1FT = np.asarray(norm_stats.normalize(lms_BFT), np.float32)[:, None]
     y = np.asarray(labels, np.int64)
     return lms_B1FT[:n_tr], y[:n_tr], lms_B1FT[n_tr:], y[n_tr:]
 
