@@ -27,11 +27,27 @@ def build_parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     add = p.add_argument
     add("inputs", nargs="+", metavar="INPUT", help="audio file, folder or glob")
-    add("--checkpoint", required=True, help="training workdir, exported or converted model dir")
-    add("--out", required=True, help="output .npz")
+    add(
+        "--checkpoint",
+        required=True,
+        metavar="DIR",
+        help="training workdir, exported or converted model dir",
+    )
+    add("--out", required=True, metavar="FILE", help="output .npz")
     add("--frames", action="store_true", help="also store per-file frame embeddings")
-    add("--step", type=int, help="checkpoint step of a training workdir (default: latest)")
-    add("--batch-size", type=int, default=32, help="clips per encoder call (default: 32)")
+    add(
+        "--step",
+        type=int,
+        metavar="N",
+        help="checkpoint step of a training workdir (default: latest)",
+    )
+    add(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        default=32,
+        help="clips per encoder call (default: 32)",
+    )
     add(
         "--normalization",
         choices=("default", "dataset", "batch"),

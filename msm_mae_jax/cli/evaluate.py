@@ -23,21 +23,27 @@ from msm_mae_jax.core.errors import UserError
 def build_parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     add = p.add_argument
-    add("--checkpoint", help="training workdir, exported or converted model dir")
+    add("--checkpoint", metavar="DIR", help="training workdir, exported or converted model dir")
     add("--baseline", choices=("logmel", "random"), help="evaluate a baseline instead")
     add(
         "--config",
+        metavar="PATH[:VARIANT]",
         help="model config of the random baseline, e.g. configs/msm_mae.py:small_208 "
         "(default: ViT-B 80x208p16x16)",
     )
-    add("--task", required=True, help="csv:FILE | folder:DIR | tfds:NAME | synthetic[:N]")
-    add("--label", default="label", help="label column (csv) or feature (tfds)")
-    add("--file-column", help="file column of a csv task (default: the task's own)")
-    add("--audio-dir", help="folder the csv task's file paths are relative to")
-    add("--audio-key", default="audio", help="audio feature of a tfds task")
-    add("--tfds-data-dir", default=None, help="TensorFlow Datasets data_dir")
-    add("--out", help="write the results as JSON here")
-    add("--layers", help="probe block outputs: 'all' or e.g. '4,8,12' (1-based)")
+    add(
+        "--task",
+        required=True,
+        metavar="SPEC",
+        help="csv:FILE | folder:DIR | tfds:NAME | synthetic[:N]",
+    )
+    add("--label", default="label", metavar="NAME", help="label column (csv) or feature (tfds)")
+    add("--file-column", metavar="NAME", help="file column of a csv task (default: the task's own)")
+    add("--audio-dir", metavar="DIR", help="folder the csv task's file paths are relative to")
+    add("--audio-key", default="audio", metavar="NAME", help="audio feature of a tfds task")
+    add("--tfds-data-dir", metavar="DIR", help="TensorFlow Datasets data_dir")
+    add("--out", metavar="FILE", help="write the results as JSON here")
+    add("--layers", metavar="LIST", help="probe block outputs: 'all' or e.g. '4,8,12' (1-based)")
     add(
         "--layer-mode",
         choices=("separate", "concat"),
@@ -53,16 +59,51 @@ def build_parser(prog: str) -> common.Parser:
     add(
         "--unit-sec",
         type=float,
+        metavar="SEC",
         default=0.0,
         help="clip length in seconds (pad/crop as EVAR); 0 (default): longest clip, <= 10 s",
     )
-    add("--seeds", type=int, default=3, help="classifier seeds, mean ± std (default: 3)")
-    add("--split-seed", type=int, default=0, help="seed of generated splits (default: 0)")
+    add(
+        "--seeds",
+        type=int,
+        metavar="N",
+        default=3,
+        help="classifier seeds, mean ± std (default: 3)",
+    )
+    add(
+        "--split-seed",
+        type=int,
+        metavar="N",
+        default=0,
+        help="seed of generated splits (default: 0)",
+    )
     add("--lr", type=float, default=3e-4, help="probe learning rate (default: 3e-4)")
-    add("--max-epochs", type=int, default=200, help="probe epochs at most (default: 200)")
-    add("--patience", type=int, default=20, help="early-stopping patience (default: 20)")
-    add("--batch-size", type=int, default=32, help="clips per encoder call (default: 32)")
-    add("--cache-dir", help="embedding cache (default: ~/.cache/msm_mae_jax/embeddings)")
+    add(
+        "--max-epochs",
+        type=int,
+        metavar="N",
+        default=200,
+        help="probe epochs at most (default: 200)",
+    )
+    add(
+        "--patience",
+        type=int,
+        metavar="N",
+        default=20,
+        help="early-stopping patience (default: 20)",
+    )
+    add(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        default=32,
+        help="clips per encoder call (default: 32)",
+    )
+    add(
+        "--cache-dir",
+        metavar="DIR",
+        help="embedding cache (default: ~/.cache/msm_mae_jax/embeddings)",
+    )
     add("--no-cache", action="store_true", help="neither read nor write the cache")
     add("--no-progress", action="store_true", help="no progress bars")
     return p
