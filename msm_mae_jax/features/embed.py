@@ -149,21 +149,18 @@ def embed_files(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     max_units = max_units or 8 * batch_size
     skipped: dict[int, str] = {}
-    frames_N: dict[int, int] = {}
+    length: dict[int, int] = {}  # item -> log-mel frames at 16 kHz, from the header
     for i, (path, _) in enumerate(items):
         try:
             info = audio_io.audio_info(path)
-            frames_N[i] = audio.num_frames(round(info.seconds * audio.SAMPLE_RATE))
+            length[i] = audio.num_frames(round(info.seconds * audio.SAMPLE_RATE))
         except audio_io.AudioError as e:
             skipped[i] = str(e)
-    keys = list(frames_N)
-    batches = [
-        [keys[j] for j in b]
-        for b in plan_batches(
-            [frames_N[k] for k in keys], runtime.unit_frames, batch_size, max_units
-        )
-    ]
-    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    keys = list(length)
+    plan = plan_batches([length[k] for k in keys], runtime.unit_frames, batch_size, max_units)
+    batches = [[keys[j] for j in b] for b in plan]
+    # item -> (scene [D], frames [T, D] and timestamps [T] when asked for, else None)
+    results: dict[int, tuple[np.ndarray, Any, Any]] = {}
     bar = tqdm(total=len(items), unit="file", file=sys.stderr, disable=not progress)
     bar.update(len(skipped))
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
@@ -183,19 +180,19 @@ def embed_files(
                     skipped[i] = str(e)
             if wavs:
                 feats, ts = runtime.timestamp_embeddings(wavs, normalization=normalization)
-                results.update(zip(ok, zip(feats, ts, strict=True), strict=True))
+                for i, f, t in zip(ok, feats, ts, strict=True):
+                    results[i] = (f.mean(axis=0), f if frames else None, t if frames else None)
             bar.update(len(batch))
     bar.close()
     if not results:
         reasons = "; ".join(list(skipped.values())[:3])
         raise DataError(f"none of the {len(items)} input file(s) is usable audio: {reasons}")
     done = sorted(results)
-    feats = [results[i][0] for i in done]
     return Embeddings(
         paths=[items[i][1] for i in done],
-        scene_ND=np.stack([f.mean(axis=0) for f in feats]).astype(np.float32),
-        frames=feats if frames else None,
-        timestamps_ms=[results[i][1] for i in done] if frames else None,
+        scene_ND=np.stack([results[i][0] for i in done]).astype(np.float32),
+        frames=[results[i][1] for i in done] if frames else None,
+        timestamps_ms=[results[i][2] for i in done] if frames else None,
         skipped=[(items[i][1], skipped[i]) for i in sorted(skipped)],
     )
 
