@@ -90,7 +90,7 @@ def test_module_entry_points(args, usage):
     assert r.stdout.startswith(usage), r.stdout[:200]
 
 
-def test_eval_passes_file_column_and_audio_dir_only_when_given(monkeypatch):
+def test_eval_passes_file_column_and_audio_dir_to_the_task(monkeypatch):
     from msm_mae_jax.cli import evaluate
     from msm_mae_jax.evaluation import tasks
 
@@ -104,5 +104,5 @@ def test_eval_passes_file_column_and_audio_dir_only_when_given(monkeypatch):
     base = ["--baseline", "logmel", "--task", "csv:x.csv"]
     assert evaluate.main(base) == 2
     assert evaluate.main([*base, "--file-column", "path", "--audio_dir", "/data"]) == 2
-    assert "file_column" not in seen[0] and "audio_dir" not in seen[0]
+    assert seen[0]["file_column"] is None and seen[0]["audio_dir"] is None
     assert seen[1]["file_column"] == "path" and seen[1]["audio_dir"] == "/data"

@@ -38,8 +38,16 @@ def build_parser(prog: str) -> common.Parser:
         help="csv:FILE | folder:DIR | tfds:NAME | synthetic[:N]",
     )
     add("--label", default="label", metavar="NAME", help="label column (csv) or feature (tfds)")
-    add("--file-column", metavar="NAME", help="file column of a csv task (default: the task's own)")
-    add("--audio-dir", metavar="DIR", help="folder the csv task's file paths are relative to")
+    add(
+        "--file-column",
+        metavar="NAME",
+        help="file column of a csv task (default: 'file', else 'file_name' as EVAR's CSVs)",
+    )
+    add(
+        "--audio-dir",
+        metavar="DIR",
+        help="folder the csv task's relative paths start from (default: the CSV's folder)",
+    )
     add("--audio-key", default="audio", metavar="NAME", help="audio feature of a tfds task")
     add("--tfds-data-dir", metavar="DIR", help="TensorFlow Datasets data_dir")
     add("--out", metavar="FILE", help="write the results as JSON here")
@@ -122,20 +130,16 @@ def _evaluate(argv: list[str], prog: str) -> int:
         raise UserError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
     from msm_mae_jax.evaluation import linear, tasks
 
-    task_kw = {}  # only what the user gave: older parse_task versions lack these parameters
-    if args.file_column is not None:
-        task_kw["file_column"] = args.file_column
-    if args.audio_dir is not None:
-        task_kw["audio_dir"] = args.audio_dir
     log = lambda m: print(m, file=sys.stderr, flush=True)
     try:
         task = tasks.parse_task(
             args.task,
             label=args.label,
+            file_column=args.file_column,
+            audio_dir=args.audio_dir,
             seed=args.split_seed,
             audio_key=args.audio_key,
             tfds_data_dir=args.tfds_data_dir,
-            **task_kw,
         )
         log(f"{prog}: {common.backend_line()}")
         result = linear.evaluate(

@@ -56,17 +56,17 @@ def _prescan_config(argv: Sequence[str]) -> str:
 
 def check_sources(config: ml_collections.ConfigDict) -> None:
     """The data sources' kind and paths, without importing jax or TF; DataError otherwise."""
-    from msm_mae_jax.data import pipeline
+    from msm_mae_jax.data import source_base
 
     for key in ("source", "eval_source"):
         spec = str(config.data.get(key, "") or "")
         if not spec:
             continue
         try:
-            source = pipeline.parse_source(spec, config.data.file_pattern)
+            source = source_base.parse_spec(spec, config.data.file_pattern)
         except DataError as e:
             kind = spec.partition(":")[0]
-            close = difflib.get_close_matches(kind, pipeline.SOURCE_KINDS, n=1)
+            close = difflib.get_close_matches(kind, source_base.SOURCE_KINDS, n=1)
             hint = f" (did you mean {close[0]}:?)" if close and close[0] != kind else ""
             raise DataError(f"{str(e).replace('data.source', f'data.{key}')}{hint}") from None
         if source.kind in ("files", "lms"):
