@@ -218,8 +218,8 @@ class Runtime:
             wav_BS = np.stack(clips)
             wav_BS = np.pad(wav_BS, ((0, 0), (0, s_bucket - wav_BS.shape[1])), mode="reflect")
         out = self._run(True, wav_BS, frames_B, units, normalization, return_layers)
-        if layout == LIST:
-            return [out[..., i, : self.num_steps(f), :] for i, f in enumerate(frames_B)]
+        if layout == LIST:  # copies: a view would keep the whole padded batch alive
+            return [out[..., i, : self.num_steps(f), :].copy() for i, f in enumerate(frames_B)]
         return out[..., 0, :, :] if layout == SINGLE else out
 
     def encode_lms(
