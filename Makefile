@@ -17,7 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m msm_mae_jax.cli.demo --workdir $(DEMO_DIR)
+	$(BIN)/msm-mae demo --workdir $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

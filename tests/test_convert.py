@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.special
 
+from msm_mae_jax.cli import convert as convert_cli
 from msm_mae_jax.model import convert, mae, posembed
 from msm_mae_jax.model.artifact import load_model_dir
 from msm_mae_jax.model.config import ModelConfig
@@ -192,7 +193,7 @@ def test_cli_npz_to_model_dir_round_trip(tmp_path):
     run.mkdir()
     np.savez(run / "checkpoint-100.npz", **sd)
     out = tmp_path / "converted"
-    rc = convert.main(
+    rc = convert_cli.main(
         [
             str(run / "checkpoint-100.npz"),
             str(out),
@@ -230,7 +231,8 @@ def test_pth_checkpoint(tmp_path):
         run / "checkpoint-3.pth",
     )
     assert (
-        convert.main([str(run / "checkpoint-3.pth"), str(tmp_path / "o"), "--per-batch-norm"]) == 0
+        convert_cli.main([str(run / "checkpoint-3.pth"), str(tmp_path / "o"), "--per-batch-norm"])
+        == 0
     )
     config, enc, _, meta = load_model_dir(str(tmp_path / "o"))
     assert (config.input_size, config.patch_size) == ((80, 512), (16, 8))
@@ -285,12 +287,13 @@ def test_unexpected_positional_table_warns():
 
 def test_normalisation_must_be_chosen(tmp_path, capsys):
     np.savez(tmp_path / "c.npz", **official_state_dict(6))
-    with pytest.raises(SystemExit):
-        convert.main([str(tmp_path / "c.npz"), str(tmp_path / "o")])
+    assert convert_cli.main([str(tmp_path / "c.npz"), str(tmp_path / "o")]) == 2
     assert "--per-batch-norm" in capsys.readouterr().err
     assert (
-        convert.main([str(tmp_path / "missing.npz"), str(tmp_path / "o"), "--per-batch-norm"]) == 1
+        convert_cli.main([str(tmp_path / "missing.npz"), str(tmp_path / "o"), "--per-batch-norm"])
+        == 2
     )
+    assert "missing.npz" in capsys.readouterr().err
 
 
 def test_single_block_matches_numpy_formulas():
@@ -352,7 +355,7 @@ def test_matches_pytorch_reference():
 def test_no_decoder_option(tmp_path):
     np.savez(tmp_path / "c.npz", **official_state_dict(9))
     assert (
-        convert.main(
+        convert_cli.main(
             [str(tmp_path / "c.npz"), str(tmp_path / "o"), "--per-batch-norm", "--no-decoder"]
         )
         == 0

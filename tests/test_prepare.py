@@ -11,6 +11,7 @@ import soundfile as sf
 from reference import librosa_log_mel
 
 from configs.msm_mae import get_config
+from msm_mae_jax.cli import prepare as prepare_cli
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import lms_shards, prepare
 from msm_mae_jax.data import pipeline as ip
@@ -110,12 +111,12 @@ def test_prepare_cli_and_errors(tmp_path, capsys):
     root = tmp_path / "a"
     root.mkdir()
     sf.write(root / "x.wav", 0.1 * np.sin(np.arange(8000) / 5), 16000)
-    assert prepare.main([str(root), str(tmp_path / "o"), "--workers", "1"]) == 0
+    assert prepare_cli.main([str(root), str(tmp_path / "o"), "--workers", "1"]) == 0
     assert "1 clips in 1 shard(s)" in capsys.readouterr().out
     bad = tmp_path / "b"
     bad.mkdir()
     (bad / "y.wav").write_bytes(b"")
-    assert prepare.main([str(bad), str(tmp_path / "o2"), "--workers", "1"]) == 1
+    assert prepare_cli.main([str(bad), str(tmp_path / "o2"), "--workers", "1"]) == 2
     assert "none of the 1 audio file(s) is usable" in capsys.readouterr().err
     with pytest.raises(DataError, match="no manifest.json"):
         lms_shards.read_manifest(str(tmp_path))

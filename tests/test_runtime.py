@@ -273,3 +273,55 @@ def test_loads_converted_official_weights(tmp_path, rt, enc_params):
     )
     with pytest.raises(ValueError, match="no dataset statistics"):
         per_batch.encode(wav, normalization="dataset")
+
+
+def _clips(lengths, seed=20):
+    return [_noise(1, n, seed=seed + i)[0] for i, n in enumerate(lengths)]
+
+
+def test_list_of_clips_equals_per_clip_calls(rt):
+    """Clips of different lengths (1 and 3 units, shorter than a hop) in one call: each
+    result is that clip encoded alone."""
+    clips = _clips([16_000, 1_000, 45_000, 150])
+    feats = rt.encode(clips)
+    assert isinstance(feats, list) and len(feats) == 4
+    for clip, got in zip(clips, feats, strict=True):
+        want = rt.encode(clip)
+        assert got.shape == want.shape == (rt.num_steps(audio.num_frames(len(clip))), 320)
+        np.testing.assert_allclose(got, want, atol=ATOL)
+    scene = rt.scene_embeddings(tuple(clips))
+    assert scene.shape == (4, 320) and scene.dtype == np.float32
+    for i, clip in enumerate(clips):
+        np.testing.assert_allclose(scene[i], rt.scene_embeddings(clip), atol=ATOL)
+    layers = rt.encode(clips, return_layers=True)
+    np.testing.assert_allclose(layers[2], rt.encode(clips[2], return_layers=True), atol=ATOL)
+
+
+def test_list_timestamps_and_resampling_equal_per_clip_calls(rt):
+    clips = _clips([8_000, 15_840, 3_000], seed=30)  # 8 kHz: 1 s, 1.98 s, 0.375 s
+    feats, ts = rt.timestamp_embeddings(clips, sample_rate=8000)
+    for clip, f, t in zip(clips, feats, ts, strict=True):
+        want_f, want_t = rt.timestamp_embeddings(clip[None], sample_rate=8000)
+        np.testing.assert_allclose(f, want_f[0], atol=ATOL)
+        np.testing.assert_array_equal(t, want_t[0])
+        assert t.shape == (f.shape[0],) and t[-1] <= len(clip) / 8 + 1e-3
+
+
+def test_list_batch_normalization_pools_the_real_frames_of_every_clip(rt):
+    clips = _clips([9_000, 30_000], seed=40)
+    lms = [np.asarray(audio.log_mel_jax(c[None]), np.float64)[0] for c in clips]
+    pooled = np.concatenate([x.ravel() for x in lms])
+    got = rt.encode(clips, normalization="batch")
+    want = rt.encode(clips, normalization=(pooled.mean(), pooled.std(ddof=1)))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=ATOL)
+
+
+def test_bad_clip_in_a_list_is_named(rt):
+    good = _noise(1, 1600)[0]
+    with pytest.raises(ValueError, match=r"audio\[1\] contains NaN"):
+        rt.encode([good, np.full(1600, np.nan, np.float32)])
+    with pytest.raises(ValueError, match=r"audio\[0\] has shape \(1, 1600\)"):
+        rt.encode([good[None], good])
+    with pytest.raises(ValueError, match="empty list"):
+        rt.encode([])

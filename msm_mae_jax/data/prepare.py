@@ -17,12 +17,10 @@ Record features: `lms` (raw bytes of float16/float32 [80, frames], C order), `fr
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing
 import os
-import sys
 from typing import Any
 
 import numpy as np
@@ -214,47 +212,3 @@ def _manifest(src, root, dtype, shard_size, plan, markers) -> dict[str, Any]:  #
         "files": files,
         "skipped": skipped,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m msm_mae_jax.prepare",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("src", help="audio directory, glob, or files: spec")
-    p.add_argument("out", help="output directory (created; re-run to resume)")
-    p.add_argument("--shard-size", type=int, default=1024, help="files per shard")
-    p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
-    p.add_argument("--dtype", choices=DTYPES, default="float16")
-    p.add_argument("--pattern", default="*", help="comma-separated globs below a directory")
-    p.add_argument(
-        "--max-seconds",
-        type=float,
-        default=0.0,
-        help="keep only the first N seconds of each file (0: whole files)",
-    )
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        m = prepare(
-            args.src,
-            args.out,
-            shard_size=args.shard_size,
-            workers=args.workers or None,
-            dtype=args.dtype,
-            pattern=args.pattern,
-            max_seconds=args.max_seconds,
-        )
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(
-        f"{m['num_records']} clips in {len(m['shards'])} shard(s), {len(m['skipped'])} "
-        f"skipped; mean {m['norm_stats']['mean']:.4f} std {m['norm_stats']['std']:.4f}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
