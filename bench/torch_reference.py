@@ -197,17 +197,24 @@ class TorchMAE(nn.Module):
         return (loss * mask).sum() / mask.sum(), pred, mask
 
 
-def make_optimizer(model: TorchMAE, lr: float = 1.5e-4, wd: float = 0.05):
-    """AdamW with the official param groups (no decay on 1-d params, cls and mask tokens)."""
+def add_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The official AdamW parameter groups (timm's `optim_factory.add_weight_decay`, as MAE's
+    main_pretrain.py calls it): trainable 1-D tensors and names ending in '.bias' get no
+    decay, every other trainable tensor does (`cls_token` and `mask_token` included);
+    frozen tensors are left out."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        skip = p.ndim == 1 or name.endswith(".bias") or name in ("cls_token", "mask_token")
-        (no_decay if skip else decay).append(p)
-    return torch.optim.AdamW(
-        [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}],
-        lr=lr,
-        betas=(0.9, 0.95),
-    )
+        if p.requires_grad:
+            (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
+
+
+def make_optimizer(model: TorchMAE, lr: float = 1.5e-4, wd: float = 0.05):
+    """AdamW(betas=(0.9, 0.95)) over the official parameter groups."""
+    return torch.optim.AdamW(add_weight_decay(model, wd), lr=lr, betas=(0.9, 0.95))
 
 
 def bench_train_step(c: ModelConfig, batch: int, steps: int, warmup: int = 2) -> dict:

@@ -1,5 +1,6 @@
 """Optimizer recipe: lr scaling and schedule vs a numpy formula, exact weight-decay mask."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,45 +55,59 @@ def test_base_lr_scaling_and_epoch_conversion():
 
 
 def test_weight_decay_mask_exact_set():
+    """timm's add_weight_decay rule on the tiny model's leaves, written from the Flax names:
+    no decay for biases, LayerNorm scales, q_bias/v_bias; decay for kernels and tokens."""
     mc = ModelConfig.from_dict(get_config("tiny").model)
-    params = jax.tree.map(lambda x: x, mae.abstract_params(mc))
-    import flax.linen as nn
-
-    mask = optim.weight_decay_mask(nn.meta.unbox(params))
+    mask = optim.weight_decay_mask(nn.meta.unbox(mae.abstract_params(mc)))
     flat = {
         "/".join(str(k.key) for k in path): v
         for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]
     }
     excluded = {k for k, v in flat.items() if not v}
     decayed = {k for k, v in flat.items() if v}
-    # Independent expectation from the parameter names alone.
-    want_excluded = {
-        k
-        for k in flat
-        if k.endswith(("/bias", "/scale", "cls_token", "mask_token", "q_bias", "v_bias"))
-    }
+    want_excluded = {k for k in flat if k.endswith(("/bias", "/scale", "/q_bias", "/v_bias"))}
     assert excluded == want_excluded
-    assert "encoder/cls_token" in excluded and "decoder/mask_token" in excluded
+    assert decayed == {k for k in flat if k.endswith(("/kernel", "/cls_token", "/mask_token"))}
+    assert {"encoder/cls_token", "decoder/mask_token"} <= decayed
     assert "encoder/blocks_0/attn/q_bias" in excluded
-    assert all(k.endswith("kernel") for k in decayed)
-    assert "encoder/blocks_0/attn/qkv/kernel" in decayed
 
 
-def test_adamw_decays_only_masked_leaves():
-    """With zero gradients, one AdamW step changes exactly the decayed leaves by lr*wd*w."""
+@pytest.mark.parametrize(
+    "name,ndim,want",
+    [
+        ("cls_token", 3, True),
+        ("mask_token", 3, True),
+        ("blocks.0.attn.qkv.weight", 2, True),
+        ("patch_embed.proj.weight", 4, True),
+        ("blocks.0.attn.q_bias", 1, False),
+        ("norm.weight", 1, False),
+        ("decoder_pred.bias", 1, False),
+        ("some.bias", 2, False),  # the name alone exempts
+        ("some.weight", 1, False),  # the rank alone exempts
+    ],
+)
+def test_decay_rule_is_timm_add_weight_decay(name, ndim, want):
+    assert optim.decays(name, ndim) is want
+
+
+def test_adamw_decays_exactly_the_masked_leaves():
+    """With zero gradients, one AdamW step changes exactly the decayed leaves, by lr*wd*w."""
     c = get_config("tiny")
     c.optim.lr, c.optim.weight_decay = 0.1, 0.5
     s = optim.Schedule(total_steps=10, steps_per_epoch=1, warmup_steps=0, base_lr=0.1, min_lr=0.0)
     tx = optim.make_optimizer(c, s)
     params = {
-        "blk": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)},
+        "blk": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2), "scale": jnp.ones(2)},
         "cls_token": jnp.ones((1, 1, 2)),
+        "odd": {"bias": jnp.ones((2, 2))},  # 2-D but named '.bias': not decayed
     }
     upd, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     new = optax.apply_updates(params, upd)
     np.testing.assert_allclose(new["blk"]["kernel"], 1 - 0.1 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(new["cls_token"], 1 - 0.1 * 0.5, rtol=1e-6)
     np.testing.assert_array_equal(new["blk"]["bias"], 1.0)
-    np.testing.assert_array_equal(new["cls_token"], 1.0)
+    np.testing.assert_array_equal(new["blk"]["scale"], 1.0)
+    np.testing.assert_array_equal(new["odd"]["bias"], 1.0)
 
 
 def test_grad_clipping_bounds_update():
