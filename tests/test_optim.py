@@ -1,4 +1,5 @@
-"""Optimizer recipe: lr scaling and schedule vs a numpy formula, exact weight-decay mask."""
+"""Optimizer recipe: lr scaling and schedule vs a numpy formula, the weight-decay rule, clipping
+through the Adam moments, the official constants."""
 
 import flax.linen as nn
 import jax
@@ -110,15 +111,32 @@ def test_adamw_decays_exactly_the_masked_leaves():
     np.testing.assert_array_equal(new["odd"]["bias"], 1.0)
 
 
-def test_grad_clipping_bounds_update():
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_grad_clipping_feeds_adam_the_clipped_gradient(clip):
+    """Adam's first step does not depend on the gradient's size, its moments do: after one
+    update mu = (1 - b1) g and nu = (1 - b2) g^2 with g the clipped gradient."""
     c = get_config("tiny")
-    c.optim.grad_clip_norm, c.optim.weight_decay = 1.0, 0.0
+    c.optim.grad_clip_norm, c.optim.weight_decay = clip, 0.0
     s = optim.Schedule(total_steps=10, steps_per_epoch=1, warmup_steps=0, base_lr=1.0, min_lr=0.0)
     tx = optim.make_optimizer(c, s)
-    p = {"w": jnp.zeros((4, 4))}
-    g = {"w": jnp.full((4, 4), 100.0)}
-    clip = optax.clip_by_global_norm(1.0)
-    clipped, _ = clip.update(g, clip.init(p))
-    assert float(optax.global_norm(clipped)) == pytest.approx(1.0, rel=1e-5)
-    upd, _ = tx.update(g, tx.init(p), p)
-    assert np.isfinite(np.asarray(upd["w"])).all()
+    p = {"w": jnp.zeros((4, 4)), "b": jnp.zeros(9)}
+    g = {"w": jnp.full((4, 4), 100.0), "b": jnp.full(9, -100.0)}  # global norm 500
+    _, state = tx.update(g, tx.init(p), p)
+    factor = 1.0 / 500.0 if clip else 1.0
+    mu, nu = optax.tree_utils.tree_get(state, "mu"), optax.tree_utils.tree_get(state, "nu")
+    for k in g:
+        want = np.asarray(g[k]) * factor
+        np.testing.assert_allclose(mu[k], (1 - c.optim.b1) * want, rtol=1e-6)
+        np.testing.assert_allclose(nu[k], (1 - c.optim.b2) * want**2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["base_208", "base_512", "base_608", "small_208", "large_208"])
+def test_recipe_constants_are_the_official_ones(variant):
+    """MSM-MAE's main_pretrain.py defaults (REFERENCE.md "Pre-training recipe")."""
+    c = get_config(variant)
+    o = c.optim
+    assert (o.b1, o.b2, o.weight_decay) == (0.9, 0.95, 0.05)
+    assert (o.blr, o.lr, o.min_lr, o.grad_clip_norm) == (1.5e-4, 0.0, 0.0, 0.0)
+    assert (c.epochs, c.warmup_epochs, c.total_steps, c.warmup_steps) == (100, 10, 0, -1)
+    assert (c.model.mask_ratio, c.model.norm_pix_loss, c.model.use_cls_token) == (0.75, False, True)
+    assert optim.base_learning_rate(c) == pytest.approx(1.5e-4 * c.batch_size / 128)
