@@ -1,5 +1,5 @@
 # `make demo` and `make test` each set up .venv/ first (once; re-run when requirements change);
-# `make test` adds the PyTorch reference of requirements-dev.txt (`make setup-dev`).
+# `make test` adds the PyTorch reference and TensorBoard of requirements-dev.txt (`make setup-dev`).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
