@@ -299,9 +299,8 @@ def test_unexpected_positional_table_warns():
     with warnings.catch_warnings():  # the published tables: no warning, both decoder kinds
         warnings.simplefilter("error")
         convert.state_dict_to_params(sd)
-        assert convert.state_dict_to_params(official_state_dict(5, decoder="2d"))[0][
-            "decoder_pos_embed"
-        ] == "2d"
+        kw, _ = convert.state_dict_to_params(official_state_dict(5, decoder="2d"))
+    assert kw["decoder_pos_embed"] == "2d"
     sd["pos_embed"] = sd["pos_embed"] + 0.01
     with pytest.warns(UserWarning, match="pos_embed differs"):
         convert.state_dict_to_params(sd)
