@@ -16,11 +16,27 @@ import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FSDD_DIR = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
+# Set to 1 to run the FSDD tests on the synthetic stand-in even where the recordings exist.
+NO_FSDD_ENV = "MSM_MAE_TEST_NO_FSDD"
+
+
+def _use_fsdd() -> bool:
+    return FSDD_DIR.is_dir() and os.environ.get(NO_FSDD_ENV, "") in ("", "0")
 
 
 @pytest.fixture(scope="session")
-def fsdd_dir() -> pathlib.Path:
-    """The FSDD recordings beside the checkout; skips when a fresh clone has none."""
-    if not FSDD_DIR.is_dir():
-        pytest.skip(f"FSDD recordings not found at {FSDD_DIR} (../shared is absent)")
-    return FSDD_DIR
+def fsdd_synthetic() -> bool:
+    """Whether `fsdd_dir` is the synthetic stand-in rather than the real recordings."""
+    return not _use_fsdd()
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir(tmp_path_factory) -> pathlib.Path:
+    """The FSDD recordings beside the checkout; where a fresh clone has none (or
+    MSM_MAE_TEST_NO_FSDD=1), an FSDD-like corpus written once per session from the synthetic
+    generator (tests/fsdd_like.py)."""
+    if _use_fsdd():
+        return FSDD_DIR
+    import fsdd_like
+
+    return fsdd_like.write(tmp_path_factory.mktemp("fsdd_like"))
