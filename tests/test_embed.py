@@ -70,7 +70,7 @@ def test_embed_cli_end_to_end(model_dir, fsdd_dir, tmp_path, capsys):
     stereo = _tone(1.3, 44100)
     sf.write(folder / "sub" / "stereo.wav", np.stack([stereo, stereo], axis=1), 44100)
     (folder / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
-    files = [str(fsdd_dir / "0_george_0.wav"), str(fsdd_dir / "7_jackson_3.wav")]
+    files = [str(fsdd_dir / "0_george_0.wav"), str(fsdd_dir / "5_jackson_3.wav")]
     glob_ = str(fsdd_dir / "3_theo_1[0-2].wav")
     out = tmp_path / "res" / "emb.npz"
     argv = ["--checkpoint", model_dir, "--out", str(out), "--frames", "--batch-size", "2"]

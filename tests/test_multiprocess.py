@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from train_utils import TINY_OVERRIDES, final_params, read_metrics, tiny_config
 
+from msm_mae_jax.core.errors import ConfigError
 from msm_mae_jax.train import distributed, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +36,7 @@ def test_cluster_detection():
     c = tiny_config(STEPS)
     assert distributed.initialize(c) == (0, 1)  # single process: no-op
     c.num_processes, c.coordinator_address, c.process_id = 2, "", 0
-    with pytest.raises(Exception, match="coordinator_address"):
+    with pytest.raises(ConfigError, match="multi-process run needs config.coordinator_address"):
         distributed.initialize(c)
 
 

@@ -23,6 +23,62 @@ def test_scaler_matches_sklearn():
     np.testing.assert_allclose(ours(x), ref.transform(x), atol=1e-5)
 
 
+# EVAR's linear evaluation (REFERENCE.md): Adam lr 3e-4 (betas .9/.999, L2 weight decay 1e-8),
+# batch min(200, N), up to 200 epochs, early stopping with patience 20, scaler fitted on train.
+EVAR = dict(lr=3e-4, weight_decay=1e-8, max_epochs=200, patience=20)
+
+
+@pytest.mark.parametrize("n", [150, 450])
+def test_defaults_are_the_evar_recipe(n, monkeypatch):
+    seen = []
+    train = probe._train
+
+    def spy(key, x_ND, y_N, xv_ND, yv_N, **kw):
+        seen.append((np.asarray(x_ND), np.asarray(xv_ND), kw))
+        return train(key, x_ND, y_N, xv_ND, yv_N, **kw)
+
+    monkeypatch.setattr(probe, "_train", spy)
+    rng = np.random.default_rng(5)
+    x, y = _blobs(rng, n + 100)
+    x = x * rng.uniform(0.5, 4.0, x.shape[1]) + rng.normal(0, 5, x.shape[1])
+    probe.linear_probe(x[:n], y[:n], x[n : n + 50], y[n : n + 50], x[n + 50 :], y[n + 50 :])
+    ((x_ND, xv_ND, kw),) = seen
+    assert {k: kw[k] for k in EVAR} == EVAR
+    assert kw["batch_size"] == min(200, n) and not kw["multilabel"]
+    # Train and valid standardised with the training statistics (sklearn's StandardScaler).
+    ref = StandardScaler().fit(x[:n])
+    np.testing.assert_allclose(x_ND, ref.transform(x[:n]), atol=1e-5)
+    np.testing.assert_allclose(xv_ND, ref.transform(x[n : n + 50]), atol=1e-5)
+
+
+def test_default_stopping_rule_is_patience_20_within_200_epochs():
+    rng = np.random.default_rng(6)
+    x, y = _blobs(rng, 300, sep=0.5)
+    r = probe.linear_probe(
+        x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:], patience=10**6
+    )
+    assert r.epochs_run == 200 and r.valid_curve.shape == (200,)  # the cap, reached
+    xv = rng.normal(size=(100, 16)).astype(np.float32)
+    yv = (xv[:, 0] <= 0).astype(np.int32)  # anti-correlated with train: stops early
+    r = probe.linear_probe(x[:200], (x[:200, 0] > 0).astype(np.int32), xv, yv, xv, yv, lr=1e-2)
+    assert r.epochs_run == r.best_epoch + 20 < 200
+
+
+def test_valid_and_test_sets_are_scaled_with_training_statistics():
+    """One feature, class x > 0, standard normal training clips; every test clip lies in
+    [0.5, 1.5] (class 1). With the training statistics they all stay on their side of the
+    boundary; standardised with their own statistics about half would cross it. (Statistics
+    pooled over all splits move every split alike: that leak is caught by the exact check of
+    test_defaults_are_the_evar_recipe.)"""
+    rng = np.random.default_rng(7)
+    x, xv = rng.normal(size=(400, 1)), rng.normal(size=(200, 1))
+    xt = rng.uniform(0.5, 1.5, size=(1000, 1))
+    y, yv = (x[:, 0] > 0).astype(int), (xv[:, 0] > 0).astype(int)
+    r = probe.linear_probe(x, y, xv, yv, xt, np.ones(1000, int), lr=0.05)
+    assert r.valid_score >= 0.97
+    assert r.score >= 0.99
+
+
 def test_separable_features_reach_full_accuracy():
     rng = np.random.default_rng(0)
     x, y = _blobs(rng, 600)
