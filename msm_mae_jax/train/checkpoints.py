@@ -34,7 +34,8 @@ DAMAGED_DIR = "damaged_checkpoints"  # beside CKPT_DIR: out of orbax's way, neve
 
 
 class CheckpointError(UserError):
-    """No checkpoint of a workdir can be restored; the message names each step and why."""
+    """Checkpoints cannot be written, or none of a workdir's restores; the message says why
+    and which step is the newest usable one."""
 
 
 class Restored(NamedTuple):
@@ -103,16 +104,34 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write (disk full, a read-only or vanished file system), also one detected
+        late by an async save, becomes one CheckpointError that says what still exists."""
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
+            latest = self.manager.latest_step()
+            have = "none" if latest is None else f"step {latest}"
+            raise CheckpointError(
+                f"writing a checkpoint to {self.directory} failed ({describe_error(e)}); "
+                f"newest complete checkpoint: {have}. Fix the cause (space, permissions) and "
+                "run the same command to resume from it"
+            ) from e
+
     def save(self, step: int, state: Any, meta: dict, force: bool = True) -> bool:
         """Starts an (async) save; the state's device buffers are copied before returning,
         so the caller may donate them to the next step."""
-        return self.manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=force,
-        )
+        with self._writing():
+            return self.manager.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=force,
+            )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores into the shardings carried by `abstract_state` (jax.ShapeDtypeStruct
@@ -188,20 +207,24 @@ class Checkpointer:
         return out
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._writing():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 def describe_error(e: BaseException) -> str:
-    """The innermost cause of a restore failure, on one line (tensorstore specs left out)."""
+    """The innermost cause of a failure, on one line (tensorstore specs left out)."""
     while (e.__cause__ or e.__context__) is not None:
         e = e.__cause__ or e.__context__
     text = re.sub(r"\s*\[tensorstore_spec=.*", "", str(e), flags=re.S)
     text = re.sub(r"\s+", " ", text).strip()
-    text = text if len(text) <= 300 else text[:297] + "..."
+    if len(text) > 320:  # what failed comes first, why (the OS error) last: keep both ends
+        text = f"{text[:110]} ... {text[-200:]}"
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 

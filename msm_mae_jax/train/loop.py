@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -21,8 +22,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from msm_mae_jax.core.errors import ConfigError, UserError
+from msm_mae_jax.core.errors import ConfigError, DataError, UserError
 from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.data.tf_setup import tensorflow
 from msm_mae_jax.model import mae
 from msm_mae_jax.train import (
     checkpoints,
@@ -146,7 +148,8 @@ def _resume_lines(
 
 
 class _DataFeed:
-    """The training batches; the tf.data iterator is released explicitly when the run ends.
+    """The training batches; errors of the input pipeline as DataErrors; the tf.data iterator
+    released explicitly when the run ends.
 
     A tf.data iterator freed while Python shuts down (an exception ending the program keeps
     the loop's frame, and so the iterator, alive until then) waits forever for its
@@ -154,15 +157,39 @@ class _DataFeed:
     traceback prints and the process never exits. Released here, while the interpreter
     runs, those calls finish and the iterator is gone within about a second."""
 
-    def __init__(self, it):  # noqa: ANN001
-        self._it = it
+    def __init__(self, it, source: str):  # noqa: ANN001
+        self._it, self.source = it, source
 
     def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._it)
+        try:
+            return next(self._it)
+        except Exception as e:
+            raise _data_error(e, self.source) or e from None
 
     def close(self) -> None:
         self._it = None
         gc.collect()  # iterators held in reference cycles too
+
+
+def _data_error(e: Exception, source: str) -> DataError | None:
+    """The DataError a tf.data error stands for: one raised by the source inside a
+    `tf.numpy_function` (TF wraps it), or a corrupt, missing or unreadable input file."""
+    tf = tensorflow()
+    if not isinstance(e, tf.errors.OpError):
+        return None
+    inner = re.search(r"DataError: (.+)", e.message)
+    if inner:
+        return DataError(inner.group(1).strip())
+    if isinstance(
+        e, tf.errors.DataLossError | tf.errors.NotFoundError | tf.errors.PermissionDeniedError
+    ):
+        first = e.message.strip().splitlines()[0] if e.message.strip() else ""
+        first = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", first)
+        first = re.sub(r"\s*\[Op:\w+\].*$", "", first)  # TF's op name, not the user's
+        return DataError(
+            f"config.data.source={source!r}: reading the data failed ({type(e).__name__}: {first})"
+        )
+    return None
 
 
 def train_and_evaluate(
@@ -219,7 +246,8 @@ def train_and_evaluate(
                 process_index=process_index,
                 process_count=process_count,
                 start_step=start,
-            )
+            ),
+            str(config.data.source),
         )
         cleanup.callback(feed.close)
         local_shape = (config.batch_size // process_count, *setup.batch_shape[1:])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -102,7 +103,7 @@ class WorkdirLock:
     def __init__(self, workdir: str):
         self.workdir = os.path.abspath(workdir)
         self.path = os.path.join(self.workdir, LOCK_NAME)
-        self._ino: int | None = None
+        self._token: str | None = None  # in the file: tells our lock from a newer one
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: str | None = None  # why the lock is no longer ours (heartbeat failures)
@@ -115,6 +116,7 @@ class WorkdirLock:
             "pid": os.getpid(),
             "pid_start": _process_start(os.getpid()),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "token": secrets.token_hex(8),
         }
         for _ in range(20):  # a few rounds: takeovers and writers in progress
             try:
@@ -132,7 +134,7 @@ class WorkdirLock:
                 ) from None
             with os.fdopen(fd, "w") as f:
                 json.dump(info, f)
-            self._ino = os.stat(self.path).st_ino
+            self._token = info["token"]
             self._thread = threading.Thread(
                 target=self._heartbeat, name="workdir-lock-heartbeat", daemon=True
             )
@@ -150,7 +152,8 @@ class WorkdirLock:
         """True when the caller should try to create the lock again (a stale one was moved
         away, or it vanished); False when a live trainer holds it."""
         try:
-            ino = os.stat(self.path).st_ino
+            with open(self.path, "rb") as f:
+                seen = f.read()
         except FileNotFoundError:
             return True
         info, age = _read(self.path), self._age()
@@ -167,7 +170,9 @@ class WorkdirLock:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return True
-        if os.stat(aside).st_ino != ino:
+        with open(aside, "rb") as f:
+            moved = f.read()
+        if moved != seen:
             try:
                 os.link(aside, self.path)
             except FileExistsError:
@@ -193,13 +198,16 @@ class WorkdirLock:
     def check(self) -> str | None:
         """None while the lock file is still ours, else what happened to it."""
         try:
-            ino = os.stat(self.path).st_ino
+            with open(self.path) as f:
+                info = json.load(f)
         except FileNotFoundError:
             return f"{self.path} was removed while this run held it"
-        except OSError:
-            return None  # cannot tell: not evidence of a takeover
-        if ino != self._ino:
-            return f"{self.path} was taken over by {_holder(_read(self.path))}"
+        except (OSError, ValueError):
+            return self.lost  # unreadable now (a file system hiccup): not evidence
+        if not isinstance(info, dict):
+            return f"{self.path} was replaced"
+        if info.get("token") != self._token:
+            return f"{self.path} was taken over by {_holder(info)}"
         return self.lost
 
     def release(self) -> None:
@@ -207,12 +215,12 @@ class WorkdirLock:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        if self._ino is not None and self.check() is None:
+        if self._token is not None and self.check() is None:
             try:
                 os.unlink(self.path)
             except OSError as e:
                 log.warning("could not remove %s: %s", self.path, e)
-        self._ino = None
+        self._token = None
 
 
 class _NoLock:
