@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
@@ -329,6 +330,19 @@ def test_every_kind_of_damage_falls_back(trained, tmp_path, setup, mode, why):
     assert step == 4 and re.search(why, reason), reason
     assert dest == str(wd / checkpoints.DAMAGED_DIR / "4")
     assert checkpoints.Checkpointer(str(wd)).all_steps() == [2]
+
+
+def test_export_reads_past_a_damaged_newest_step(trained, tmp_path):
+    """Reading a workdir's encoder (export, eval, Runtime.load) takes the newest step that
+    reads, without moving anything; a damaged step asked for by number is a one-line error."""
+    wd = _copy(trained, tmp_path)
+    _damage(wd, "missing _METADATA")
+    _, enc, _ = checkpoints.load_encoder_from_workdir(str(wd))
+    want = checkpoints.load_state_numpy(str(wd), 2)[0]["params"]["encoder"]
+    jax.tree.map(np.testing.assert_array_equal, enc, want)
+    with pytest.raises(checkpoints.CheckpointError, match="step 4: state/_METADATA is missing"):
+        checkpoints.load_encoder_from_workdir(str(wd), step=4)
+    assert checkpoints.Checkpointer(str(wd)).all_steps() == [2, 4]
 
 
 def test_nothing_restores_nothing_moved(trained, tmp_path, setup):

@@ -282,7 +282,9 @@ def _restore_numpy(state_dir: str, select) -> Any:
     return jax.tree.map(np.asarray, out)
 
 
-def _resolve_step(workdir: str, step: int | None) -> tuple[str, int, dict]:
+def _read_checkpoint(workdir: str, step: int | None, select) -> tuple[Any, dict]:  # noqa: ANN001
+    """(`select(state tree)` as numpy, meta) of checkpoint `step`, or of the newest one that
+    reads (`step=None`: a damaged newer step is passed over with a warning, not moved)."""
     d = checkpoint_dir(workdir)
     if not os.path.isdir(d):
         raise FileNotFoundError(f"{workdir}: no training checkpoints (missing {d})")
@@ -291,19 +293,27 @@ def _resolve_step(workdir: str, step: int | None) -> tuple[str, int, dict]:
         steps = ckpt.all_steps()
         if not steps:
             raise FileNotFoundError(f"{d}: no complete checkpoint")
-        step = max(steps) if step is None else int(step)
-        if step not in steps:
+        if step is not None and int(step) not in steps:
             raise FileNotFoundError(f"{d}: no checkpoint for step {step}; have {sorted(steps)}")
-        meta = ckpt.restore_meta(step)
+        problems = []
+        for s in [int(step)] if step is not None else sorted(steps, reverse=True):
+            why = _missing_parts(os.path.join(d, str(s)))
+            if why is None:
+                try:
+                    meta = ckpt.restore_meta(s)
+                    return _restore_numpy(os.path.join(d, str(s), "state"), select), meta
+                except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
+                    why = describe_error(e)
+            log.warning("checkpoint step %d in %s cannot be read: %s", s, d, why)
+            problems.append(f"step {s}: {why}")
     finally:
         ckpt.close()
-    return os.path.join(d, str(step), "state"), step, meta
+    raise CheckpointError(f"no checkpoint in {d} can be read: {'; '.join(problems)}")
 
 
 def load_state_numpy(workdir: str, step: int | None = None) -> tuple[dict, dict]:
     """(state as a dict of numpy trees {params, opt_state, step, rng}, meta) of a checkpoint."""
-    state_dir, _, meta = _resolve_step(workdir, step)
-    return _restore_numpy(state_dir, lambda t: t), meta
+    return _read_checkpoint(workdir, step, lambda t: t)
 
 
 def load_encoder_from_workdir(
@@ -312,10 +322,11 @@ def load_encoder_from_workdir(
     """(ModelConfig, encoder params as a numpy tree, NormStats) of a training workdir.
 
     Only the encoder parameters are read from disk (orbax partial restore), not the decoder
-    or the optimizer state. `step=None` takes the latest checkpoint.
+    or the optimizer state. `step=None` takes the newest checkpoint that reads.
     """
-    state_dir, _, meta = _resolve_step(workdir, step)
-    out = _restore_numpy(state_dir, lambda t: {"params": {"encoder": t["params"]["encoder"]}})
+    out, meta = _read_checkpoint(
+        workdir, step, lambda t: {"params": {"encoder": t["params"]["encoder"]}}
+    )
     params = out["params"]["encoder"]
     return ModelConfig.from_dict(meta["model"]), params, NormStats.from_dict(meta["norm_stats"])
 

@@ -140,11 +140,6 @@ def _resume_lines(
     writer.console(f"resumed from {directory}/{restored.step}")
     if changes:
         writer.console(f"config changed on resume (allowed): {resume.describe_changes(changes)}")
-    if writer.dropped_rows:
-        writer.console(
-            f"dropped {writer.dropped_rows} metrics.jsonl row(s) past step {restored.step}, "
-            "logged after the last checkpoint of the interrupted run (they are logged again)"
-        )
 
 
 class _DataFeed:
@@ -215,6 +210,8 @@ def train_and_evaluate(
         setup = Setup(config, schedule)
         ckpt = checkpoints.Checkpointer(workdir, keep=int(config.keep_checkpoints))
         cleanup.callback(ckpt.close)  # waits for the async save in flight
+        preempt = _Preemption(ckpt.manager)
+        cleanup.callback(preempt.restore)
         restored, changes = _restore(setup, ckpt, workdir, allow_config_change)
         start = restored.step if restored is not None else 0
         writer = metrics.MetricWriter(workdir, enabled=is_main, start_step=start)
@@ -223,6 +220,11 @@ def train_and_evaluate(
             checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
         if restored is not None:
             _resume_lines(restored, changes, writer, ckpt.directory)
+        if writer.dropped_rows:
+            writer.console(
+                f"dropped {writer.dropped_rows} metrics.jsonl row(s) past step {start}, logged "
+                "after the last checkpoint of an interrupted run (the steps run again)"
+            )
         meta = restored.meta if restored is not None else None
         norm_stats = _norm_stats(config, workdir, meta, is_main)
         state = restored.state if restored is not None else setup.init_state(int(config.seed))
@@ -234,8 +236,6 @@ def train_and_evaluate(
             "norm_stats": norm_stats.to_dict(),
             "config": config.to_dict(),
         }
-        preempt = _Preemption(ckpt.manager)
-        cleanup.callback(preempt.restore)
         run_hooks = hooks.build_hooks(config, setup, norm_stats, workdir, writer)
         for hook in run_hooks:
             cleanup.callback(hook.close)
