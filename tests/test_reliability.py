@@ -4,6 +4,7 @@ timeout, so a process that hangs instead of exiting fails the test instead of st
 The pieces (lock staleness, config differences, every kind of checkpoint damage) are also
 tested on their own, in-process."""
 
+import io
 import json
 import os
 import pathlib
@@ -23,7 +24,7 @@ import soundfile as sf
 from train_utils import read_metrics, read_tensorboard, tiny_config
 
 from msm_mae_jax.core.errors import ConfigError, DataError
-from msm_mae_jax.train import checkpoints, loop, optim, resume, workdir_lock
+from msm_mae_jax.train import checkpoints, loop, metrics, optim, resume, workdir_lock
 from msm_mae_jax.train.state import Setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -408,6 +409,34 @@ def test_config_difference_keys():
     ):
         resume.check_config_change(old, new, "w", allow=False)
     assert len(resume.check_config_change(old, new, "w", allow=True)) == 2
+
+
+def test_replayed_steps_are_logged_once(tmp_path):
+    """A run resumed at step 2 after logging 1-5 (the last line cut by the crash): metrics.jsonl
+    and TensorBoard (the real one, when installed) show each step once, the new values."""
+    w = metrics.MetricWriter(str(tmp_path), stream=io.StringIO())
+    for step in range(1, 6):
+        w.write_scalars(step, {"loss": float(step)})
+    w.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')
+    time.sleep(1.0)  # event files are ordered by their names' timestamps (seconds)
+    w = metrics.MetricWriter(str(tmp_path), stream=io.StringIO(), start_step=2)
+    assert w.dropped_rows == 4
+    for step in (3, 4):
+        w.write_scalars(step, {"loss": 10.0 * step})
+    w.close()
+    want = {1: 1.0, 2: 2.0, 3: 30.0, 4: 40.0}
+    assert {r["step"]: r["loss"] for r in read_metrics(str(tmp_path))} == want
+    assert read_tensorboard(str(tmp_path))[0]["loss"] == want
+    pytest.importorskip("tensorboard", reason="the optional tensorboard package is absent")
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+
+    mux = pem.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(tmp_path))
+    mux.Reload()
+    shown = mux.GetAccumulator("tb").Tensors("loss")
+    assert {e.step: float(e.tensor_proto.float_val[0]) for e in shown} == want
 
 
 # ---- input data failing mid-run ---------------------------------------------------------------

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "train.lock"
 HEARTBEAT_SECONDS = 30.0
 STALE_AFTER_SECONDS = 600.0  # 20 missed heartbeats: the holder on another host is gone
-_WRITE_GRACE_SECONDS = 5.0  # an empty or partial lock file younger than this is being written
+_WRITE_GRACE_SECONDS = 2.0  # an empty or partial lock file younger than this is being written
 
 
 class WorkdirLockedError(UserError):
@@ -118,7 +118,7 @@ class WorkdirLock:
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "token": secrets.token_hex(8),
         }
-        for _ in range(20):  # a few rounds: takeovers and writers in progress
+        for _ in range(30):  # a few rounds: takeovers, writers in progress (0.2 s waits)
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
