@@ -28,7 +28,7 @@ from msm_mae_jax.train import checkpoints, loop, metrics, optim, resume, workdir
 from msm_mae_jax.train.state import Setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 240  # seconds: a run that has not exited by then hangs
+TIMEOUT = 300  # seconds: a run that has not exited by then hangs (runs take 10-60 s)
 # Runs that must be stopped (by a signal, an error) run "forever"; they and the 4-step runs
 # share two compiled programs (the schedule's length is part of them).
 FOREVER = {"total_steps": 100000, "ckpt_every_steps": 100000}
@@ -169,9 +169,19 @@ def test_divergence_stops_with_one_line(runs):
     assert "latest good checkpoint: none was saved" in line
 
 
-def test_ctrl_c_and_a_second_trainer(tmp_path, env):
+def test_full_disk_is_one_line_and_an_exit(runs):
+    """A checkpoint write that fails (a file size limit stands in for a full disk) ends the
+    run with one line saying so and what still exists; no hang."""
+    # orbax's background threads log their own tracebacks before the run ends
+    line = _error_line(runs["full disk"].result(), traceback_ok=True)
+    assert "writing a checkpoint to" in line and "File too large" in line, line
+    assert "newest complete checkpoint: none" in line
+
+
+def test_ctrl_c_and_a_second_trainer(tmp_path, env, trained):
     """A second trainer on a busy workdir refuses, naming the holder; Ctrl-C then ends the
-    first with status 130 and releases the workdir."""
+    first with status 130 and releases the workdir. (After the background runs: this one
+    runs two trainers at once.)"""
     wd = tmp_path / "run"
     first = subprocess.Popen(
         _cmd(wd, **FOREVER),
@@ -196,15 +206,6 @@ def test_ctrl_c_and_a_second_trainer(tmp_path, env):
     assert first.returncode == 130, err[-3000:]
     assert "interrupted" in err and "interrupted after step" in out
     assert not (wd / workdir_lock.LOCK_NAME).exists()
-
-
-def test_full_disk_is_one_line_and_an_exit(runs):
-    """A checkpoint write that fails (a file size limit stands in for a full disk) ends the
-    run with one line saying so and what still exists; no hang."""
-    # orbax's background threads log their own tracebacks before the run ends
-    line = _error_line(runs["full disk"].result(), traceback_ok=True)
-    assert "writing a checkpoint to" in line and "File too large" in line, line
-    assert "newest complete checkpoint: none" in line
 
 
 def test_read_only_workdir_is_one_line(tmp_path, env):
