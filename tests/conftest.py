@@ -40,3 +40,44 @@ def fsdd_dir(tmp_path_factory) -> pathlib.Path:
     import fsdd_like
 
     return fsdd_like.write(tmp_path_factory.mktemp("fsdd_like"))
+
+
+# ---- gs:// tests: a local Cloud Storage emulator -----------------------------------------------
+import gcs_emulator  # noqa: E402
+
+for _k, _v in gcs_emulator.STATIC_ENV.items():  # before gcsfs or etils.epath is loaded
+    os.environ.setdefault(_k, _v)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator_host():
+    """URL of a session GCS emulator that every library (and every subprocess) uses; skips
+    the test with the reason when the emulator package is missing or does not start."""
+    why = gcs_emulator.available()
+    if why:
+        pytest.skip(why)
+    try:
+        ctx = gcs_emulator.running()
+        host = ctx.__enter__()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    env = gcs_emulator.emulator_env(host)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield host
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        ctx.__exit__(None, None, None)
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator_host) -> str:
+    """A fresh, empty bucket per test: 'gs://test-<hex>'."""
+    import uuid
+
+    return gcs_emulator.make_bucket(gcs_emulator_host, f"test-{uuid.uuid4().hex[:12]}")

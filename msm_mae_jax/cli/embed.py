@@ -14,12 +14,12 @@ The file is written atomically. See msm_mae_jax/features/embed.py.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Sequence
 
 from msm_mae_jax.cli import common
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import UserError
 
 
@@ -68,9 +68,9 @@ def _embed(argv: list[str], prog: str) -> int:
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size {args.batch_size}: must be >= 1")
-    if not os.path.exists(args.checkpoint):
+    if not fs.exists(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
-    if os.path.isdir(args.out):
+    if fs.isdir(args.out):
         raise UserError(f"--out {args.out} is a directory; give the .npz file to write")
     from msm_mae_jax.features import embed
 

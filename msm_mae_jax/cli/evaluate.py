@@ -12,11 +12,11 @@ msm_mae_jax/evaluation/linear.py.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 
 from msm_mae_jax.cli import common
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import UserError
 
 
@@ -126,7 +126,7 @@ def _evaluate(argv: list[str], prog: str) -> int:
     args = p.parse_args(argv)
     if (args.checkpoint is None) == (args.baseline is None):
         p.error("give exactly one of --checkpoint and --baseline")
-    if args.checkpoint and not os.path.exists(args.checkpoint):
+    if args.checkpoint and not fs.exists(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
     from msm_mae_jax.evaluation import linear, tasks
 
@@ -164,7 +164,6 @@ def _evaluate(argv: list[str], prog: str) -> int:
         raise UserError(str(e)) from None
     print(linear.format_table(result))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        fs.makedirs(fs.dirname(fs.absolute(args.out)))
+        fs.write_text(args.out, json.dumps(result, indent=2))
     return 0

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from msm_mae_jax.cli import common, config_args
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import ConfigError, DataError
 
 DEFAULT_CONFIG = "configs/msm_mae.py"
@@ -83,8 +84,8 @@ def check_sources(config: ml_collections.ConfigDict) -> None:
             root = source.path
             if glob.has_magic(root):  # the folder the glob starts from
                 root = root.split("*")[0].split("?")[0].split("[")[0]
-                root = os.path.dirname(root) if not root.endswith(os.sep) else root
-            if not os.path.exists(root or "."):
+                root = fs.dirname(root) if not root.endswith(("/", os.sep)) else root
+            if not fs.exists(root or "."):
                 raise DataError(
                     f"config.data.{key}={spec!r}: {root} does not exist (relative paths "
                     f"start at {os.getcwd()})"
@@ -92,7 +93,12 @@ def check_sources(config: ml_collections.ConfigDict) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-    """The workdir exists (created here) and takes files; ConfigError otherwise."""
+    """The workdir exists (created here) and takes files; ConfigError otherwise. A remote
+    workdir (gs://...) is checked when its lock is written."""
+    if fs.is_remote(workdir):
+        if fs.isfile(workdir):
+            raise ConfigError(f"--workdir {workdir} exists and is not a directory")
+        return
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} exists and is not a directory")
     try:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from typing import Any
 
 import numpy as np
+
+from msm_mae_jax.core import fs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,15 +42,12 @@ class NormStats:
         return cls(mean=float(d["mean"]), std=float(d["std"]))
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f)
-        os.replace(tmp, path)  # atomic: never a half-written file
+        """Atomic: never a half-written file (local path or URL)."""
+        fs.write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str) -> NormStats:
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(json.loads(fs.read_text(path)))
 
 
 @dataclasses.dataclass

@@ -22,6 +22,7 @@ Shape letters: N clips, B batch, S samples, F mel bins, T frames, D width, L lay
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.config_files import load_config
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
@@ -142,43 +144,30 @@ def random_runtime(model_config: ModelConfig, norm_stats: NormStats, seed: int =
 
 def checkpoint_identity(path: str) -> str:
     """Path plus size and mtime of every file that defines the model (not logs or figures)."""
-    path = os.path.abspath(path)
+    path = fs.absolute(path)
     h = hashlib.sha256(path.encode())
-    roots = (
-        [os.path.join(path, "checkpoints")]
-        if os.path.isdir(os.path.join(path, "checkpoints"))
-        else [path]
-    )
-    for root in roots:
-        for dp, dns, fns in os.walk(root):
-            dns.sort()
-            for f in sorted(fns):
-                st = os.stat(os.path.join(dp, f))
-                h.update(
-                    f"{os.path.relpath(os.path.join(dp, f), path)}\0{st.st_size}\0"
-                    f"{st.st_mtime_ns}\n".encode()
-                )
+    ckpts = fs.join(path, "checkpoints")
+    root = ckpts if fs.isdir(ckpts) else path
+    for f, size, version in fs.stamps(root):
+        h.update(f"{fs.relpath(f, path)}\0{size}\0{version}\n".encode())
     return h.hexdigest()
 
 
 # ---- the cache ---------------------------------------------------------------------------------
 def _cache_path(cache_dir: str, key: dict) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return os.path.join(cache_dir, f"{digest}.npz")
+    return fs.join(cache_dir, f"{digest}.npz")
 
 
 def _save_cache(path: str, feats: dict[str, np.ndarray], meta: dict) -> None:
     """Writes an entry atomically (a reader never sees a partial file); a cache that cannot
     be written is reported, not an error: the results do not depend on it."""
-    tmp = path + f".{os.getpid()}.tmp.npz"
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        np.savez(tmp, __meta__=np.array(json.dumps(meta)), **feats)
-        os.replace(tmp, path)
+        fs.makedirs(fs.dirname(path))
+        with fs.atomic_write(path, "wb") as f:
+            np.savez(f, __meta__=np.array(json.dumps(meta)), **feats)
     except OSError as e:
         logger.warning("could not write the embedding cache entry %s: %s", path, e)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # What a damaged entry raises: zip structure (truncated, overwritten), a cut member (EOF), bad
@@ -188,10 +177,10 @@ _CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFil
 
 def _load_cache(path: str) -> tuple[dict[str, np.ndarray], dict] | None:
     """The entry at `path`, or None when there is none or it cannot be read (a miss)."""
-    if not os.path.isfile(path):
+    if not fs.isfile(path):
         return None
     try:
-        with np.load(path) as z:
+        with np.load(io.BytesIO(fs.read_bytes(path))) as z:
             meta = json.loads(str(z["__meta__"]))
             return {k: z[k] for k in z.files if k != "__meta__"}, meta
     except _CACHE_READ_ERRORS as e:
@@ -216,7 +205,7 @@ def _check_arguments(
         )
     if layer_mode not in ("separate", "concat"):
         raise ValueError(f"layer_mode={layer_mode!r}; expected 'separate' or 'concat'")
-    if checkpoint is not None and not os.path.exists(checkpoint):
+    if checkpoint is not None and not fs.exists(checkpoint):
         raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file or directory")
 
 

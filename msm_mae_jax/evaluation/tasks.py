@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import DataError, TaskError
 from msm_mae_jax.data import audio_io, synthetic
 from msm_mae_jax.data.sources import AudioSource, FileSource, SyntheticSource, TfdsSource
@@ -164,9 +165,9 @@ def _check_task(task: Task, where: str) -> Task:
 
 def _read_csv(path: str) -> tuple[list[dict], list[str]]:
     """(rows, columns); a byte-order mark (Excel's UTF-8 CSVs) is not part of the header."""
-    if not os.path.isfile(path):
+    if not fs.isfile(path):
         raise TaskError(f"task CSV not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with fs.open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
         columns = list(reader.fieldnames or [])
@@ -239,15 +240,11 @@ def load_csv_task(
             f"{path}: needs a 'split' (train/valid/test) or a 'fold' column; "
             f"available columns: {columns}"
         )
-    if audio_dir is not None and not os.path.isdir(audio_dir):
+    if audio_dir is not None and not fs.isdir(audio_dir):
         raise TaskError(f"{path}: audio_dir {audio_dir} is not a folder")
-    base = (
-        os.path.abspath(audio_dir)
-        if audio_dir is not None
-        else os.path.dirname(os.path.abspath(path))
-    )
-    files = [os.path.abspath(os.path.join(base, r[file_column])) for r in rows]
-    missing = [f for f in files if not os.path.isfile(f)]
+    base = fs.absolute(audio_dir) if audio_dir is not None else fs.dirname(fs.absolute(path))
+    files = [fs.resolve(base, r[file_column]) for r in rows]
+    missing = _missing_files(files, base)
     if missing:
         raise TaskError(
             f"{path}: {len(missing)} audio file(s) of column {file_column!r} not found below "
@@ -259,30 +256,33 @@ def load_csv_task(
     return _check_task(Task(f"csv:{path}", source, y, names, multilabel, folds, label), path)
 
 
+def _missing_files(files: list[str], base: str) -> list[str]:
+    """The files that do not exist; below a URL one listing instead of a request per file."""
+    if not fs.is_remote(base):
+        return [f for f in files if not os.path.isfile(f)]
+    present = set(fs.walk_files(base))
+    return [f for f in files if f not in present and not fs.isfile(f)]
+
+
 def load_folder_task(root: str, seed: int = 0) -> Task:
-    if not os.path.isdir(root):
+    if not fs.isdir(root):
         raise TaskError(f"task folder not found: {root}")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = [d for d in fs.listdir(root) if fs.isdir(fs.join(root, d))]
     if not classes:
         raise TaskError(f"{root}: no class sub-folders (expected DIR/<class>/<audio files>)")
     files, labels = [], []
     for k, c in enumerate(classes):
-        found = sorted(
-            os.path.join(dp, f)
-            for dp, _, fs in os.walk(os.path.join(root, c))
-            for f in fs
-            if audio_io.is_audio_file(f)
-        )
+        found = [f for f in fs.walk_files(fs.join(root, c)) if audio_io.is_audio_file(f)]
         if not found:
             raise TaskError(
-                f"{os.path.join(root, c)}: class folder without audio files "
+                f"{fs.join(root, c)}: class folder without audio files "
                 f"(extensions {sorted(audio_io.AUDIO_EXTENSIONS)})"
             )
         files += found
         labels += [k] * len(found)
     y = np.array(labels, np.int64)
     valid, test, train = stratified_split(y, [FOLDER_RATIOS[1], FOLDER_RATIOS[2]], seed)
-    source = FileSource([os.path.abspath(f) for f in files], spec=f"folder:{root}")
+    source = FileSource([fs.absolute(f) for f in files], spec=f"folder:{root}")
     task = Task(f"folder:{root}", source, y, classes, False, [Fold("split", train, valid, test)])
     return _check_task(task, root)
 
@@ -382,17 +382,18 @@ def write_csv(
     folds: Sequence | None = None,
 ) -> str:
     """Writes a task CSV (files made relative to the CSV's folder when possible)."""
-    base = os.path.dirname(os.path.abspath(path))
+    base = fs.dirname(fs.absolute(path))
     cols = (
         ["file", "label"]
         + (["split"] if splits is not None else [])
         + (["fold"] if folds is not None else [])
     )
-    with open(path, "w", newline="") as f:
+    with fs.atomic_write(path) as f:
         w = csv.writer(f)
         w.writerow(cols)
         for i, (p, lab) in enumerate(zip(files, labels, strict=True)):
-            row = [os.path.relpath(os.path.abspath(p), base), lab]
+            same_kind = fs.is_remote(p) == fs.is_remote(base)
+            row = [fs.relpath(p, base) if same_kind else p, lab]
             row += [splits[i]] if splits is not None else []
             row += [folds[i]] if folds is not None else []
             w.writerow(row)

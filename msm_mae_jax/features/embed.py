@@ -25,12 +25,12 @@ import dataclasses
 import glob
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio, audio_io
 
@@ -72,14 +72,14 @@ def find_audio(inputs: Sequence[str]) -> list[tuple[str, str]]:
     items: list[tuple[str, str]] = []
     seen: set[str] = set()
     for arg in inputs:
-        if os.path.isfile(arg):
+        if fs.isfile(arg):
             found = [(arg, arg)]
-        elif os.path.isdir(arg):
-            found = [(p, os.path.relpath(p, arg)) for p in _audio_under(arg)]
+        elif fs.isdir(arg):
+            found = [(p, fs.relpath(p, arg)) for p in _audio_under(arg)]
         elif glob.has_magic(arg):
             found = []
-            for m in sorted(glob.glob(arg, recursive=True)):
-                if os.path.isdir(m):
+            for m in fs.glob(arg):
+                if fs.isdir(m):
                     found += [(p, p) for p in _audio_under(m)]
                 elif audio_io.is_audio_file(m):
                     found.append((m, m))
@@ -91,7 +91,7 @@ def find_audio(inputs: Sequence[str]) -> list[tuple[str, str]]:
                 f"{', '.join(sorted(audio_io.AUDIO_EXTENSIONS))})"
             )
         for path, name in found:
-            key = os.path.realpath(path)
+            key = path if fs.is_remote(path) else os.path.realpath(path)
             if key not in seen:
                 seen.add(key)
                 items.append((path, name))
@@ -103,6 +103,8 @@ def find_audio(inputs: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def _audio_under(folder: str) -> list[str]:
+    if fs.is_remote(folder):
+        return [p for p in fs.walk_files(folder) if audio_io.is_audio_file(p)]
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
@@ -198,16 +200,9 @@ def embed_files(
 
 
 def save_npz(result: Embeddings, out: str | os.PathLike) -> str:
-    """Writes `result.arrays()` to `out` atomically (a temporary file, then a rename)."""
+    """Writes `result.arrays()` to `out` (a local path or a URL) atomically."""
     out = os.fspath(out)
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".embed-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **result.arrays())
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    fs.makedirs(fs.dirname(fs.absolute(out)))
+    with fs.atomic_write(out, "wb") as f:
+        np.savez(f, **result.arrays())
     return out

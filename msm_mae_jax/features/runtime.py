@@ -39,6 +39,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.features.clips import (  # noqa: F401 (MIN/MAX_SAMPLE_RATE: public here too)
@@ -121,17 +122,17 @@ class Runtime:
         (`python -m msm_mae_jax.export`) or converted official weights (`msm_mae_jax.convert`)."""
         from msm_mae_jax.model import artifact
 
-        path = os.fspath(path)
-        if not os.path.exists(path):
+        path = os.fspath(path)  # a local path or a URL (gs://...)
+        if not fs.exists(path):
             raise FileNotFoundError(f"{path}: no such model directory or training workdir")
         if artifact.is_model_dir(path):
             cfg, params, stats, meta = artifact.load_model_dir(path)
             return cls(cfg, params, stats, meta)
-        if os.path.isdir(os.path.join(path, "checkpoints")):
+        if fs.isdir(fs.join(path, "checkpoints")):
             from msm_mae_jax.train import checkpoints
 
             cfg, params, stats = checkpoints.load_encoder_from_workdir(path, step=step)
-            return cls(cfg, params, stats, {"source": os.path.abspath(path), "step": step})
+            return cls(cfg, params, stats, {"source": fs.absolute(path), "step": step})
         hint = (
             (
                 " (official PyTorch weights: convert them first with "

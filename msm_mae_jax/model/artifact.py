@@ -11,8 +11,6 @@ PyTorch weights); read by `msm_mae_jax.runtime.Runtime.load`. Layout:
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Any
 
 import jax
@@ -20,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from msm_mae_jax import __version__
+from msm_mae_jax.core import fs
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model.config import ModelConfig
 
@@ -29,7 +28,7 @@ PARAMS_DIR = "encoder"
 
 
 def is_model_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, META_FILE))
+    return fs.isfile(fs.join(path, META_FILE))
 
 
 def save_model_dir(
@@ -41,15 +40,13 @@ def save_model_dir(
     extra: dict | None = None,
 ) -> str:
     """Writes the artifact; the metadata file is written last so a partial dir is never valid."""
-    path = os.path.abspath(path)
-    if os.path.exists(os.path.join(path, META_FILE)):
-        os.remove(os.path.join(path, META_FILE))
-    if os.path.exists(os.path.join(path, PARAMS_DIR)):
-        shutil.rmtree(os.path.join(path, PARAMS_DIR))
-    os.makedirs(path, exist_ok=True)
+    path = fs.absolute(path)
+    fs.remove(fs.join(path, META_FILE))
+    fs.rmtree(fs.join(path, PARAMS_DIR))
+    fs.makedirs(path)
     params = jax.tree.map(lambda a: np.asarray(a, np.float32), encoder_params)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(path, PARAMS_DIR), params)
+        ckptr.save(fs.join(path, PARAMS_DIR), params)
         ckptr.wait_until_finished()
     meta = {
         "format": FORMAT,
@@ -59,26 +56,22 @@ def save_model_dir(
         "source": source,
         **(extra or {}),
     }
-    tmp = os.path.join(path, META_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, os.path.join(path, META_FILE))
+    fs.write_text(fs.join(path, META_FILE), json.dumps(meta, indent=2))
     return path
 
 
 def load_model_dir(path: str) -> tuple[ModelConfig, Any, NormStats, dict]:
     """Returns (model config, encoder params as numpy, normalisation stats, metadata)."""
-    meta_path = os.path.join(path, META_FILE)
-    if not os.path.isfile(meta_path):
+    meta_path = fs.join(path, META_FILE)
+    if not fs.isfile(meta_path):
         raise FileNotFoundError(f"{path}: not an msm_mae_jax model directory (no {META_FILE})")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = json.loads(fs.read_text(meta_path))
     if meta.get("format") != FORMAT:
         raise ValueError(
             f"{meta_path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}"
         )
     with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(os.path.join(os.path.abspath(path), PARAMS_DIR))
+        params = ckptr.restore(fs.join(fs.absolute(path), PARAMS_DIR))
     params = jax.tree.map(np.asarray, params)
     return (
         ModelConfig.from_dict(meta["model"]),

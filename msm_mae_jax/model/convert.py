@@ -27,7 +27,7 @@ LayerNorm `scale` -> `weight`; the patch embedding kernel [ph*pw, D] is the Conv
 
 from __future__ import annotations
 
-import os
+import io
 import re
 import warnings
 import zipfile
@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import ConfigError, ConversionError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model import mae, posembed
@@ -323,9 +324,13 @@ def params_to_state_dict(params: Mapping[str, Any], config: ModelConfig) -> dict
 
 # ---- files -----------------------------------------------------------------------------------
 def load_state_dict(src: str) -> dict[str, np.ndarray]:
-    """Reads a `.pth`/`.pt` (PyTorch) or `.npz` state dict into float32 numpy arrays."""
-    if not os.path.isfile(src):
+    """Reads a `.pth`/`.pt` (PyTorch) or `.npz` state dict into float32 numpy arrays (a local
+    file or a URL)."""
+    if not fs.isfile(src):
         raise FileNotFoundError(f"{src}: no such checkpoint file")
+    if fs.is_remote(src):
+        with fs.local_file(src) as local:
+            return load_state_dict(local)
     if src.endswith(".npz"):
         return _load_npz(src)
     try:
@@ -374,8 +379,8 @@ def _load_npz(src: str) -> dict[str, np.ndarray]:
 
 def sizes_from_path(src: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """Input and patch size from the run-name prefix of the folder (or the file name)."""
-    path = os.path.abspath(src)
-    for name in (os.path.basename(os.path.dirname(path)), os.path.basename(path)):
+    path = fs.absolute(src)
+    for name in (fs.basename(fs.dirname(path)), fs.basename(path)):
         parsed = parse_run_name(name)
         if parsed:
             return parsed
@@ -425,25 +430,26 @@ def convert(
         config,
         params["encoder"],
         norm_stats if norm_stats is not None else NormStats(0.0, 1.0),
-        source=f"converted from {os.path.abspath(src)}",
+        source=f"converted from {fs.absolute(src)}",
         extra=extra,
     )
     if keep_decoder and params["decoder"] is not None:
         flat = {"/".join(p): np.asarray(a) for p, a in _paths(params["decoder"])}
-        np.savez(os.path.join(out_dir, DECODER_SIDE_FILE), **flat)
+        with fs.atomic_write(fs.join(out_dir, DECODER_SIDE_FILE), "wb") as f:
+            np.savez(f, **flat)
     return out_dir
 
 
 def load_decoder_params(model_dir: str) -> dict[str, Any]:
     """The decoder parameters kept beside a converted artifact (nested dict of numpy)."""
-    path = os.path.join(model_dir, DECODER_SIDE_FILE)
-    if not os.path.isfile(path):
+    path = fs.join(model_dir, DECODER_SIDE_FILE)
+    if not fs.isfile(path):
         raise FileNotFoundError(
             f"{model_dir}: no {DECODER_SIDE_FILE} (converted without "
             "decoder, or not a converted artifact)"
         )
     tree: dict[str, Any] = {}
-    with np.load(path) as z:
+    with np.load(io.BytesIO(fs.read_bytes(path))) as z:
         for k in z.files:
             node = tree
             *parents, leaf = k.split("/")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import ConfigError, UserError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model.config import ModelConfig
@@ -72,7 +72,7 @@ def _quiet_read_only_notices() -> Iterator[None]:
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), CKPT_DIR)
+    return fs.join(fs.absolute(workdir), CKPT_DIR)
 
 
 class Checkpointer:
@@ -160,7 +160,7 @@ class Checkpointer:
         CheckpointError names every step and why). Every process must call this."""
         damaged: list[tuple[int, str]] = []
         for step in sorted(self.all_steps(), reverse=True):
-            why = _missing_parts(os.path.join(self.directory, str(step)))
+            why = _missing_parts(fs.join(self.directory, str(step)))
             state, meta = None, {}
             if why is None:
                 try:
@@ -186,18 +186,19 @@ class Checkpointer:
         return None
 
     def _move_aside(self, damaged: list[tuple[int, str]]) -> list[tuple[int, str, str]]:
-        """Renames damaged step folders into WORKDIR/damaged_checkpoints (process 0)."""
+        """Renames damaged step folders into WORKDIR/damaged_checkpoints (process 0; on object
+        stores a copy then a delete)."""
         if not damaged:
             return []
-        root = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+        root = fs.join(fs.dirname(self.directory), DAMAGED_DIR)
         out = []
         for step, why in damaged:
-            dest, k = os.path.join(root, str(step)), 1
-            while os.path.exists(dest):
-                dest, k = os.path.join(root, f"{step}.{k}"), k + 1
+            dest, k = fs.join(root, str(step)), 1
+            while fs.exists(dest):
+                dest, k = fs.join(root, f"{step}.{k}"), k + 1
             if jax.process_index() == 0:
-                os.makedirs(root, exist_ok=True)
-                os.rename(os.path.join(self.directory, str(step)), dest)
+                fs.makedirs(root)
+                fs.rename(fs.join(self.directory, str(step)), dest)
             out.append((step, why, dest))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils  # noqa: PLC0415
@@ -231,12 +232,12 @@ def describe_error(e: BaseException) -> str:
 def _missing_parts(step_dir: str) -> str | None:
     """A missing or empty part of a step folder (orbax reports these obscurely)."""
     for part in ("meta/metadata", "state/_METADATA", "state/manifest.ocdbt"):
-        path = os.path.join(step_dir, part)
-        if part.endswith(".ocdbt") and not os.path.exists(path):
+        path = fs.join(step_dir, *part.split("/"))
+        if part.endswith(".ocdbt") and not fs.exists(path):
             continue  # written only with OCDBT (orbax's default)
-        if not os.path.isfile(path):
+        if not fs.isfile(path):
             return f"{part} is missing"
-        if os.path.getsize(path) == 0:
+        if fs.size(path) == 0:
             return f"{part} is empty"
     return None
 
@@ -286,7 +287,7 @@ def _read_checkpoint(workdir: str, step: int | None, select) -> tuple[Any, dict]
     """(`select(state tree)` as numpy, meta) of checkpoint `step`, or of the newest one that
     reads (`step=None`: a damaged newer step is passed over with a warning, not moved)."""
     d = checkpoint_dir(workdir)
-    if not os.path.isdir(d):
+    if not fs.isdir(d):
         raise FileNotFoundError(f"{workdir}: no training checkpoints (missing {d})")
     ckpt = Checkpointer(workdir, read_only=True, async_save=False)
     try:
@@ -297,11 +298,11 @@ def _read_checkpoint(workdir: str, step: int | None, select) -> tuple[Any, dict]
             raise FileNotFoundError(f"{d}: no checkpoint for step {step}; have {sorted(steps)}")
         problems = []
         for s in [int(step)] if step is not None else sorted(steps, reverse=True):
-            why = _missing_parts(os.path.join(d, str(s)))
+            why = _missing_parts(fs.join(d, str(s)))
             if why is None:
                 try:
                     meta = ckpt.restore_meta(s)
-                    return _restore_numpy(os.path.join(d, str(s), "state"), select), meta
+                    return _restore_numpy(fs.join(d, str(s), "state"), select), meta
                 except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
                     why = describe_error(e)
             log.warning("checkpoint step %d in %s cannot be read: %s", s, d, why)
@@ -332,8 +333,5 @@ def load_encoder_from_workdir(
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Atomic JSON write (temporary file + rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    """Atomic JSON write (local path or URL)."""
+    fs.write_text(path, json.dumps(obj, indent=2, sort_keys=True))

@@ -7,15 +7,14 @@ state: the result is what `Runtime.load` and `msm_mae_jax.hear.load_model` need,
 
 from __future__ import annotations
 
-import os
-
+from msm_mae_jax.core import fs
 from msm_mae_jax.model import artifact
 from msm_mae_jax.train import checkpoints
 
 
 def export(workdir: str, out: str, step: int | None = None) -> str:
     """Exports checkpoint `step` (default: the latest) of `workdir` to `out`; returns `out`."""
-    if not os.path.isdir(workdir):
+    if not fs.isdir(workdir):
         raise FileNotFoundError(f"{workdir}: no such training workdir")
     if step is None:
         ckpt = checkpoints.Checkpointer(workdir, read_only=True, async_save=False)
@@ -27,9 +26,9 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
             raise FileNotFoundError(
                 f"{checkpoints.checkpoint_dir(workdir)}: no complete checkpoint to export"
             )
-    if os.path.abspath(out) == os.path.abspath(workdir):
+    if fs.absolute(out).rstrip("/") == fs.absolute(workdir).rstrip("/"):
         raise ValueError(f"--out {out} must differ from the workdir")
     cfg, params, stats = checkpoints.load_encoder_from_workdir(workdir, step=step)
     return artifact.save_model_dir(
-        out, cfg, params, stats, source=os.path.abspath(workdir), extra={"step": int(step)}
+        out, cfg, params, stats, source=fs.absolute(workdir), extra={"step": int(step)}
     )

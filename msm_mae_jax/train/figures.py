@@ -9,7 +9,6 @@ Shape letters: B clips, F mel bins, T frames, N patches, P values per patch.
 from __future__ import annotations
 
 import io
-import os
 
 import matplotlib
 
@@ -19,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from msm_mae_jax.core import fs  # noqa: E402
 from msm_mae_jax.data import audio  # noqa: E402
 from msm_mae_jax.model.config import ModelConfig  # noqa: E402
 
@@ -135,12 +135,9 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 def write_file(path: str, data: bytes) -> str:
-    """Atomic write (temporary file + rename): a reader never sees half a PNG."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Atomic write (local path or URL): a reader never sees half a PNG."""
+    fs.makedirs(fs.dirname(fs.absolute(path)))
+    fs.write_bytes(path, data)
     return path
 
 

@@ -16,7 +16,6 @@ Shape letters: B clips, F mel bins, T frames, N patches, P values per patch, D w
 from __future__ import annotations
 
 import abc
-import os
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import ConfigError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model.config import ModelConfig
@@ -117,7 +117,7 @@ class FigureHook(Hook):
 
         self.every_steps = int(config.figure_every_steps)
         self.setup, self.writer = setup, writer
-        self.directory = os.path.join(workdir, "figures")
+        self.directory = fs.join(workdir, "figures")
         n = int(config.figure_clips)
         first = next(
             pipeline.train_iterator(
@@ -153,7 +153,7 @@ class FigureHook(Hook):
                 title=f"step {step}",
             )
             png = figures.png_bytes(fig)
-            figures.write_file(os.path.join(self.directory, f"recon_{step:08d}.png"), png)
+            figures.write_file(fs.join(self.directory, f"recon_{step:08d}.png"), png)
             self.writer.write_png(step, "reconstruction", png)
         return {}
 

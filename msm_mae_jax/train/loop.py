@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import os
 import re
 import signal
 import threading
@@ -22,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import ConfigError, DataError, UserError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.data.tf_setup import tensorflow
@@ -70,10 +70,10 @@ class _Preemption:
 
 
 def _norm_stats(config, workdir: str, ckpt_meta: dict | None, is_main: bool) -> NormStats:
-    path = os.path.join(workdir, "norm_stats.json")
+    path = fs.join(workdir, "norm_stats.json")
     if ckpt_meta is not None:
         return NormStats.from_dict(ckpt_meta["norm_stats"])
-    if os.path.isfile(path):
+    if fs.isfile(path):
         return NormStats.load(path)
     if config.data.norm_std > 0:
         stats = NormStats(float(config.data.norm_mean), float(config.data.norm_std))
@@ -199,7 +199,7 @@ def train_and_evaluate(
 
     process_index, process_count = distributed.initialize(config)
     is_main = process_index == 0
-    workdir = os.path.abspath(workdir)
+    workdir = fs.absolute(workdir)
     hooks.check_config(config, process_count)
     # Cleanups run in reverse order whatever happens, each even if an earlier one fails: the
     # data iterator first, the lock last (after the last checkpoint is on disk).
@@ -217,7 +217,7 @@ def train_and_evaluate(
         writer = metrics.MetricWriter(workdir, enabled=is_main, start_step=start)
         cleanup.callback(writer.close)
         if is_main:
-            checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+            checkpoints.write_json(fs.join(workdir, "config.json"), config.to_dict())
         if restored is not None:
             _resume_lines(restored, changes, writer, ckpt.directory)
         if writer.dropped_rows:
@@ -267,6 +267,7 @@ def train_and_evaluate(
             problem = lock.check()
             if problem:
                 raise workdir_lock.WorkdirLockedError(f"not saving step {step}: {problem}")
+            writer.flush()  # remote workdirs: the metrics logged so far go with the checkpoint
             ckpt.save(step, state, {**base_meta, "step": step, "data_position": step})
 
         speed = metrics.Throughput(total, int(config.batch_size), start)

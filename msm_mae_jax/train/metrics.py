@@ -13,6 +13,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from msm_mae_jax.core import fs
+
+SYNC_SECONDS = 5.0  # remote workdirs: GCS allows about one update per second of an object
+
 
 def _scalar(v: Any) -> float | int:
     v = np.asarray(v)
@@ -110,6 +114,10 @@ class MetricWriter:
     """Writes scalars to the console, WORKDIR/metrics.jsonl and WORKDIR/tb (and PNG images
     to WORKDIR/tb).
 
+    A remote workdir (gs://...) has no appends: both files are written in a local staging
+    folder and uploaded whole by `flush()` (at most every `SYNC_SECONDS` on its own, and at
+    each checkpoint and on close), each upload replacing the object atomically.
+
     A run that resumes at `start_step` first drops the rows of metrics.jsonl past that step
     (`dropped_rows` of them: logged by the interrupted run after its last checkpoint, and
     logged again now), and tells TensorBoard to do the same. Disabled writers (processes
@@ -129,15 +137,19 @@ class MetricWriter:
         self.stream = stream or sys.stdout
         self._tb: _EventFile | None = None
         self._jsonl = None
+        self._staged: fs.StagedDir | None = None
+        self._synced_at = 0.0
         self.dropped_rows = 0
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "metrics.jsonl")
+        self._staged = fs.StagedDir(workdir)
+        self._staged.fetch("metrics.jsonl")
+        path = os.path.join(self._staged.path, "metrics.jsonl")
         self.dropped_rows = drop_rows_after(path, int(start_step))
         self._jsonl = open(path, "a")  # noqa: SIM115
         if tensorboard:
-            self._tb = _EventFile(os.path.join(workdir, "tb"), int(start_step) + 1)
+            self._tb = _EventFile(os.path.join(self._staged.path, "tb"), int(start_step) + 1)
+        self.flush()
 
     def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
         if not self.enabled:
@@ -148,6 +160,7 @@ class MetricWriter:
         if self._tb is not None:
             values = {k: (np.float32(v), "scalars") for k, v in row.items() if k != "step"}
             self._tb.write(step, values)
+        self._maybe_flush()
 
     def write_png(self, step: int, tag: str, png: bytes) -> None:
         """One PNG image under `tag` in TensorBoard's image dashboard."""
@@ -157,6 +170,19 @@ class MetricWriter:
         # The image plugin's layout: [width, height, png, ...] as one string tensor.
         value = np.array([str(width).encode(), str(height).encode(), png], dtype=object)
         self._tb.write(step, {tag: (value, "images")})
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if self._staged is not None and self._staged.remote:
+            if time.monotonic() - self._synced_at >= SYNC_SECONDS:
+                self.flush()
+
+    def flush(self) -> None:
+        """Uploads what changed (remote workdirs; local files are written through)."""
+        if self._staged is None or not self._staged.remote:
+            return
+        self._staged.sync()
+        self._synced_at = time.monotonic()
 
     def console(self, line: str) -> None:
         if self.enabled:
@@ -169,6 +195,9 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._staged is not None:
+            staged, self._staged = self._staged, None
+            staged.close()
 
 
 class Throughput:

@@ -8,6 +8,11 @@ a run that died is taken over:
 - from another host (shared file systems): when it has not been refreshed for
   `STALE_AFTER_SECONDS` (the holder cannot be asked whether its pid is alive).
 Multi-process runs: process 0 holds the lock; the others learn the outcome from it.
+
+On an object store (gs://) the lock is an object created only if absent (a conditional
+upload); it carries its own refresh time (objects cannot be touched), and a stale one is
+replaced by deleting it first, so two trainers taking over the same stale lock in the same
+second could both proceed: the token check before each checkpoint stops the loser.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import threading
 import time
 from typing import Any
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -64,8 +70,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _read(path: str) -> dict[str, Any] | None:
     try:
-        with open(path) as f:
-            info = json.load(f)
+        info = json.loads(fs.read_text(path))
         return info if isinstance(info, dict) else None
     except (OSError, ValueError):
         return None
@@ -101,9 +106,10 @@ class WorkdirLock:
     """The lock of one workdir, held by this process until `release()`."""
 
     def __init__(self, workdir: str):
-        self.workdir = os.path.abspath(workdir)
-        self.path = os.path.join(self.workdir, LOCK_NAME)
+        self.workdir = fs.absolute(workdir)
+        self.path = fs.join(self.workdir, LOCK_NAME)
         self._token: str | None = None  # in the file: tells our lock from a newer one
+        self._info: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: str | None = None  # why the lock is no longer ours (heartbeat failures)
@@ -118,10 +124,9 @@ class WorkdirLock:
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "token": secrets.token_hex(8),
         }
+        self._info = info
         for _ in range(30):  # a few rounds: takeovers, writers in progress (0.2 s waits)
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            if not self._create(info):
                 if self._wait_or_take_over():
                     continue
                 held = _read(self.path)
@@ -131,9 +136,7 @@ class WorkdirLock:
                     f"{', started ' + held['started'] if held and 'started' in held else ''}"
                     f" (lock {self.path} refreshed {age:.0f} s ago); stop that run or use "
                     "another workdir"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(info, f)
+                )
             self._token = info["token"]
             self._thread = threading.Thread(
                 target=self._heartbeat, name="workdir-lock-heartbeat", daemon=True
@@ -142,18 +145,42 @@ class WorkdirLock:
             return self
         raise WorkdirLockedError(f"workdir {self.workdir}: could not create {self.path}")
 
+    def _create(self, info: dict[str, Any]) -> bool:
+        if self.remote:
+            info = {**info, "refreshed": time.time()}
+        return fs.create_exclusive(self.path, json.dumps(info).encode())
+
+    @property
+    def remote(self) -> bool:
+        return fs.is_remote(self.path)
+
     def _age(self) -> float:
+        if self.remote:
+            info = _read(self.path)
+            refreshed = info.get("refreshed") if info else None
+            return max(0.0, time.time() - float(refreshed)) if refreshed else 0.0
         try:
             return max(0.0, time.time() - os.stat(self.path).st_mtime)
         except FileNotFoundError:
             return 0.0
 
+    def _refresh(self) -> None:
+        if self.remote:
+            info = {**self._info, "refreshed": time.time()}
+            fs.write_text(self.path, json.dumps(info))
+        else:
+            os.utime(self.path)
+
+    def _take_over_remote(self, info: dict[str, Any] | None, reason: str) -> bool:
+        fs.remove(self.path)
+        log.warning("took over the lock of %s: %s (%s)", self.workdir, _holder(info), reason)
+        return True
+
     def _wait_or_take_over(self) -> bool:
         """True when the caller should try to create the lock again (a stale one was moved
         away, or it vanished); False when a live trainer holds it."""
         try:
-            with open(self.path, "rb") as f:
-                seen = f.read()
+            seen = fs.read_bytes(self.path)
         except FileNotFoundError:
             return True
         info, age = _read(self.path), self._age()
@@ -163,6 +190,8 @@ class WorkdirLock:
                 time.sleep(0.2)
                 return True
             return False
+        if self.remote:
+            return self._take_over_remote(info, reason)
         # Move the stale lock aside under a name of our own; if another trainer replaced it
         # between our look and the rename, put theirs back (link: never over a new lock).
         aside = f"{self.path}.stale.{os.getpid()}.{time.time_ns()}"
@@ -191,15 +220,14 @@ class WorkdirLock:
                 log.error("%s", problem)
                 return
             try:
-                os.utime(self.path)
+                self._refresh()
             except OSError as e:  # a file system hiccup: try again at the next beat
                 log.warning("could not refresh %s: %s", self.path, e)
 
     def check(self) -> str | None:
         """None while the lock file is still ours, else what happened to it."""
         try:
-            with open(self.path) as f:
-                info = json.load(f)
+            info = json.loads(fs.read_text(self.path))
         except FileNotFoundError:
             return f"{self.path} was removed while this run held it"
         except (OSError, ValueError):
@@ -217,7 +245,7 @@ class WorkdirLock:
             self._thread = None
         if self._token is not None and self.check() is None:
             try:
-                os.unlink(self.path)
+                fs.remove(self.path, missing_ok=False)
             except OSError as e:
                 log.warning("could not remove %s: %s", self.path, e)
         self._token = None
@@ -244,13 +272,13 @@ def lock_workdir(workdir: str, is_main: bool = True, process_count: int = 1):  #
     error: UserError | None = None
     if is_main:
         try:
-            os.makedirs(workdir, exist_ok=True)
+            fs.makedirs(workdir)
             lock = WorkdirLock(workdir).acquire()
         except UserError as e:
             error = e
         except OSError as e:  # read-only file system, permissions, a file in the way
             error = ConfigError(
-                f"workdir {os.path.abspath(workdir)} is not writable ({e.strerror or e}); "
+                f"workdir {fs.absolute(workdir)} is not writable ({e.strerror or e}); "
                 "training writes its checkpoints and logs there"
             )
     if process_count > 1:

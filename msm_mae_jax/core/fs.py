@@ -1,0 +1,487 @@
+"""Paths that may be local or remote: `gs://bucket/...` and any other fsspec URL.
+
+Every Python-side read and write of the project goes through here. Local paths go to `os`
+directly (no behaviour change, no fsspec in the hot path); `scheme://` URLs go to fsspec
+(gcsfs for gs://; memory://, s3:// ... where their packages are installed). Object stores
+have no directories, no rename and no append: `makedirs` is a no-op there, `atomic_write`
+publishes the object in one upload (complete or absent, never partial), `rename` is copy +
+delete, and files that grow (logs) are written in a local `StagedDir` and uploaded whole.
+
+A GCS emulator is selected with STORAGE_EMULATOR_HOST=http://HOST:PORT; `use_emulator_env`
+sets what every library of the stack needs for it (gcsfs, etils.epath, tensorstore).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
+_COPY_CHUNK = 8 * 2**20
+
+
+def use_emulator_env(environ: dict | None = None) -> dict:
+    """When STORAGE_EMULATOR_HOST is set: the settings that point gcsfs, etils.epath (orbax's
+    metadata) and tensorstore (orbax's arrays) at that emulator, without credentials. Applied
+    (setdefault) to `environ` (os.environ by default) and returned; {} without an emulator.
+    Must run before those libraries first touch a gs:// path (they read it once)."""
+    environ = os.environ if environ is None else environ
+    host = environ.get("STORAGE_EMULATOR_HOST", "")
+    if not host:
+        return {}
+    host = host if "://" in host else f"http://{host}"
+    env = {
+        # gcsfs: the plain JSON API; no gRPC bucket-layout probe (60 s against an emulator)
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        # etils.epath: gs:// through gcsfs; tf.io.gfile's client cannot be pointed elsewhere
+        "EPATH_USE_TF": "false",
+        # fsspec instances made by other libraries (epath): no credentials
+        "FSSPEC_GCS_TOKEN": "anon",
+        "FSSPEC_GS_TOKEN": "anon",
+        # tensorstore: the JSON API endpoint and a fixed bearer token instead of credentials
+        "TENSORSTORE_GCS_HTTP_URL": host,
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+    }
+    for k, v in env.items():
+        environ.setdefault(k, v)
+    return env
+
+
+use_emulator_env()  # before gcsfs or epath is imported by anyone
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """True for `scheme://...` URLs (they go through fsspec), False for local paths."""
+    return bool(_URL.match(os.fspath(path)))
+
+
+def _fs(path: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path without protocol) of a URL."""
+    import fsspec  # noqa: PLC0415 (only for URLs)
+
+    options: dict[str, Any] = {}
+    protocol = path.split("://", 1)[0].lower()
+    if protocol in ("gs", "gcs"):
+        # no listings cache: orbax/epath write through other filesystem instances, and a
+        # cached listing would hide their objects from exists()/listdir()
+        options["use_listings_cache"] = False
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            options["token"] = "anon"
+    return fsspec.core.url_to_fs(path, **options)
+
+
+def _under(url: str) -> tuple[Any, str, str]:
+    """(filesystem, bare root path, URL root) of a folder URL, neither with a trailing '/'."""
+    fs, p = _fs(url)
+    return fs, p.rstrip("/"), url.rstrip("/")
+
+
+def _rebase(found: str, p_root: str, url_root: str) -> str:
+    """A path a filesystem returned (below `p_root`) as a URL spelled like the caller's."""
+    return url_root + found[len(p_root) :] if found.startswith(p_root) else found
+
+
+def join(base: str, *parts: str) -> str:
+    return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+
+
+def dirname(path: str) -> str:
+    return posixpath.dirname(path.rstrip("/")) if is_remote(path) else os.path.dirname(path)
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/")) if is_remote(path) else os.path.basename(path)
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://", rest
+
+
+def resolve(base: str, rel: str) -> str:
+    """`rel` taken relative to the folder `base` and normalised ('..' resolved); an absolute
+    `rel` (or a URL) as it is."""
+    if is_remote(rel):
+        return rel
+    if not is_remote(base):
+        return os.path.abspath(os.path.join(base, rel))
+    scheme, root = _split_url(base)
+    return scheme + posixpath.normpath(posixpath.join(root, rel.replace(os.sep, "/")))
+
+
+def relpath(path: str, base: str) -> str:
+    """`path` relative to the folder `base` (same scheme)."""
+    if not is_remote(path) and not is_remote(base):
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(base))
+    return posixpath.relpath(_split_url(path)[1], _split_url(base)[1])
+
+
+def absolute(path: str) -> str:
+    """os.path.abspath for local paths; URLs as they are."""
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.exists(path)
+    fs, p = _fs(path)
+    return bool(fs.exists(p))
+
+
+def isdir(path: str) -> bool:
+    """On object stores a prefix with at least one object below it is a directory."""
+    if not is_remote(path):
+        return os.path.isdir(path)
+    fs, p = _fs(path)
+    return bool(fs.isdir(p))
+
+
+def isfile(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.isfile(path)
+    fs, p = _fs(path)
+    return bool(fs.isfile(p))
+
+
+def makedirs(path: str) -> None:
+    """os.makedirs(exist_ok=True); nothing to do on object stores (prefixes need no object)."""
+    if not is_remote(path):
+        os.makedirs(path, exist_ok=True)
+        return
+    fs, p = _fs(path)
+    if not _is_object_store(fs):
+        fs.makedirs(p, exist_ok=True)
+
+
+def _is_object_store(fs: Any) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return bool({"gs", "gcs", "s3", "s3a", "az", "abfs"} & set(protocols))
+
+
+def listdir(path: str) -> list[str]:
+    """Names (not paths) directly below `path`, sorted."""
+    if not is_remote(path):
+        return sorted(os.listdir(path))
+    fs, p = _fs(path)
+    p = p.rstrip("/")
+    names = {posixpath.basename(e.rstrip("/")) for e in fs.ls(p, detail=False)}
+    return sorted(n for n in names if n and n != posixpath.basename(p))
+
+
+def glob(pattern: str) -> list[str]:
+    """Sorted matches (`**` recurses); URL matches keep their protocol."""
+    if not is_remote(pattern):
+        import glob as _glob  # noqa: PLC0415
+
+        return sorted(_glob.glob(pattern, recursive=True))
+    literal = re.split(r"[*?[]", pattern, maxsplit=1)[0]
+    url_root = literal[: literal.rfind("/")]
+    fs, p_root, _ = _under(url_root)
+    p = _fs(pattern)[1]
+    return sorted(_rebase(m, p_root, url_root) for m in fs.glob(p))
+
+
+def has_magic(path: str) -> bool:
+    return bool(re.search(r"[*?[]", path))
+
+
+def walk_files(root: str) -> list[str]:
+    """Every file below `root` (full paths or URLs), sorted."""
+    if not is_remote(root):
+        return sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names)
+    fs, p_root, url_root = _under(root)
+    return sorted(_rebase(f, p_root, url_root) for f in fs.find(p_root + "/"))
+
+
+def stamps(root: str) -> list[tuple[str, int, str]]:
+    """(path, size, version) of every file below `root`, sorted; the version changes when
+    a file is rewritten (local: mtime in ns; GCS: the object generation)."""
+    if not is_remote(root):
+        out = []
+        for path in walk_files(root):
+            st = os.stat(path)
+            out.append((path, st.st_size, str(st.st_mtime_ns)))
+        return out
+    fs, p_root, url_root = _under(root)
+    keys = ("generation", "mtime", "updated", "created")
+    return sorted(
+        (
+            _rebase(f, p_root, url_root),
+            int(info.get("size") or 0),
+            str(next((info[k] for k in keys if k in info), "")),
+        )
+        for f, info in fs.find(p_root + "/", detail=True).items()
+    )
+
+
+def size(path: str) -> int:
+    if not is_remote(path):
+        return os.path.getsize(path)
+    fs, p = _fs(path)
+    return int(fs.size(p))
+
+
+def open(path: str, mode: str = "r", **kwargs: Any) -> IO:  # noqa: A001
+    """A file object (text or binary). Append and update modes are refused on URLs."""
+    if not is_remote(path):
+        return builtins.open(path, mode, **kwargs)
+    if "a" in mode or "+" in mode:
+        raise ValueError(f"{path}: mode {mode!r} is not supported on object stores")
+    fs, p = _fs(path)
+    if "b" in mode:
+        return fs.open(p, mode, **kwargs)
+    kwargs.setdefault("encoding", "utf-8")
+    return io.TextIOWrapper(fs.open(p, mode.replace("t", "") + "b"), **kwargs)
+
+
+def read_bytes(path: str) -> bytes:
+    if not is_remote(path):
+        with builtins.open(path, "rb") as f:
+            return f.read()
+    fs, p = _fs(path)
+    return fs.cat_file(p)
+
+
+def read_text(path: str, encoding: str = "utf-8") -> str:
+    return read_bytes(path).decode(encoding)
+
+
+def read_ranges(path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    """The bytes [start, end) of each range of one file; URLs: one concurrent batch."""
+    if not is_remote(path):
+        with builtins.open(path, "rb", buffering=0) as f:
+            return [os.pread(f.fileno(), end - start, start) for start, end in ranges]
+    fs, p = _fs(path)
+    starts, ends = [int(s) for s, _ in ranges], [int(e) for _, e in ranges]
+    return fs.cat_ranges([p] * len(ranges), starts, ends)
+
+
+def _put_bytes(fs: Any, p: str, data: bytes) -> None:
+    # fs.open("wb"): one upload, the object appears when it is closed. Not pipe_file, whose
+    # multipart upload loses a trailing b"\r" on gcp-storage-emulator.
+    with fs.open(p, "wb") as f:
+        f.write(data)
+
+
+def _put_file(fs: Any, local: str, p: str) -> None:
+    with builtins.open(local, "rb") as src, fs.open(p, "wb") as dst:
+        shutil.copyfileobj(src, dst, _COPY_CHUNK)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
+    """Readers see the old content or the new, never a part, and nothing new is published if
+    the block raises. Local: temporary file + rename; URL: one upload when the block ends."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
+    if not is_remote(path):
+        tmp = f"{path}.tmp.{os.getpid()}"
+        try:
+            with builtins.open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+                yield f
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    buf = io.BytesIO()
+    f = buf if "b" in mode else io.TextIOWrapper(buf, encoding="utf-8", write_through=True)
+    yield f
+    fs, p = _fs(path)
+    _put_bytes(fs, p, buf.getvalue())
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Atomic (see `atomic_write`)."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomic (see `atomic_write`)."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Creates `path` with `data` unless it exists (False then). Local: O_EXCL; GCS: an
+    upload conditional on no object existing (ifGenerationMatch=0)."""
+    if not is_remote(path):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    fs, p = _fs(path)
+    if fs.exists(p):
+        return False
+    try:
+        with fs.open(p, "xb") as f:
+            f.write(data)
+    except (FileExistsError, ValueError, NotImplementedError) as e:
+        if isinstance(e, FileExistsError):
+            return False
+        _put_bytes(fs, p, data)  # no exclusive mode in this filesystem: best effort
+    return True
+
+
+def remove(path: str, missing_ok: bool = True) -> None:
+    if not is_remote(path):
+        with contextlib.suppress(*((FileNotFoundError,) if missing_ok else ())):
+            os.remove(path)
+        return
+    fs, p = _fs(path)
+    try:
+        fs.rm_file(p)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
+def rmtree(path: str) -> None:
+    """Removes a directory (every object below a prefix); nothing if it does not exist."""
+    if not is_remote(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    fs, p = _fs(path)
+    with contextlib.suppress(FileNotFoundError):
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+
+
+def copy_file(src: str, dst: str) -> None:
+    """One file, any combination of local and remote."""
+    if not is_remote(src) and not is_remote(dst):
+        shutil.copyfile(src, dst)
+    elif not is_remote(src):
+        fs, p = _fs(dst)
+        _put_file(fs, src, p)
+    elif not is_remote(dst):
+        fs, p = _fs(src)
+        fs.get_file(p, dst)
+    else:
+        fs, p = _fs(src)
+        fs2, p2 = _fs(dst)
+        if type(fs) is type(fs2):
+            fs.cp_file(p, p2)  # server-side copy on object stores
+        else:
+            _put_bytes(fs2, p2, fs.cat_file(p))
+
+
+def rename(src: str, dst: str) -> None:
+    """A file or a directory. Local: os.replace (atomic). URL: copy, then delete the source
+    (not atomic: object stores have no rename)."""
+    if not is_remote(src):
+        os.replace(src, dst)
+        return
+    fs, p = _fs(src)
+    if not fs.isdir(p):
+        copy_file(src, dst)
+        remove(src)
+        return
+    for f in walk_files(src):
+        copy_file(f, posixpath.join(dst, f[len(src.rstrip("/")) + 1 :]))
+    rmtree(src)
+
+
+def download_dir(url: str, local: str) -> None:
+    """Every file below `url` into the local directory `local` (same relative paths)."""
+    fs, p = _fs(url)
+    root = p.rstrip("/")
+    for f in fs.find(root + "/"):
+        dest = os.path.join(local, *posixpath.relpath(f, root).split("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        fs.get_file(f, dest)
+
+
+def upload_dir(local: str, url: str) -> None:
+    """Every file below the local directory `local` to `url` (same relative paths)."""
+    fs, p = _fs(url)
+    for d, _, names in os.walk(local):
+        for name in names:
+            src = os.path.join(d, name)
+            rel = os.path.relpath(src, local).replace(os.sep, "/")
+            _put_file(fs, src, posixpath.join(p, rel))
+
+
+class StagedDir:
+    """A directory that may be remote, for writers that need a real local file system
+    (appends, TFRecord writers). Local `target`: `path` is `target` itself and `sync` does
+    nothing. Remote: `path` is a local temporary directory; `fetch(name)` copies an existing
+    file down first, `sync()` uploads every file that changed since the last sync (whole
+    objects: each upload replaces the object atomically), `close()` syncs and cleans up."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.remote = is_remote(target)
+        if self.remote:
+            self.path = tempfile.mkdtemp(prefix="msm_mae_staged_")
+        else:
+            os.makedirs(target, exist_ok=True)
+            self.path = target
+        self._synced: dict[str, tuple[int, int]] = {}
+
+    def fetch(self, name: str) -> bool:
+        """Copies `target/name` down into `path/name` if it exists; True if it did."""
+        if not self.remote:
+            return os.path.exists(os.path.join(self.path, name))
+        src = join(self.target, name)
+        if not exists(src):
+            return False
+        dst = os.path.join(self.path, *name.split("/"))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        copy_file(src, dst)
+        self._synced[name] = _stamp(dst)
+        return True
+
+    def sync(self) -> None:
+        if not self.remote:
+            return
+        fs, p = _fs(self.target)
+        for d, _, names in os.walk(self.path):
+            for fname in names:
+                src = os.path.join(d, fname)
+                rel = os.path.relpath(src, self.path).replace(os.sep, "/")
+                stamp = _stamp(src)
+                if self._synced.get(rel) != stamp:
+                    _put_file(fs, src, posixpath.join(p, rel))
+                    self._synced[rel] = stamp
+
+    def close(self) -> None:
+        if not self.remote:
+            return
+        try:
+            self.sync()
+        finally:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def local_file(path: str) -> Iterator[str]:
+    """A local path holding `path`'s bytes (for readers that need a real file): `path`
+    itself when local, else a temporary copy removed afterwards."""
+    if not is_remote(path):
+        yield path
+        return
+    d = tempfile.mkdtemp(prefix="msm_mae_fetch_")
+    try:
+        dst = os.path.join(d, basename(path) or "file")
+        copy_file(path, dst)
+        yield dst
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
