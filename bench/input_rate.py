@@ -89,9 +89,8 @@ def _stages(config, warmup: int, batches: int) -> dict:  # noqa: ANN001
     opts = pipeline._options()
     it = iter(ds.prefetch(2).with_options(opts).as_numpy_iterator())
     out = {"source": _rate(lambda: next(it), warmup, batches)}
-    one = next(it)
-    fixed = tf.data.Dataset.from_tensors(one).repeat()
-    front = fixed.map(lambda b: pipeline.host_frontend(b, NormStats(-10.0, 4.0)), 2)
+    fixed = tf.data.Dataset.from_tensors(next(it)).repeat()
+    front = pipeline._frontend_map(fixed, NormStats(-10.0, 4.0))  # as train_iterator maps it
     it2 = iter(front.prefetch(2).with_options(opts).as_numpy_iterator())
     out["frontend"] = _rate(lambda: next(it2), 2, max(4, batches // 2))
     return out
