@@ -317,6 +317,35 @@ def test_normalisation_must_be_chosen(tmp_path, capsys):
     assert "missing.npz" in capsys.readouterr().err
 
 
+def test_non_finite_weights_are_refused_by_name(tmp_path, capsys):
+    """NaN weights would convert into an encoder whose every feature is NaN."""
+    sd = official_state_dict(8)
+    sd["blocks.1.attn.qkv.weight"][3, :5] = np.nan
+    sd["norm.bias"][0] = np.inf
+    np.savez(tmp_path / "nan.npz", **sd)
+    rc = convert_cli.main([str(tmp_path / "nan.npz"), str(tmp_path / "o"), "--per-batch-norm"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "nan.npz: non-finite values in 2 tensor(s)" in line
+    assert "blocks.1.attn.qkv.weight (5 NaN, 0 Inf" in line and "norm.bias (0 NaN, 1 Inf" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_malformed_npz_is_one_line(tmp_path, capsys):
+    np.savez(tmp_path / "good.npz", **official_state_dict(9))
+    data = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.npz").write_bytes(b"\x93NUMPY not really" * 10)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    os.replace(tmp_path / "single.npy", tmp_path / "single.npz")
+    np.savez(tmp_path / "text.npz", a=np.array(["x", "y"]))
+    (tmp_path / "empty.npz").write_bytes(b"")
+    for name in ("cut", "garbage", "single", "text", "empty"):
+        src = str(tmp_path / f"{name}.npz")
+        rc = convert_cli.main([src, str(tmp_path / "o"), "--per-batch-norm"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and f"{src}: " in err, (name, err)
+
+
 def test_single_block_matches_numpy_formulas():
     sd = official_state_dict(7)
     _, params = convert.state_dict_to_params(sd)

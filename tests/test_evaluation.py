@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from msm_mae_jax.data import audio, synthetic
-from msm_mae_jax.evaluation import linear, tasks
+from msm_mae_jax.evaluation import embeddings, linear, tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,12 +157,24 @@ def test_cache_hit_skips_extraction(tmp_path, monkeypatch):
     def no_extraction(*a, **k):
         raise AssertionError("extraction ran despite a cached result")
 
-    monkeypatch.setattr(linear, "Clips", no_extraction)
-    second = linear.evaluate(task, **kw)
-    assert second["timing"]["cache_hit"] and second["accuracy"] == first["accuracy"]
-    # other settings: another cache entry, so extraction is needed
-    with pytest.raises(AssertionError, match="extraction ran"):
-        linear.evaluate(task, **{**kw, "unit_sec": 0.4})
+    with monkeypatch.context() as m:
+        m.setattr(embeddings, "Clips", no_extraction)
+        second = linear.evaluate(task, **kw)
+        assert second["timing"]["cache_hit"] and second["accuracy"] == first["accuracy"]
+        # other settings: another cache entry, so extraction is needed
+        with pytest.raises(AssertionError, match="extraction ran"):
+            linear.evaluate(task, **{**kw, "unit_sec": 0.4})
+
+    # A damaged entry (cut short, then garbage) is a miss: recomputed and replaced.
+    path = first["settings"]["cache_file"]
+    size = os.path.getsize(path)
+    for damage in (lambda f: f.truncate(size // 2), lambda f: f.write(b"\0" * size)):
+        with open(path, "r+b") as f:
+            damage(f)
+        again = linear.evaluate(task, **kw)
+        assert not again["timing"]["cache_hit"] and again["accuracy"] == first["accuracy"]
+        assert linear.evaluate(task, **kw)["timing"]["cache_hit"]  # the entry was rewritten
+    assert [p for p in os.listdir(tmp_path / "cache") if p.endswith(".tmp.npz")] == []
 
 
 def test_fold_task_reports_mean_and_std_over_folds(tmp_path):
@@ -198,20 +210,36 @@ def test_argument_errors(tmp_path):
     assert linear.parse_layers("1,-1", 12) == [0, 11]
 
 
-def test_bad_audio_file_is_named(tmp_path):
-    path = _synthetic_csv(tmp_path, n=12)
+def test_unreadable_clips_are_skipped_named_and_left_out(tmp_path):
+    """A corrupt WAV and a float WAV scaled as integers: both left out of every split, counted
+    and named in the results and the table, the rest evaluated; through the command."""
+    path = _synthetic_csv(tmp_path, n=24)
     with open(tmp_path / "clips" / "3.wav", "wb") as f:
-        f.write(b"not a wav file")
-    task = tasks.parse_task(f"csv:{path}")
-    with pytest.raises(ValueError, match="3.wav"):
-        linear.evaluate(
-            task,
-            baseline="logmel",
-            unit_sec=0.5,
-            cache_dir=None,
-            progress=False,
-            log=lambda m: None,
-        )
+        f.write(b"RIFF\x10\x00\x00\x00WAVEfmt not a wav file")
+    wav, _ = synthetic.make_clip(20, 7, 0.5)
+    sf.write(tmp_path / "clips" / "20.wav", wav * 4e5, 16000, subtype="FLOAT")
+    out = tmp_path / "res.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "msm_mae_jax", "eval", "--baseline", "logmel"]
+        + ["--task", f"csv:{path}", "--unit-sec", "0.5", "--seeds", "1", "--max-epochs", "3"]
+        + ["--no-cache", "--no-progress", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    res = json.loads(out.read_text())
+    assert res["skipped"]["count"] == 2
+    by_index = {c["index"]: c for c in res["skipped"]["clips"]}
+    assert sorted(by_index) == [3, 20]
+    assert by_index[3]["name"].endswith("3.wav") and "cannot read audio" in by_index[3]["reason"]
+    assert "far outside [-1, 1]" in by_index[20]["reason"]
+    sizes = res["clips"]  # clips 0-15 train (and valid), 16-23 test: one fewer in each
+    assert sizes["train"] + sizes["valid"] == 15 and sizes["test"] == 7
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("skipped 2 clip(s)")]
+    assert "3.wav" in line and "20.wav" in line
 
 
 def test_cli_smoke(tmp_path):

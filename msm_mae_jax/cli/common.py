@@ -1,7 +1,8 @@
 """What every command shares: one-line errors, one flag style, logging, the backend line.
 
 A user's mistake (`core.errors.UserError`, a bad flag) ends the command with one line on
-stderr, `PROG: error: MESSAGE`, and exit status 2; anything else keeps its traceback. Long
+stderr, `PROG: error: MESSAGE`, and exit status 2; Ctrl-C with `PROG: interrupted` and status
+130; anything else keeps its traceback (status 1). Long
 flags are hyphenated (`--unit-sec`); the underscore spellings (`--unit_sec`) are accepted as
 hidden aliases. Nothing here imports jax until `backend_line` is called.
 """
@@ -9,15 +10,18 @@ hidden aliases. Nothing here imports jax until `backend_line` is called.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from msm_mae_jax.core.errors import UserError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class UsageError(UserError):
@@ -66,13 +70,27 @@ def fail(prog: str, message: object) -> int:
 
 
 def run_command(prog: str, fn: Callable[[list[str], str], int], argv: Sequence[str] | None) -> int:
-    """Runs `fn(argv, prog)`; a UserError becomes one line on stderr and exit status 2."""
+    """Runs `fn(argv, prog)`; a UserError becomes one line on stderr and exit status 2.
+
+    Every failure is handled here rather than left to the interpreter, so that what the
+    failed call still holds (its frames, tf.data iterators among them) is freed while Python
+    runs: a tf.data iterator freed during interpreter shutdown can wait forever for worker
+    threads that can no longer take the GIL, and the process would never exit."""
     argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return int(fn(argv, prog) or 0)
     except UserError as e:
         return fail(prog, e)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.flush()
+        return 1
+    finally:
+        gc.collect()
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -2,7 +2,10 @@
 
     msm-mae train --config configs/msm_mae.py[:VARIANT] --workdir DIR [--config.key=value ...]
 
-Restarting with the same --workdir resumes from its latest checkpoint. Multi-host: run the
+Restarting with the same --workdir resumes from its newest checkpoint that restores (damaged
+ones are moved to DIR/damaged_checkpoints), with the same config: changes to keys that define
+the run (batch size, seed, data, schedule, optimiser) are refused unless
+--allow-config-change. One trainer per workdir (DIR/train.lock). Multi-host: run the
 same command on every host (TPU pods and SLURM/Open MPI jobs are detected), or pass
 --config.coordinator_address=host:port --config.num_processes=N --config.process_id=I.
 The config, the data source and the paths are checked before jax or TensorFlow start.
@@ -14,6 +17,7 @@ import difflib
 import glob
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 
 import ml_collections
@@ -40,6 +44,12 @@ def build_parser(prog: str, spec: str) -> common.Parser:
     )
     p.add_argument(
         "--workdir", required=True, help="run directory: checkpoints, logs, figures (resumes)"
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume even though keys that define the run (batch size, seed, data source, "
+        "schedule, optimiser) differ from the checkpoint's config",
     )
     return p
 
@@ -82,8 +92,18 @@ def check_sources(config: ml_collections.ConfigDict) -> None:
 
 
 def check_workdir(workdir: str) -> None:
+    """The workdir exists (created here) and takes files; ConfigError otherwise."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} exists and is not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:  # read-only file system, permissions
+        raise ConfigError(
+            f"--workdir {workdir} is not writable ({e.strerror or e}); training writes its "
+            "checkpoints and logs there"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "msm-mae train") -> int:
@@ -105,7 +125,9 @@ def _train(argv: list[str], prog: str) -> int:
     line = common.backend_line(init=lambda: distributed.initialize(config))
     if jax.process_index() == 0:
         print(f"{prog}: {line}", flush=True)
-    result = loop.train_and_evaluate(config, args.workdir)
+    result = loop.train_and_evaluate(
+        config, args.workdir, allow_config_change=args.allow_config_change
+    )
     if jax.process_index() == 0:
         print(json.dumps({"final": result}, default=float), flush=True)
     return 0

@@ -1,10 +1,11 @@
 """Audio file reading: any soundfile format, rate and channel count -> mono float32 at 16 kHz.
 
-Every failure (missing, unreadable, empty, corrupt, non-audio, too short, NaN/Inf samples) is
-an `AudioError` whose message starts with the file's path, so callers can skip and count bad
-files. Long files are never loaded whole when `max_seconds` is given: only a window is read
-(seek + read), which keeps one-hour recordings cheap in every tf.data worker; `ClipReader`
-reads any span of a file's 16 kHz signal, decoding only that span.
+Every failure (missing, unreadable, empty, corrupt, non-audio, too short, NaN/Inf samples,
+float samples far outside [-1, 1]) is an `AudioError` whose message starts with the file's
+path, so callers can skip and count bad files. Long files are never loaded whole when
+`max_seconds` is given: only a window is read (seek + read), which keeps one-hour recordings
+cheap in every tf.data worker; `ClipReader` reads any span of a file's 16 kHz signal, decoding
+only that span.
 """
 
 from __future__ import annotations
@@ -43,10 +44,18 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
 
 # Shorter clips cannot fill a single hop of the STFT; they are treated as broken files.
 MIN_SECONDS = HOP_LENGTH / SAMPLE_RATE
+# Float-format files store samples as they are; full scale is [-1, 1] (integer PCM is read
+# scaled into it and cannot exceed it). Beyond this peak a file is mis-scaled (integer values
+# written as float, say): using it would silently distort the normalisation statistics and
+# everything learnt from them, so it is refused like a corrupt file. Real recordings that
+# clip a little after processing stay far below.
+MAX_ABS_SAMPLE = 16.0
 
 # What opening/reading a file can raise: libsndfile errors (RuntimeError subclasses), OS errors
 # (missing, permission, I/O), and ValueError/TypeError/EOFError from odd headers.
 _READ_ERRORS = (OSError, RuntimeError, ValueError, TypeError, EOFError)
+# libsndfile subtypes of integer samples, which decode into [-1, 1].
+_INTEGER_SUBTYPES = ("PCM_", "ULAW", "ALAW", "DPCM_", "DWVW_", "ALAC_")
 
 
 class AudioError(ValueError):
@@ -138,6 +147,7 @@ def load_audio(
     if not np.isfinite(wav_S).all():
         bad = int(np.count_nonzero(~np.isfinite(data_SC)))
         raise AudioError(f"{name}: {bad} NaN/Inf sample value(s)")
+    _check_peak(name, float(np.max(np.abs(data_SC))))
     wav_S = resample(np.ascontiguousarray(wav_S), sr_in, sr)
     return wav_S
 
@@ -179,6 +189,9 @@ class ClipReader:
         # Source samples per whole number of 16 kHz samples (441 at 44.1 kHz, 3 at 48 kHz).
         self._align = self.samplerate // int(np.gcd(self.samplerate, SAMPLE_RATE))
         self._pos = 0  # the decoder's position (source frames)
+        # Integer PCM (WAV, FLAC, ...) is decoded into [-1, 1]: only other formats can hold
+        # mis-scaled samples, so only they pay for the peak check.
+        self._check_peak = not str(f.subtype).startswith(_INTEGER_SUBTYPES)
 
     def __enter__(self) -> ClipReader:
         return self
@@ -205,6 +218,8 @@ class ClipReader:
             bad = int(np.count_nonzero(~np.isfinite(out_SC)))
             if bad:
                 raise AudioError(f"{self.name}: {bad} NaN/Inf sample value(s)")
+        if self._check_peak and out_SC.size:
+            _check_peak(self.name, max(float(out_SC.max()), -float(out_SC.min())))
 
     def _source(self, start: int, count: int) -> np.ndarray:
         """Mono float32 [count] of source frames from `start` (any rate)."""
@@ -249,6 +264,14 @@ def _read_frames_into(f: sf.SoundFile, out: np.ndarray) -> int:
     if err:
         raise RuntimeError(ffi.string(snd.sf_error_number(err)).decode("utf-8", "replace"))
     return got
+
+
+def _check_peak(name: str, peak: float) -> None:
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(
+            f"{name}: sample values reach {peak:.3g}, far outside [-1, 1] (limit "
+            f"{MAX_ABS_SAMPLE:g}): a float file holding unscaled integer values? Rescale it"
+        )
 
 
 def _check_header(path: str | os.PathLike, frames: int, sr: int, channels: int) -> None:

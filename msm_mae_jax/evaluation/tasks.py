@@ -84,6 +84,17 @@ class Task:
         """Clips used for training in at least one fold (all clips of a fold task)."""
         return np.unique(np.concatenate([f.train for f in self.folds]))
 
+    def without(self, indices: Sequence[int]) -> Task:
+        """The task with the given clips in no split of any fold (clips that could not be
+        read); checked again, so a class left only outside training is a TaskError."""
+        drop = np.asarray(sorted({int(i) for i in indices}), np.int64)
+        if len(drop) == 0:
+            return self
+        keep = lambda idx: idx[~np.isin(idx, drop)]  # noqa: E731 (order kept)
+        folds = [Fold(f.name, keep(f.train), keep(f.valid), keep(f.test)) for f in self.folds]
+        where = f"{self.spec} without {len(drop)} unreadable clip(s)"
+        return _check_task(dataclasses.replace(self, folds=folds), where)
+
     def fingerprint(self) -> str:
         """Identity of the clips (not labels/splits: embeddings depend on the audio only)."""
         return hashlib.sha256(self.source.identity().encode()).hexdigest()[:16]

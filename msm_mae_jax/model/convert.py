@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,6 +88,18 @@ def _strip_prefix(sd: Mapping[str, Any]) -> dict[str, np.ndarray]:
         k2 = k[len("module.") :] if k.startswith("module.") else k
         out[k2] = np.asarray(v, dtype=np.float32)
     return out
+
+
+def check_finite(sd: Mapping[str, np.ndarray]) -> None:
+    """ConversionError naming every tensor that holds NaN or Inf (it would make every
+    feature NaN)."""
+    bad = []
+    for name, a in sd.items():
+        nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+        if nan or inf:
+            bad.append(f"{name} ({nan} NaN, {inf} Inf of {a.size})")
+    if bad:
+        raise ConversionError(f"non-finite values in {len(bad)} tensor(s): {', '.join(bad)}")
 
 
 def infer_config(
@@ -206,6 +219,7 @@ def state_dict_to_params(
     Without decoder tensors (an encoder-only dict), 'decoder' is None.
     """
     sd = _strip_prefix(sd)
+    check_finite(sd)
     kw = infer_config(
         sd,
         input_size=input_size,
@@ -313,8 +327,7 @@ def load_state_dict(src: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(src):
         raise FileNotFoundError(f"{src}: no such checkpoint file")
     if src.endswith(".npz"):
-        with np.load(src) as z:
-            return {k: np.asarray(z[k], np.float32) for k in z.files}
+        return _load_npz(src)
     try:
         import torch
     except ImportError as e:
@@ -339,6 +352,24 @@ def load_state_dict(src: str) -> dict[str, np.ndarray]:
             raise ConversionError(f"{src}: entry {k!r} is a {type(v).__name__}, not a tensor")
         out[k] = v.detach().cpu().float().numpy()
     return out
+
+
+# What a malformed .npz raises: not a zip or cut short (BadZipFile, EOFError), a member that
+# is not an array or holds objects/strings (ValueError, TypeError), an unreadable file.
+_NPZ_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError, OSError)
+
+
+def _load_npz(src: str) -> dict[str, np.ndarray]:
+    try:
+        z = np.load(src)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy renamed
+            raise ConversionError(f"{src}: a single array, not a .npz of named tensors")
+        with z:
+            return {k: np.asarray(z[k], np.float32) for k in z.files}
+    except _NPZ_ERRORS as e:
+        raise ConversionError(
+            f"{src}: not a readable .npz of float tensors ({type(e).__name__}: {e})"
+        ) from None
 
 
 def sizes_from_path(src: str) -> tuple[tuple[int, int], tuple[int, int]] | None:

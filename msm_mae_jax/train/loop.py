@@ -8,8 +8,11 @@ the loop only asks each hook whether it is due.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -19,17 +22,27 @@ import jax
 import ml_collections
 import numpy as np
 
-from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.core.errors import ConfigError, DataError, UserError
 from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.data.tf_setup import tensorflow
 from msm_mae_jax.model import mae
-from msm_mae_jax.train import checkpoints, distributed, hooks, metrics, optim
+from msm_mae_jax.train import (
+    checkpoints,
+    distributed,
+    hooks,
+    metrics,
+    optim,
+    resume,
+    workdir_lock,
+)
 from msm_mae_jax.train.state import Setup, TrainState
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteError(FloatingPointError):
-    """Loss or gradients became NaN/Inf; the message names the step."""
+class NonFiniteError(UserError, FloatingPointError):
+    """Loss or gradients became NaN/Inf; the message names the step and the latest good
+    checkpoint. A user error (one line, exit 2): the learning rate or the data, most often."""
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -79,29 +92,33 @@ def _to_host(m: dict) -> dict:
     return {k: np.asarray(v).item() for k, v in jax.device_get(m).items()}
 
 
-def _checkpoint_meta(
-    setup: Setup, ckpt: checkpoints.Checkpointer, step: int | None, workdir: str
-) -> dict | None:
-    """The meta of checkpoint `step` (None: a fresh run), checked against the config."""
-    if step is None:
-        return None
-    meta = ckpt.restore_meta(step)
+def _restore(
+    setup: Setup, ckpt: checkpoints.Checkpointer, workdir: str, allow_config_change: bool
+) -> tuple[checkpoints.Restored | None, list]:
+    """The newest checkpoint that restores (None: a fresh run) and the config changes allowed.
+
+    A checkpoint of another model is an error; other config changes are errors unless
+    allowed (train/resume.py)."""
     mc = setup.model_config
-    if meta["model"] != mc.to_dict():
-        raise ConfigError(
-            f"{workdir}: the checkpoint at step {step} has model config "
-            f"{meta['model']}, the config asks for {mc.to_dict()}; use a new "
-            "workdir or the same config.model"
+    changes: list = []
+
+    def check_meta(step: int, meta: dict) -> None:
+        if meta["model"] != mc.to_dict():
+            raise ConfigError(
+                f"{workdir}: the checkpoint at step {step} has model config "
+                f"{meta['model']}, the config asks for {mc.to_dict()}; use a new "
+                "workdir or the same config.model"
+            )
+        changes[:] = resume.check_config_change(
+            meta.get("config", {}),
+            setup.config.to_dict(),
+            f"{workdir} (checkpoint step {step})",
+            allow_config_change,
         )
-    return meta
 
-
-def _restore_or_init(setup: Setup, ckpt: checkpoints.Checkpointer, step: int | None) -> TrainState:
-    if step is None:
-        return setup.init_state(int(setup.config.seed))
     with setup.activate():
-        state, _ = ckpt.restore(step, setup.abstract_state)
-    return state
+        restored = ckpt.restore_newest(setup.abstract_state, check_meta)
+    return restored, changes
 
 
 def _start_line(config, setup: Setup, state: TrainState, process_count: int, start: int) -> str:
@@ -115,113 +132,201 @@ def _start_line(config, setup: Setup, state: TrainState, process_count: int, sta
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) in `workdir`; returns the last logged metrics and `preempted`."""
+def _resume_lines(
+    restored: checkpoints.Restored, changes: list, writer: metrics.MetricWriter, directory: str
+) -> None:
+    for step, why, dest in restored.damaged:
+        writer.console(f"checkpoint step {step} is damaged ({why}); moved to {dest}")
+    writer.console(f"resumed from {directory}/{restored.step}")
+    if changes:
+        writer.console(f"config changed on resume (allowed): {resume.describe_changes(changes)}")
+
+
+class _DataFeed:
+    """The training batches; errors of the input pipeline as DataErrors; the tf.data iterator
+    released explicitly when the run ends.
+
+    A tf.data iterator freed while Python shuts down (an exception ending the program keeps
+    the loop's frame, and so the iterator, alive until then) waits forever for its
+    in-flight `tf.numpy_function` calls, whose threads can no longer take the GIL: the
+    traceback prints and the process never exits. Released here, while the interpreter
+    runs, those calls finish and the iterator is gone within about a second."""
+
+    def __init__(self, it, source: str):  # noqa: ANN001
+        self._it, self.source = it, source
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        try:
+            return next(self._it)
+        except Exception as e:
+            raise _data_error(e, self.source) or e from None
+
+    def close(self) -> None:
+        self._it = None
+        gc.collect()  # iterators held in reference cycles too
+
+
+def _data_error(e: Exception, source: str) -> DataError | None:
+    """The DataError a tf.data error stands for: one raised by the source inside a
+    `tf.numpy_function` (TF wraps it), or a corrupt, missing or unreadable input file."""
+    tf = tensorflow()
+    if not isinstance(e, tf.errors.OpError):
+        return None
+    inner = re.search(r"DataError: (.+)", e.message)
+    if inner:
+        return DataError(inner.group(1).strip())
+    if isinstance(
+        e, tf.errors.DataLossError | tf.errors.NotFoundError | tf.errors.PermissionDeniedError
+    ):
+        first = e.message.strip().splitlines()[0] if e.message.strip() else ""
+        first = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", first)
+        first = re.sub(r"\s*\[Op:\w+\].*$", "", first)  # TF's op name, not the user's
+        return DataError(
+            f"config.data.source={source!r}: reading the data failed ({type(e).__name__}: {first})"
+        )
+    return None
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict[str, Any]:
+    """Trains (or resumes) in `workdir`; returns the last logged metrics and `preempted`.
+
+    One trainer per workdir (train/workdir_lock.py). Resuming takes the newest checkpoint
+    that restores (damaged ones are moved aside) and refuses config changes that would make
+    another run unless `allow_config_change` (train/resume.py)."""
     from msm_mae_jax.data import pipeline  # noqa: PLC0415 (TF: imported when training)
 
     process_index, process_count = distributed.initialize(config)
     is_main = process_index == 0
     workdir = os.path.abspath(workdir)
     hooks.check_config(config, process_count)
-    os.makedirs(workdir, exist_ok=True)
-
-    schedule = optim.resolve_schedule(config, lambda: pipeline.count_clips(config))
-    setup = Setup(config, schedule)
-    mc = setup.model_config
-    ckpt = checkpoints.Checkpointer(workdir, keep=int(config.keep_checkpoints))
-    writer = metrics.MetricWriter(workdir, enabled=is_main)
-    run_hooks: list[hooks.Hook] = []
-    if is_main:
-        checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    preempt = _Preemption(ckpt.manager)
-    try:
-        latest = ckpt.latest_step()
-        meta = _checkpoint_meta(setup, ckpt, latest, workdir)
+    # Cleanups run in reverse order whatever happens, each even if an earlier one fails: the
+    # data iterator first, the lock last (after the last checkpoint is on disk).
+    with contextlib.ExitStack() as cleanup:
+        lock = workdir_lock.lock_workdir(workdir, is_main, process_count)
+        cleanup.callback(lock.release)
+        schedule = optim.resolve_schedule(config, lambda: pipeline.count_clips(config))
+        setup = Setup(config, schedule)
+        ckpt = checkpoints.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+        cleanup.callback(ckpt.close)  # waits for the async save in flight
+        preempt = _Preemption(ckpt.manager)
+        cleanup.callback(preempt.restore)
+        restored, changes = _restore(setup, ckpt, workdir, allow_config_change)
+        start = restored.step if restored is not None else 0
+        writer = metrics.MetricWriter(workdir, enabled=is_main, start_step=start)
+        cleanup.callback(writer.close)
+        if is_main:
+            checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        if restored is not None:
+            _resume_lines(restored, changes, writer, ckpt.directory)
+        if writer.dropped_rows:
+            writer.console(
+                f"dropped {writer.dropped_rows} metrics.jsonl row(s) past step {start}, logged "
+                "after the last checkpoint of an interrupted run (the steps run again)"
+            )
+        meta = restored.meta if restored is not None else None
         norm_stats = _norm_stats(config, workdir, meta, is_main)
-        state = _restore_or_init(setup, ckpt, latest)
-        start, total = int(jax.device_get(state.step)), schedule.total_steps
-        if latest is not None:
-            writer.console(f"resumed from {ckpt.directory}/{latest}")
+        state = restored.state if restored is not None else setup.init_state(int(config.seed))
+        del restored  # the loop donates the state's buffers
+        total = schedule.total_steps
         writer.console(_start_line(config, setup, state, process_count, start))
         base_meta = {
-            "model": mc.to_dict(),
+            "model": setup.model_config.to_dict(),
             "norm_stats": norm_stats.to_dict(),
             "config": config.to_dict(),
         }
         run_hooks = hooks.build_hooks(config, setup, norm_stats, workdir, writer)
-        it = pipeline.train_iterator(
-            config,
-            norm_stats,
-            process_index=process_index,
-            process_count=process_count,
-            start_step=start,
+        for hook in run_hooks:
+            cleanup.callback(hook.close)
+        feed = _DataFeed(
+            pipeline.train_iterator(
+                config,
+                norm_stats,
+                process_index=process_index,
+                process_count=process_count,
+                start_step=start,
+            ),
+            str(config.data.source),
         )
+        cleanup.callback(feed.close)
         local_shape = (config.batch_size // process_count, *setup.batch_shape[1:])
 
         def check(step: int, m: dict):
             if not bool(m["finite"]):
                 ckpt.wait()
+                latest = ckpt.latest_step()
+                good = "none was saved" if latest is None else f"step {latest} in {ckpt.directory}"
                 raise NonFiniteError(
                     f"non-finite loss ({float(m['loss'])}) or gradient norm "
                     f"({float(m['l2_grads'])}) at step {step}; stopping. The latest good "
-                    f"checkpoint is {ckpt.latest_step()} in {ckpt.directory}"
+                    f"checkpoint: {good}"
                 )
+
+        def save(step: int):
+            problem = lock.check()
+            if problem:
+                raise workdir_lock.WorkdirLockedError(f"not saving step {step}: {problem}")
+            ckpt.save(step, state, {**base_meta, "step": step, "data_position": step})
 
         speed = metrics.Throughput(total, int(config.batch_size), start)
         last: dict[str, Any] = {"step": start}
         pending = None  # (step, measurements) of the previous update, checked one step late
         step = start
         preempted = False
-        with setup.activate():
-            while step < total:
-                t0 = time.perf_counter()
-                batch = next(it)["lms"]
-                speed.add_data_wait(time.perf_counter() - t0)
-                if batch.shape != local_shape:
-                    raise ValueError(
-                        f"input pipeline yielded {batch.shape}, expected {local_shape}"
+        try:
+            with setup.activate():
+                while step < total:
+                    t0 = time.perf_counter()
+                    batch = next(feed)["lms"]
+                    speed.add_data_wait(time.perf_counter() - t0)
+                    if batch.shape != local_shape:
+                        raise ValueError(
+                            f"input pipeline yielded {batch.shape}, expected {local_shape}"
+                        )
+                    do_log = (step + 1) % config.log_every_steps == 0 or step + 1 == total
+                    train_step = setup.train_step if do_log else setup.train_step_lean
+                    state, m = train_step(state, setup.global_batch(batch))
+                    step += 1
+                    if pending is not None:  # the previous step has finished by now
+                        check(*pending)
+                    pending = (
+                        step,
+                        {"finite": m["finite"], "loss": m["loss"], "l2_grads": m["l2_grads"]},
                     )
-                do_log = (step + 1) % config.log_every_steps == 0 or step + 1 == total
-                train_step = setup.train_step if do_log else setup.train_step_lean
-                state, m = train_step(state, setup.global_batch(batch))
-                step += 1
-                if pending is not None:  # the previous step has finished by now
+                    do_save = step % config.ckpt_every_steps == 0 or step == total
+                    preempted = preempt.reached(step)
+                    if do_log or do_save or preempted:
+                        check(*pending)
+                        pending = None
+                    extra: dict[str, float] = {}
+                    for hook in run_hooks:
+                        if hook.due(step, total):
+                            extra.update(hook.run(step, state))
+                    if do_log:
+                        host = _to_host(m)
+                        host.pop("finite")
+                        host.update(speed.measure(step))
+                        host.update(extra)
+                        writer.write_scalars(step, host)
+                        writer.console(metrics.console_line(step, total, host))
+                        last = {"step": step, **host}
+                    elif extra:
+                        writer.write_scalars(step, extra)
+                    if do_save or preempted:
+                        save(step)
+                    if preempted:
+                        writer.console(f"preemption signal: saved step {step}, exiting")
+                        break
+                if pending is not None:
                     check(*pending)
-                pending = (
-                    step,
-                    {"finite": m["finite"], "loss": m["loss"], "l2_grads": m["l2_grads"]},
-                )
-                do_save = step % config.ckpt_every_steps == 0 or step == total
-                preempted = preempt.reached(step)
-                if do_log or do_save or preempted:
-                    check(*pending)
-                    pending = None
-                extra: dict[str, float] = {}
-                for hook in run_hooks:
-                    if hook.due(step, total):
-                        extra.update(hook.run(step, state))
-                if do_log:
-                    host = _to_host(m)
-                    host.pop("finite")
-                    host.update(speed.measure(step))
-                    host.update(extra)
-                    writer.write_scalars(step, host)
-                    writer.console(metrics.console_line(step, total, host))
-                    last = {"step": step, **host}
-                elif extra:
-                    writer.write_scalars(step, extra)
-                if do_save or preempted:
-                    ckpt.save(step, state, {**base_meta, "step": step, "data_position": step})
-                if preempted:
-                    writer.console(f"preemption signal: saved step {step}, exiting")
-                    break
-            if pending is not None:
-                check(*pending)
-    finally:
-        for hook in run_hooks:
-            hook.close()
-        preempt.restore()
-        ckpt.close()  # waits for the async save in flight
-        writer.close()
+        except KeyboardInterrupt:
+            latest = ckpt.latest_step()
+            writer.console(
+                f"interrupted after step {step}; latest checkpoint: "
+                f"{'none' if latest is None else f'step {latest}'} (a save in flight is "
+                "completed first)"
+            )
+            raise
     last["preempted"] = preempted
     return last
