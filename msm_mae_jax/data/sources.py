@@ -226,7 +226,8 @@ class _CropReader:
         """Writes position `pos`'s crop window (of clip i, or a substitute) into zeroed `out`;
         returns its valid frames."""
         n = len(self.paths)
-        for k in range(min(n, MAX_SUBSTITUTES)):
+        tried = min(n, MAX_SUBSTITUTES)
+        for k in range(tried):
             path = self.paths[(int(i) + k) % n]
             u = float(crops.uniform(self.seed, int(pos), k))
             try:
@@ -234,9 +235,13 @@ class _CropReader:
             except audio_io.AudioError as e:
                 out[:] = 0.0  # a partial read of the failed file
                 self.report.add(path, str(e))
+        what = (
+            "the only file (1 file tried)"
+            if tried == 1
+            else f"{tried} files in a row" + (" (all of them)" if tried == n else "")
+        )
         raise DataError(
-            f"data source {self.spec!r}: {MAX_SUBSTITUTES} files in a row failed to decode; "
-            + self.report.summary()
+            f"data source {self.spec!r}: {what} failed to decode; " + self.report.summary()
         )
 
     def _crop(self, path: str, u: float, out: np.ndarray) -> int:
