@@ -42,5 +42,9 @@ bench: $(STAMP)
 bench-accelerator: $(STAMP)
 	$(BIN)/python bench/accelerator.py --json bench/accelerator.json
 
+# Host input rate (samples per CPU-second) of the training iterator: files, on-device log-mel, lms.
+bench-input: $(STAMP)
+	$(BIN)/python bench/input_rate.py --json bench/input_rate.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache
