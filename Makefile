@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup setup-dev demo test lint bench clean
+.PHONY: setup setup-dev demo test lint bench bench-accelerator bench-input clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	$(BIN)/python bench/run_all.py --out bench/results.json
+
+# On the accelerator jax sees: step sweep (samples/s, MFU, memory, compile) + 200 real-loop steps.
+bench-accelerator: $(STAMP)
+	$(BIN)/python bench/accelerator.py --json bench/accelerator.json
+
+# Host input rate (samples per CPU-second) of the training iterator: files, on-device log-mel, lms.
+bench-input: $(STAMP)
+	$(BIN)/python bench/input_rate.py --json bench/input_rate.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

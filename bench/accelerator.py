@@ -36,6 +36,9 @@ from bench.common import machine_info, write_synthetic_corpus  # noqa: E402
 from bench.train_step import JaxStep, analytic_flops, device_peak_bf16  # noqa: E402
 
 DEFAULT_BATCHES = (256, 512, 1024, 2048)
+# A CPU is no accelerator: there the benchmark only proves it runs (small batches, short loop).
+CPU_BATCHES = (8, 16, 32)
+CPU_LOOP_STEPS = 20
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -146,18 +149,28 @@ def _row_text(r: dict) -> str:
     )
 
 
+def _csv(xs: tuple[int, ...]) -> str:
+    return ",".join(map(str, xs))
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", default="base_208", help="configs/msm_mae.py variant")
     ap.add_argument(
         "--batches",
-        default=",".join(map(str, DEFAULT_BATCHES)),
-        help="comma-separated global batches to sweep",
+        default="",
+        help=f"comma-separated global batches to sweep (default: {_csv(DEFAULT_BATCHES)}; "
+        f"on CPU {_csv(CPU_BATCHES)})",
     )
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--steps", type=int, default=10, help="timed steps per batch size")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="dense bf16 peak per device")
-    ap.add_argument("--loop-steps", type=int, default=200, help="steps of the real loop (0: off)")
+    ap.add_argument(
+        "--loop-steps",
+        type=int,
+        default=-1,
+        help=f"steps of the real loop (0: off; default 200, on CPU {CPU_LOOP_STEPS})",
+    )
     ap.add_argument("--loop-clips", type=int, default=0, help="synthetic clips (0: 4 x batch)")
     ap.add_argument("--workdir", default="", help="keep the corpus and run here (default: tmp)")
     ap.add_argument("--json", default="", help="write the figures to this file")
@@ -166,7 +179,12 @@ def main(argv: list[str] | None = None) -> dict:
     dev = jax.devices()[0]
     known = device_peak_bf16(dev)
     peak = a.peak_tflops * 1e12 if a.peak_tflops > 0 else (known[1] if known else None)
-    batches = [int(b) for b in a.batches.split(",") if b.strip()]
+    on_cpu = dev.platform == "cpu"
+    batches = [int(b) for b in a.batches.split(",") if b.strip()] or list(
+        CPU_BATCHES if on_cpu else DEFAULT_BATCHES
+    )
+    if a.loop_steps < 0:
+        a.loop_steps = CPU_LOOP_STEPS if on_cpu else 200
     print(
         f"{a.variant} {a.dtype} on {dev.platform}:{dev.device_kind} x{jax.device_count()}"
         f"{f', peak {peak / 1e12:.0f} TFLOP/s per device' if peak else ', peak unknown'}",

@@ -98,6 +98,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.synthetic_seed = 0  # content of the built-in clips (independent of c.seed)
     c.data.file_pattern = "*"  # files:/dir sources: glob below the dir (recursive)
     c.data.prefetch = 2
+    # True: the host yields waveform crops ("wav", "frames") and the train step computes the
+    # log-mel on the accelerator (data/device_frontend.py); the host then only decodes audio.
+    c.data.logmel_on_device = False
 
     # ---- distribution -----------------------------------------------------------------------
     # Mesh axes (name, size); one size may be -1 (all remaining devices). Tuples, so that

@@ -210,3 +210,35 @@ def test_empty_and_scalar_inputs_raise_clearly():
     fn = tf.function(audio.log_mel, input_signature=[tf.TensorSpec([None], tf.float32)])
     with pytest.raises(tf.errors.InvalidArgumentError, match="at least one sample"):
         fn(tf.zeros([0]))
+
+
+def test_uncentered_frames_match_librosa_and_each_other():
+    # center=False frames the input as given: frame t is samples [160 t, 160 t + 400).
+    rng = np.random.default_rng(5)
+    x_BS = (0.3 * rng.standard_normal((2, 400 + 160 * 30 + 77))).astype(np.float32)
+    tf_out = audio.log_mel(x_BS, center=False).numpy()
+    jax_out = np.asarray(jax.jit(lambda x: audio.log_mel_jax(x, center=False))(x_BS))
+    assert (
+        tf_out.shape
+        == jax_out.shape
+        == (2, 80, 31)
+        == (2, 80, audio.num_frames_uncentered(x_BS.shape[1]))
+    )
+    for b in range(2):
+        ref = librosa_log_mel(x_BS[b], center=False)
+        assert np.abs(tf_out[b] - ref).max() <= TOL and np.abs(jax_out[b] - ref).max() <= TOL
+    np.testing.assert_allclose(jax_out, tf_out, atol=1e-4)
+    # Inside tf.data with a dynamic length.
+    ds = tf.data.Dataset.from_tensors(x_BS[0]).map(lambda w: audio.log_mel(w, center=False))
+    np.testing.assert_allclose(next(ds.as_numpy_iterator()), tf_out[0], atol=1e-5)
+    for short in (np.zeros(399, np.float32), np.zeros((2, 10), np.float32)):
+        with pytest.raises(ValueError, match="center=False needs at least 400 samples"):
+            audio.log_mel(short, center=False)
+        with pytest.raises(ValueError, match="center=False needs at least 400 samples"):
+            audio.log_mel_jax(short, center=False)
+    fn = tf.function(
+        lambda w: audio.log_mel(w, center=False),
+        input_signature=[tf.TensorSpec([None], tf.float32)],
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 400 samples"):
+        fn(tf.zeros([300]))

@@ -275,6 +275,11 @@ def test_float_file_scaled_as_integers_is_refused(tmp_path, subtype):
     )
     sf.write(tmp_path / "pcm.wav", np.clip(y * 8e5, -1, 1), SR, subtype="PCM_16")
     assert np.abs(load_audio(tmp_path / "pcm.wav")).max() <= 1.0
+    with audio_io.ClipReader(tmp_path / "loud.wav") as f:  # the training crops' reader
+        with pytest.raises(AudioError, match=r"loud\.wav: sample values reach 4e\+05"):
+            f.read(0, 1600)
+    with audio_io.ClipReader(tmp_path / "hot.wav") as f:
+        assert np.abs(f.read(0, SR // 2)).max() > 1.0
 
 
 def test_argument_errors(tmp_path):
@@ -283,3 +288,70 @@ def test_argument_errors(tmp_path):
         load_audio(tmp_path / "a.wav", max_seconds=0.0)
     with pytest.raises(TypeError, match="Generator"):
         load_audio(tmp_path / "a.wav", max_seconds=0.1, rng=3)
+
+
+# ---------------------------------------------------------------------------- spans of a file
+
+
+@pytest.mark.parametrize(
+    ("sr", "channels"), [(16000, 1), (16000, 2), (8000, 1), (44100, 2), (48000, 1)]
+)
+def test_clip_reader_spans_are_spans_of_load_audio(tmp_path, sr, channels):
+    # Training decodes only a crop's span; it must be that span of what evaluation reads.
+    rng = np.random.default_rng(sr + channels)
+    y = (0.2 * rng.standard_normal((int(2.3 * sr), channels))).astype(np.float32)
+    sf.write(tmp_path / "x.flac", y, sr)
+    whole = load_audio(tmp_path / "x.flac")
+    with audio_io.ClipReader(tmp_path / "x.flac") as f:
+        assert f.samples == whole.shape[0]
+        for a, b in [
+            (0, 5000),
+            (20000, 20001),
+            (1234, 30000),
+            (whole.shape[0] - 7000, whole.shape[0]),
+            (10, 400),
+        ]:
+            span = f.read(a, b)
+            assert span.dtype == np.float32 and span.shape == (b - a,)
+            if sr == SR:
+                np.testing.assert_array_equal(span, whole[a:b])
+            else:  # resampled around the span: equal up to the resampler's float32 rounding
+                np.testing.assert_allclose(span, whole[a:b], atol=1e-5)
+
+
+def test_clip_reader_decodes_only_the_span(tmp_path, monkeypatch):
+    path = tmp_path / "hour.wav"
+    write_pcm16_wav_header(path, 3600 * SR, SR)
+    decoded = []
+    real = audio_io._read_frames_into
+
+    def spy(f, out):
+        decoded.append(out.shape[0])
+        return real(f, out)
+
+    monkeypatch.setattr(audio_io, "_read_frames_into", spy)
+    with audio_io.ClipReader(path) as f:
+        assert f.samples == 3600 * SR
+        assert not f.read(1800 * SR, 1800 * SR + 33680).any()
+    assert decoded == [33680]
+
+
+def test_clip_reader_bad_files(tmp_path):
+    nan = np.full(8000, 0.1, np.float32)
+    nan[4321] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, SR, subtype="FLOAT")
+    with audio_io.ClipReader(tmp_path / "nan.wav") as f:
+        assert f.read(0, 4000).shape == (4000,)  # the span holds no NaN: usable
+        with pytest.raises(AudioError, match=r"nan\.wav: 1 NaN/Inf"):
+            f.read(4000, 8000)
+    # A cut FLAC download: the header promises 2 s, the data stops after ~1 s.
+    sf.write(tmp_path / "ok.flac", 0.1 * np.random.default_rng(0).standard_normal(32000), SR)
+    data = (tmp_path / "ok.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(data[: len(data) // 2])
+    with audio_io.ClipReader(tmp_path / "cut.flac") as f:
+        assert f.samples == 32000
+        with pytest.raises(audio_io.TruncatedAudio, match=r"cut\.flac"):
+            f.read(30000, 32000)
+    (tmp_path / "text.wav").write_text("not audio")
+    with pytest.raises(AudioError, match=r"text\.wav: cannot read audio"):
+        audio_io.ClipReader(tmp_path / "text.wav")

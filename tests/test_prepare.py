@@ -52,18 +52,23 @@ def test_prepare_writes_shards_manifest_and_exact_stats(corpus, tmp_path):
     values = np.concatenate([r.ravel() for r in refs.values()])
     assert m["norm_stats"]["mean"] == pytest.approx(values.mean(), abs=1e-3)
     assert m["norm_stats"]["std"] == pytest.approx(values.std(), abs=1e-3)
-    # Records hold the log-mel of each file.
+    # Records: each file's log-mel as raw time-major bytes at the offset the manifest lists,
+    # inside valid TFRecord files.
     import tensorflow as tf
 
-    frames = {f["path"]: f["frames"] for f in m["files"]}
-    n = 0
-    for rec in tf.data.TFRecordDataset([str(out / s["name"]) for s in m["shards"]]):
-        lms, path = lms_shards.parse_lms_record(rec, "float32")
-        path = path.numpy().decode()
-        assert lms.shape[1] == frames[path]
-        np.testing.assert_allclose(lms.numpy(), refs[path], atol=2e-3)
-        n += 1
-    assert n == 5
+    assert m["version"] == lms_shards.MANIFEST_VERSION == 2
+    by_shard = {}
+    for f in m["files"]:
+        nbytes = f["frames"] * 80 * 4
+        with open(out / f["shard"], "rb") as fh:
+            fh.seek(f["offset"])
+            data = fh.read(nbytes)
+        lms_TF = np.frombuffer(data, "<f4").reshape(f["frames"], 80)
+        np.testing.assert_allclose(lms_TF.T, refs[f["path"]], atol=2e-3)
+        by_shard.setdefault(f["shard"], []).append(data)
+    for s in m["shards"]:
+        records = [r.numpy() for r in tf.data.TFRecordDataset(str(out / s["name"]))]
+        assert records == by_shard[s["name"]]
 
 
 def test_prepare_resumes_only_missing_shards(corpus, tmp_path):
@@ -79,32 +84,137 @@ def test_prepare_resumes_only_missing_shards(corpus, tmp_path):
     assert after[names[0]] == before[names[0]]
     assert after[names[1]] != before[names[1]] and after[names[2]] != before[names[2]]
     assert m["num_records"] == 5 and not list(out.glob("*.tmp"))
+    # A shard written in an older record format (its marker has no version 2) is rewritten.
+    marker = out / (names[0] + ".json")
+    marker.write_text(
+        json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "version"})
+    )
+    m = prepare.prepare(str(corpus), str(out), shard_size=2, workers=1, progress=False)
+    assert os.stat(out / names[0]).st_mtime_ns != after[names[0]]
+    assert json.loads(marker.read_text())["version"] == 2 and m["num_records"] == 5
 
 
-def test_lms_source_trains_resumes_and_uses_manifest_stats(corpus, tmp_path):
+def _lms_config(out, frames=32, batch=2):
+    c = get_config("tiny")
+    c.batch_size, c.model.input_size = batch, (80, frames)
+    c.data.source, c.data.shuffle_buffer = f"lms:{out}", 4
+    return c
+
+
+def test_lms_source_reads_crops_in_the_global_order(corpus, tmp_path):
     out = tmp_path / "lms"
     m = prepare.prepare(str(corpus), str(out), shard_size=2, workers=1, progress=False)
-    c = get_config("tiny")
-    c.batch_size, c.model.input_size = 2, (80, 32)
-    c.data.source, c.data.shuffle_buffer = f"lms:{out}", 4
+    c = _lms_config(out)
     assert ip.count_clips(c) == 5
+    stats = ip.compute_norm_stats(c)
+    assert stats.to_dict() == m["norm_stats"]
+    it = ip.train_iterator(c, stats)
+    first = [next(it) for _ in range(6)]  # crosses epoch boundaries (5 records)
+    a = [b["lms"] for b in first]
+    assert all(x.shape == (2, 1, 80, 32) and np.isfinite(x).all() for x in a)
+    resumed = ip.train_iterator(c, stats, start_step=3)
+    np.testing.assert_array_equal(next(resumed)["lms"], a[3])
+    # Any process count gives the same global batches (hosts' rows concatenated).
+    hosts = [ip.train_iterator(c, stats, process_index=p, process_count=2) for p in (0, 1)]
+    assert [h.num_local for h in hosts] == [3, 3]
+    for s in range(6):
+        np.testing.assert_array_equal(np.concatenate([next(h)["lms"] for h in hosts]), a[s])
+    # Every crop is a crop of its clip's stored log-mel: frames of one record, normalised.
+    refs = {}
+    for f in m["files"]:
+        with open(out / f["shard"], "rb") as fh:
+            fh.seek(f["offset"])
+            raw = np.frombuffer(fh.read(f["frames"] * 160), "<f2").reshape(f["frames"], 80)
+        refs[f["path"]] = stats.normalize(raw.T.astype(np.float32))
+    frames = np.concatenate([b["frames"] for b in first])
+    for x, n in zip(np.concatenate(a)[:, 0], frames, strict=True):
+        assert any(
+            np.allclose(x[:, :n], r[:, t : t + n], atol=1e-6)
+            for r in refs.values()
+            for t in range(r.shape[1] - n + 1)
+        )
+        assert n == 32 or (x[:, n:] == stats.normalize(np.float32(0.0))).all()
+    # Crops longer than every clip: whole clips, zero (raw) after their frames.
+    c.model.input_size = (80, 128)
+    it = ip.train_iterator(c, stats)
+    batches = [next(it) for _ in range(5)]  # 10 crops = 2 epochs
+    seen = [t for b in batches for t in b["frames"]]
+    assert sorted(seen) == sorted(2 * [f["frames"] for f in m["files"]])
+    for b in batches:
+        for x, t in zip(b["lms"][:, 0], b["frames"], strict=True):
+            np.testing.assert_array_equal(x[:, t:], stats.normalize(np.float32(0.0)))
+    c.data.logmel_on_device = True
+    with pytest.raises(DataError, match="logmel_on_device needs an audio source"):
+        ip.train_iterator(c, stats)
+
+
+def _write_version1_corpus(src, dst):
+    """The corpus of `src` (version 2) rewritten as version 1 (Example records of [80, T])."""
+    import tensorflow as tf
+
+    m = json.loads((src / "manifest.json").read_text())
+    dst.mkdir()
+    for s in m["shards"]:
+        with tf.io.TFRecordWriter(str(dst / s["name"])) as w:
+            for f in [f for f in m["files"] if f["shard"] == s["name"]]:
+                with open(src / s["name"], "rb") as fh:
+                    fh.seek(f["offset"])
+                    raw = np.frombuffer(fh.read(f["frames"] * 160), "<f2")
+                lms_FT = raw.reshape(f["frames"], 80).T.copy()
+                feature = {
+                    "lms": tf.train.Feature(
+                        bytes_list=tf.train.BytesList(value=[lms_FT.tobytes()])
+                    ),
+                    "frames": tf.train.Feature(int64_list=tf.train.Int64List(value=[f["frames"]])),
+                    "path": tf.train.Feature(
+                        bytes_list=tf.train.BytesList(value=[f["path"].encode()])
+                    ),
+                }
+                ex = tf.train.Example(features=tf.train.Features(feature=feature))
+                w.write(ex.SerializeToString())
+    m["version"] = 1
+    for f in m["files"]:
+        del f["offset"]
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return m
+
+
+def test_version1_corpus_is_still_read(corpus, tmp_path):
+    prepare.prepare(str(corpus), str(tmp_path / "v2"), shard_size=2, workers=1, progress=False)
+    m = _write_version1_corpus(tmp_path / "v2", tmp_path / "v1")
+    c = _lms_config(tmp_path / "v1")
     stats = ip.compute_norm_stats(c)
     assert stats.to_dict() == m["norm_stats"]
     it = ip.train_iterator(c, stats)
     a = [next(it)["lms"] for _ in range(4)]  # crosses the epoch boundary (5 records)
     assert all(x.shape == (2, 1, 80, 32) and np.isfinite(x).all() for x in a)
-    resumed = ip.train_iterator(c, stats, start_step=3)
-    np.testing.assert_array_equal(next(resumed)["lms"], a[3])
+    np.testing.assert_array_equal(next(ip.train_iterator(c, stats, start_step=3))["lms"], a[3])
     # Hosts: 3 shards over 2 processes -> shards {0, 2} and {1} (which lost broken.wav).
-    counts = [s["num_records"] for s in m["shards"]]
-    assert counts == [2, 1, 2]
-    assert ip.train_iterator(c, stats, process_index=0, process_count=2).num_local == 4
-    assert ip.train_iterator(c, stats, process_index=1, process_count=2).num_local == 1
-    # Crops longer than every clip: whole clips, their frames as the manifest lists them.
+    assert [s["num_records"] for s in m["shards"]] == [2, 1, 2]
+    assert [
+        ip.train_iterator(c, stats, process_index=p, process_count=2).num_local for p in (0, 1)
+    ] == [4, 1]
     c.model.input_size = (80, 128)
     it = ip.train_iterator(c, stats)
     seen = [t for _ in range(5) for t in next(it)["frames"]]  # 10 crops = 2 epochs
     assert sorted(seen) == sorted(2 * [f["frames"] for f in m["files"]])
+
+
+def test_bad_corpora_fail_clearly(corpus, tmp_path):
+    out = tmp_path / "lms"
+    m = prepare.prepare(str(corpus), str(out), shard_size=8, workers=1, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["version"] = 3
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="manifest version 3 is not one this code reads"):
+        ip.count_clips(_lms_config(out))
+    manifest["version"] = 2
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    shard = out / m["shards"][0]["name"]
+    shard.write_bytes(shard.read_bytes()[:1000])  # lost its end: crops cannot be read
+    c = _lms_config(out, frames=8)
+    with pytest.raises(DataError, match=r"shorter than its manifest says"):
+        next(ip.train_iterator(c, ip.compute_norm_stats(c)))
 
 
 def test_prepare_cli_and_errors(tmp_path, capsys):

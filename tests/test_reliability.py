@@ -465,10 +465,9 @@ def test_files_that_stop_decoding_are_a_data_error(tmp_path):
     assert not (tmp_path / "run" / workdir_lock.LOCK_NAME).exists()
 
 
-@pytest.mark.xfail(reason="fixed in the data layer", strict=False)
 def test_one_file_that_fails_is_counted_as_one(tmp_path):
     _nan_wavs(tmp_path / "audio", 1)
-    with pytest.raises(DataError, match=r"\b1 file\b"):
+    with pytest.raises(DataError, match=r"the only file \(1 file tried\) failed to decode"):
         _train_on(tmp_path / "audio", tmp_path)
 
 

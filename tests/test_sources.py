@@ -7,7 +7,7 @@ import soundfile as sf
 
 from configs.msm_mae import get_config
 from msm_mae_jax.core.errors import DataError
-from msm_mae_jax.data import audio_io, sources, synthetic
+from msm_mae_jax.data import audio, audio_io, crops, sources, synthetic
 
 
 def _data(source="synthetic", **kw):
@@ -49,11 +49,16 @@ def test_open_source_gives_one_class_per_kind_and_names_bad_sources(tmp_path):
 
 def test_synthetic_source_trains_and_evaluates_on_the_same_clips():
     src = sources.SyntheticSource(6, seed=3, seconds=0.5)
-    load = src.training_loader(seed=0, frames=64)
+    # Training: clips of 51 frames, crops of 64 -> every window holds the whole clip.
+    loader = src.batch_loader(seed=0, frames=64)
+    assert loader.key == "wav" and loader.row_shape == (crops.window_samples(64),)
+    wav_BL, n_B = loader.load(np.arange(6) + 17, np.arange(6))
+    assert wav_BL.shape == (6, 63 * 160 + 400) and n_B.tolist() == [51] * 6
+    lms_BFT = audio.log_mel(wav_BL, center=False).numpy()
     for i, wav in zip(range(6), src.iterate(range(6)), strict=True):
         ref, label = synthetic.make_clip(i, 3, 0.5)
         np.testing.assert_array_equal(wav, ref)
-        np.testing.assert_array_equal(load(np.int64(17), np.int64(i)), ref)
+        np.testing.assert_allclose(lms_BFT[i, :, :51], audio.log_mel(ref).numpy(), atol=1e-5)
         assert src.labels()[i] == label
     (short,) = src.iterate([2], max_seconds=0.25)
     assert len(short) == 4000 and list(src.durations()) == [0.5] * 6
@@ -74,8 +79,44 @@ def test_file_source_from_spec_skips_bad_headers_and_reads_whole_clips(tmp_path)
         np.testing.assert_array_equal(wav, audio_io.load_audio(src.name(i)))
     (head,) = src.iterate([1], max_seconds=0.5)
     assert len(head) == 8000  # the first 0.5 s, at 16 kHz
-    # Training reads a window of the crop plus two frames, capped by max_clip_seconds.
-    assert src.window_seconds(64) == pytest.approx(66 * 160 / 16000)
-    assert src.window_seconds(1000) == 1.0
+    # Training crops hold at most the crop, capped by max_clip_seconds (1 s: 101 frames).
+    assert src.max_crop_frames(64) == 64 and src.max_crop_frames(1000) == 101
     files_only = sources.FileSource([str(tmp_path / "c.wav")])  # evaluation tasks: a list
     assert files_only.durations()[0] == pytest.approx(0.3)
+
+
+def test_file_crops_are_crops_of_the_whole_clip_and_decode_only_the_window(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    sf.write(tmp_path / "a.flac", 0.1 * rng.standard_normal(48000), 16000)  # 3 s: 301 frames
+    sf.write(tmp_path / "b.wav", 0.1 * rng.standard_normal((110250, 2)), 44100)  # 2.5 s stereo
+    sf.write(tmp_path / "c.flac", 0.1 * rng.standard_normal(6400), 16000)  # 41 frames < crop
+    paths = [str(tmp_path / n) for n in ("a.flac", "b.wav", "c.flac")]
+    full = {p: audio.log_mel(audio_io.load_audio(p)).numpy() for p in paths}
+    decoded = []
+    real = audio_io._read_frames_into
+
+    def spy(f, out):
+        decoded.append(out.shape[0])
+        return real(f, out)
+
+    monkeypatch.setattr(audio_io, "_read_frames_into", spy)
+    src = sources.FileSource(paths)
+    loader = src.batch_loader(seed=5, frames=64)
+    pos_B = np.arange(100, 112)
+    wav_BL, n_B = loader.load(pos_B, pos_B % 3)
+    lms_BFT = audio.log_mel(wav_BL, center=False).numpy()
+    for b, g in enumerate(pos_B):
+        ref, n = full[paths[g % 3]], int(n_B[b])
+        assert n == min(64, ref.shape[1])
+        errs = [
+            np.abs(lms_BFT[b, :, :n] - ref[:, t : t + n]).max() for t in range(ref.shape[1] - n + 1)
+        ]
+        assert min(errs) < (1e-3 if g % 3 == 1 else 1e-5), (paths[g % 3], min(errs))
+        if g % 3 == 0:  # 16 kHz: the crop start is the one drawn for the position
+            t0 = int(crops.crop_start(crops.uniform(5, g), ref.shape[1], 64))
+            assert int(np.argmin(errs)) == t0
+    # Long files decode the window (plus a resampler margin at 44.1 kHz), never the file.
+    assert max(decoded) < crops.window_samples(64) * 44100 / 16000 + 2 * 256 + 441
+    assert src.report.count == 0
+    again, _ = loader.load(pos_B, pos_B % 3)
+    np.testing.assert_array_equal(again, wav_BL)

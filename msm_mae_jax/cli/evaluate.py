@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from msm_mae_jax.cli import common
 from msm_mae_jax.core import fs
@@ -51,6 +52,12 @@ def build_parser(prog: str) -> common.Parser:
     add("--audio-key", default="audio", metavar="NAME", help="audio feature of a tfds task")
     add("--tfds-data-dir", metavar="DIR", help="TensorFlow Datasets data_dir")
     add("--out", metavar="FILE", help="write the results as JSON here")
+    _add_probe_args(add)
+    return p
+
+
+def _add_probe_args(add: Any) -> None:
+    """Layers, normalisation, clip length and the EVAR probe recipe."""
     add("--layers", metavar="LIST", help="probe block outputs: 'all' or e.g. '4,8,12' (1-based)")
     add(
         "--layer-mode",
@@ -114,7 +121,6 @@ def build_parser(prog: str) -> common.Parser:
     )
     add("--no-cache", action="store_true", help="neither read nor write the cache")
     add("--no-progress", action="store_true", help="no progress bars")
-    return p
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "msm-mae eval") -> int:

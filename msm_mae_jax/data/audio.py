@@ -6,6 +6,11 @@ with reflect padding of 200 samples at both ends -> power (|X|^2) over 201 bins 
 basis (80 bands, 50-8000 Hz, Slaney area normalisation, built by `librosa.filters.mel`) ->
 `log(mel + 1.1920929e-07)`. Output layout [..., F=80, T] with T = 1 + S // 160.
 
+`center=False` (both functions) frames the input as given, without padding: frame t covers
+samples [160 t, 160 t + 400), T = 1 + (S - 400) // 160 (S >= 400). The training pipeline uses
+it on waveform windows that already hold the clip's reflect padding (`crops.py`), so a crop's
+frames equal the clip's centred log-mel frames without computing the rest of the clip.
+
 Short inputs: the padding follows numpy's (and so librosa's) `mode='reflect'` for every length,
 including S <= 200 where one reflection is not enough (numpy keeps reflecting, i.e. the
 signal is extended periodically with period 2(S-1); a single sample is repeated). Both
@@ -47,6 +52,11 @@ _PAD = N_FFT // 2
 def num_frames(samples: int) -> int:
     """Number of log-mel frames for a waveform of `samples` samples (center=True)."""
     return 1 + int(samples) // HOP_LENGTH
+
+
+def num_frames_uncentered(samples: int) -> int:
+    """Number of frames of a waveform of `samples` >= 400 samples framed with center=False."""
+    return 1 + (int(samples) - N_FFT) // HOP_LENGTH
 
 
 def samples_for_frames(frames: int) -> int:
@@ -102,13 +112,14 @@ def _frame_indices(samples: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def log_mel(wav: np.ndarray | tf.Tensor) -> tf.Tensor:
-    """Log-mel of float32 waveforms [..., S] at 16 kHz -> tf.float32 [..., 80, 1 + S // 160].
+def log_mel(wav: np.ndarray | tf.Tensor, center: bool = True) -> tf.Tensor:
+    """Log-mel of float32 waveforms [..., S] at 16 kHz -> tf.float32 [..., 80, T].
 
-    Pure TF ops: works eagerly and inside `tf.data.Dataset.map` / `tf.function`, with static or
-    dynamic S (the rank must be known). The STFT is a 400-point real FFT of the windowed frames
-    (faster on CPU here than a DFT matmul, and float32-exact). Raises ValueError (static S) or
-    tf.errors.InvalidArgumentError (dynamic S) for an empty waveform.
+    T = 1 + S // 160 (center=True), 1 + (S - 400) // 160 (center=False, S >= 400). Pure TF ops:
+    works eagerly and inside `tf.data.Dataset.map` / `tf.function`, with static or dynamic S
+    (the rank must be known). The STFT is a 400-point real FFT of the windowed frames (faster
+    on CPU here than a DFT matmul, and float32-exact). Raises ValueError (static S) or
+    tf.errors.InvalidArgumentError (dynamic S) for an input too short to frame.
     """
     tf = tensorflow()
     wav = tf.convert_to_tensor(wav)
@@ -119,30 +130,40 @@ def log_mel(wav: np.ndarray | tf.Tensor) -> tf.Tensor:
         raise ValueError(
             f"log_mel expects a waveform [..., samples] of known rank, got {wav.shape}"
         )
+    min_s = 1 if center else N_FFT
     static_s = wav.shape[-1]
-    if static_s is not None and static_s == 0:
-        raise ValueError("log-mel needs at least one sample, got an empty waveform")
+    if static_s is not None and static_s < min_s:
+        raise ValueError(_too_short(static_s, center))
     if static_s is None:
-        check = tf.debugging.assert_positive(
-            tf.shape(wav)[-1], message="log-mel needs at least one sample, got 0"
+        check = tf.debugging.assert_greater_equal(
+            tf.shape(wav)[-1], min_s, message=_too_short(None, center)
         )
         with tf.control_dependencies([check]):  # fail here, before any gather sees S = 0
             wav = tf.identity(wav)
     s = tf.shape(wav)[-1]
-
-    paddings = [[0, 0]] * (rank - 1) + [[_PAD, _PAD]]
-    reflect_once = lambda: tf.pad(wav, paddings, mode="REFLECT")  # contiguous copy, fast
-    reflect_many = lambda: tf.gather(wav, _reflect_indices_tf(s), axis=-1)  # S <= 200
-    if static_s is not None:
-        padded = reflect_once() if static_s > _PAD else reflect_many()
+    if center:
+        paddings = [[0, 0]] * (rank - 1) + [[_PAD, _PAD]]
+        reflect_once = lambda: tf.pad(wav, paddings, mode="REFLECT")  # contiguous copy, fast
+        reflect_many = lambda: tf.gather(wav, _reflect_indices_tf(s), axis=-1)  # S <= 200
+        if static_s is not None:
+            padded = reflect_once() if static_s > _PAD else reflect_many()
+        else:
+            padded = tf.cond(s > _PAD, reflect_once, reflect_many)
+        frames_TW = _frames_tf(padded, s)
     else:
-        padded = tf.cond(s > _PAD, reflect_once, reflect_many)
-    frames_TW = _frames_tf(padded, s)
+        frames_TW = _frames_tf(wav, s - N_FFT)
     spec_TK = tf.signal.rfft(frames_TW * tf.constant(hann_window()), fft_length=[N_FFT])
     power_TK = tf.math.square(tf.math.real(spec_TK)) + tf.math.square(tf.math.imag(spec_TK))
     mel_TF = tf.linalg.matmul(power_TK, tf.constant(mel_basis()))
     lms_TF = tf.math.log(mel_TF + LOG_OFFSET)
     return tf.linalg.matrix_transpose(lms_TF)
+
+
+def _too_short(samples: int | None, center: bool) -> str:
+    got = "fewer" if samples is None else str(samples)
+    if center:
+        return f"log-mel needs at least one sample, got {got}"
+    return f"log-mel with center=False needs at least {N_FFT} samples, got {got}"
 
 
 def _frames_tf(padded: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
@@ -181,8 +202,10 @@ def _reflect_indices_tf(s: tf.Tensor) -> tf.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def log_mel_jax(wav: np.ndarray | jax.Array) -> jax.Array:
-    """Log-mel in jax.numpy: float32 [..., S] -> jnp.float32 [..., 80, 1 + S // 160]. Jittable.
+def log_mel_jax(wav: np.ndarray | jax.Array, center: bool = True) -> jax.Array:
+    """Log-mel in jax.numpy: float32 [..., S] -> jnp.float32 [..., 80, T]. Jittable.
+
+    T as `log_mel` (center=True: 1 + S // 160; center=False: 1 + (S - 400) // 160).
 
     S is static under jit, so padding and framing are one precomputed gather. The STFT is a
     400-point real FFT (a float32 DFT matmul doubles the error in quiet bands, see the module
@@ -196,9 +219,12 @@ def log_mel_jax(wav: np.ndarray | jax.Array) -> jax.Array:
     if wav.ndim == 0:
         raise ValueError("log_mel_jax expects a waveform [..., samples], got a scalar")
     s = wav.shape[-1]
-    if s == 0:
-        raise ValueError("log-mel needs at least one sample, got an empty waveform")
-    idx_TW = reflect_indices(s)[_frame_indices(s)]
+    if s < (1 if center else N_FFT):
+        raise ValueError(_too_short(s, center))
+    if center:
+        idx_TW = reflect_indices(s)[_frame_indices(s)]
+    else:
+        idx_TW = _frame_indices(s - N_FFT)
     frames_TW = jnp.take(wav, jnp.asarray(idx_TW, dtype=jnp.int32), axis=-1)
     spec_TK = jnp.fft.rfft(frames_TW * jnp.asarray(hann_window()), n=N_FFT, axis=-1)
     power_TK = jnp.square(spec_TK.real) + jnp.square(spec_TK.imag)

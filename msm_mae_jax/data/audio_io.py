@@ -4,7 +4,8 @@ Every failure (missing, unreadable, empty, corrupt, non-audio, too short, NaN/In
 float samples far outside [-1, 1]) is an `AudioError` whose message starts with the file's
 path, so callers can skip and count bad files. Long files are never loaded whole when
 `max_seconds` is given: only a window is read (seek + read), which keeps one-hour recordings
-cheap in every tf.data worker.
+cheap in every tf.data worker; `ClipReader` reads any span of a file's 16 kHz signal, decoding
+only that span.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ MAX_ABS_SAMPLE = 16.0
 # What opening/reading a file can raise: libsndfile errors (RuntimeError subclasses), OS errors
 # (missing, permission, I/O), and ValueError/TypeError/EOFError from odd headers.
 _READ_ERRORS = (OSError, RuntimeError, ValueError, TypeError, EOFError)
+# libsndfile subtypes of integer samples, which decode into [-1, 1].
+_INTEGER_SUBTYPES = ("PCM_", "ULAW", "ALAW", "DPCM_", "DWVW_", "ALAC_")
 
 
 class AudioError(ValueError):
@@ -144,14 +147,131 @@ def load_audio(
     if not np.isfinite(wav_S).all():
         bad = int(np.count_nonzero(~np.isfinite(data_SC)))
         raise AudioError(f"{name}: {bad} NaN/Inf sample value(s)")
-    peak = float(np.max(np.abs(data_SC)))
+    _check_peak(name, float(np.max(np.abs(data_SC))))
+    wav_S = resample(np.ascontiguousarray(wav_S), sr_in, sr)
+    return wav_S
+
+
+class TruncatedAudio(AudioError):
+    """The file holds fewer samples than its header says (a cut download)."""
+
+
+class ClipReader:
+    """An open audio file read as 16 kHz mono spans: `read_into(a, out)` fills `out` with
+    samples [a, a + len(out)) of what `load_audio(path)` returns, decoding only those (plus a
+    resampler margin at other rates).
+
+    At 16 kHz a span is exact (a mono file is decoded straight into `out`). At other rates the
+    span is resampled from the source samples around it (a margin of >= 256 source samples,
+    aligned so that 16 kHz sample positions fall on source samples): equal to the whole-file
+    resampling up to the resampler's edge effects.
+    """
+
+    _MARGIN = 256
+
+    def __init__(self, path: str | os.PathLike):
+        self.name = os.fspath(path)
+        try:
+            self._f = sf.SoundFile(self.name)
+        except _READ_ERRORS as e:
+            raise AudioError(
+                f"{self.name}: cannot read audio ({_describe_open_error(self.name, e)})"
+            ) from e
+        f = self._f
+        self.frames, self.samplerate, self.channels = int(f.frames), int(f.samplerate), f.channels
+        try:
+            _check_header(self.name, self.frames, self.samplerate, self.channels)
+        except AudioError:
+            f.close()
+            raise
+        # soxr's output length for the whole file (what load_audio returns).
+        self.samples = int(np.floor(self.frames * SAMPLE_RATE / self.samplerate + 0.5))
+        # Source samples per whole number of 16 kHz samples (441 at 44.1 kHz, 3 at 48 kHz).
+        self._align = self.samplerate // int(np.gcd(self.samplerate, SAMPLE_RATE))
+        self._pos = 0  # the decoder's position (source frames)
+        # Integer PCM (WAV, FLAC, ...) is decoded into [-1, 1]: only other formats can hold
+        # mis-scaled samples, so only they pay for the peak check.
+        self._check_peak = not str(f.subtype).startswith(_INTEGER_SUBTYPES)
+
+    def __enter__(self) -> ClipReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def _decode(self, start: int, out_SC: np.ndarray) -> None:
+        """Source frames [start, start + len(out)) into float32 `out` ([S] mono, [S, C])."""
+        if start != self._pos:
+            try:
+                self._f.seek(start)
+            except _READ_ERRORS as e:  # past the data of a cut file, or a broken one
+                raise TruncatedAudio(f"{self.name}: cannot seek to {start} ({_describe(e)})") from e
+        try:
+            got = _read_frames_into(self._f, out_SC)
+        except _READ_ERRORS as e:
+            raise AudioError(f"{self.name}: cannot read audio ({_describe(e)})") from e
+        self._pos = start + got
+        if got < out_SC.shape[0]:
+            raise TruncatedAudio(f"{self.name}: {got} of {out_SC.shape[0]} samples from {start}")
+        # One sum finds NaN/Inf (audio is far from float32 overflow); count them if so.
+        if not np.isfinite(np.add.reduce(out_SC, axis=None)):
+            bad = int(np.count_nonzero(~np.isfinite(out_SC)))
+            if bad:
+                raise AudioError(f"{self.name}: {bad} NaN/Inf sample value(s)")
+        if self._check_peak and out_SC.size:
+            _check_peak(self.name, max(float(out_SC.max()), -float(out_SC.min())))
+
+    def _source(self, start: int, count: int) -> np.ndarray:
+        """Mono float32 [count] of source frames from `start` (any rate)."""
+        data_SC = np.empty((count, self.channels), np.float32)
+        self._decode(start, data_SC)
+        return data_SC.mean(axis=1, dtype=np.float32) if self.channels > 1 else data_SC[:, 0]
+
+    def read_into(self, a: int, out: np.ndarray) -> None:
+        """Samples [a, a + len(out)) of the clip at 16 kHz into float32 `out` (1-D, C order),
+        0 <= a < a + len(out) <= samples. Short files raise `TruncatedAudio`."""
+        b, sr = a + out.shape[0], self.samplerate
+        if sr == SAMPLE_RATE:
+            if self.channels == 1:
+                self._decode(a, out)
+            else:
+                out[:] = self._source(a, b - a)
+            return
+        src_a = max(0, (a * sr // SAMPLE_RATE - self._MARGIN) // self._align * self._align)
+        src_b = min(self.frames, -(-b * sr // SAMPLE_RATE) + self._MARGIN)
+        wav = resample(self._source(src_a, src_b - src_a), sr, SAMPLE_RATE)
+        first = src_a * SAMPLE_RATE // sr  # exact: src_a is a multiple of the alignment
+        got = wav[a - first : b - first]
+        out[: got.shape[0]] = got
+        out[got.shape[0] :] = 0.0  # the resampler's rounding at the file's end
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """float32 [b - a]: samples [a, b) of the clip at 16 kHz."""
+        out = np.empty(b - a, np.float32)
+        self.read_into(a, out)
+        return out
+
+
+def _read_frames_into(f: sf.SoundFile, out: np.ndarray) -> int:
+    """Decodes len(out) frames at the current position into C-ordered float32 `out`; returns
+    the frames decoded. libsndfile is called directly where soundfile exposes it: soundfile's
+    own read seeks to the position it reached afterwards, which costs FLAC a frame decode."""
+    snd, ffi = getattr(sf, "_snd", None), getattr(sf, "_ffi", None)
+    if snd is None or ffi is None or not out.flags.c_contiguous:
+        return int(f.read(out=out).shape[0])
+    got = int(snd.sf_readf_float(f._file, ffi.cast("float *", out.ctypes.data), out.shape[0]))
+    err = int(snd.sf_error(f._file))
+    if err:
+        raise RuntimeError(ffi.string(snd.sf_error_number(err)).decode("utf-8", "replace"))
+    return got
+
+
+def _check_peak(name: str, peak: float) -> None:
     if peak > MAX_ABS_SAMPLE:
         raise AudioError(
             f"{name}: sample values reach {peak:.3g}, far outside [-1, 1] (limit "
             f"{MAX_ABS_SAMPLE:g}): a float file holding unscaled integer values? Rescale it"
         )
-    wav_S = resample(np.ascontiguousarray(wav_S), sr_in, sr)
-    return wav_S
 
 
 def _check_header(path: str | os.PathLike, frames: int, sr: int, channels: int) -> None:

@@ -1,38 +1,42 @@
 """The `lms:` corpus format (written by prepare.py) and its training source.
 
 A corpus directory holds TFRecord shards `lms-KKKKK-of-NNNNN.tfrecord` and `manifest.json`
-(files, frames, shards, skipped files and the exact log-mel mean/std of the corpus). Record
-features: `lms` (raw bytes of float16/float32 [80, frames], C order), `frames` (int64) and
-`path` (bytes, relative to the corpus root).
+(files, frames, shards, skipped files and the exact log-mel mean/std of the corpus).
 
-Training: each host reads every P-th shard (or, with fewer shards than hosts, every P-th
-record) in a per-epoch seeded shard order and shuffle, so the batch order depends on the
-process count; `start` skips records of the current epoch without decoding them.
+Manifest version 2 (written today): a record is the raw little-endian bytes of one clip's
+log-mel, float16/float32 [frames, 80] (time-major, no protobuf), and every file entry of the
+manifest holds its shard, frames and `offset`, the byte offset of its record's data in the
+shard. A time crop is then one contiguous byte range: training reads only the crops
+(`os.preadv`, one numpy call per batch), in the process-independent global order of
+`IndexedSource`s (every epoch a permutation of all clips; exact resume; hosts' batches
+concatenate to the one-process batch). The files stay valid TFRecords for sequential readers.
+
+Version 1 (older corpora, still read by `lms_legacy`): `tf.train.Example` records holding
+[80, frames] bytes, read sequentially per host.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
 
 from msm_mae_jax.core.errors import DataError
-from msm_mae_jax.data import audio
+from msm_mae_jax.data import audio, crops
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.data.source_base import (
-    BIG,
-    DataSource,
-    SkipReport,
-    SourceSpec,
-    epoch_seed,
-    mix_seed,
-)
+from msm_mae_jax.data.source_base import BatchLoader, IndexedSource, SkipReport, SourceSpec
 from msm_mae_jax.data.tf_setup import tensorflow
 
 MANIFEST = "manifest.json"
+MANIFEST_VERSION = 2
 DTYPES = ("float16", "float32")
+# A TFRecord: uint64 length, uint32 CRC of the length, the data, uint32 CRC of the data.
+RECORD_HEADER_BYTES = 12
+RECORD_OVERHEAD_BYTES = 16
 
 
 def shard_name(k: int, n: int) -> str:
@@ -46,6 +50,12 @@ def read_manifest(path: str) -> dict[str, Any]:
         raise DataError(f"{path}: no {MANIFEST}; write shards with `python -m msm_mae_jax.prepare`")
     with open(mpath) as f:
         manifest = json.load(f)
+    version = manifest.get("version")
+    if version not in (1, MANIFEST_VERSION):
+        raise DataError(
+            f"{mpath}: manifest version {version!r} is not one this code reads (1, 2); "
+            "re-run `python -m msm_mae_jax.prepare` to rewrite the corpus"
+        )
     if not manifest.get("shards"):
         raise DataError(f"{mpath}: no shards listed (no usable audio in the prepared corpus)")
     for sh in manifest["shards"]:
@@ -54,113 +64,137 @@ def read_manifest(path: str) -> dict[str, Any]:
     return manifest
 
 
-def serialize_record(lms_FT: np.ndarray, path: str) -> bytes:
-    """One record of a shard: the log-mel as stored (float16/float32 [80, T]) and its path."""
-    tf = tensorflow()
-
-    def feature(**kw) -> Any:  # noqa: ANN003
-        return tf.train.Feature(**kw)
-
-    example = tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                "lms": feature(bytes_list=tf.train.BytesList(value=[lms_FT.tobytes()])),
-                "frames": feature(int64_list=tf.train.Int64List(value=[lms_FT.shape[1]])),
-                "path": feature(bytes_list=tf.train.BytesList(value=[path.encode()])),
-            }
-        )
-    )
-    return example.SerializeToString()
+def record_bytes(lms_FT: np.ndarray) -> bytes:
+    """A version-2 record: the log-mel as stored, time-major little-endian bytes."""
+    return np.ascontiguousarray(lms_FT.T).astype(lms_FT.dtype.newbyteorder("<")).tobytes()
 
 
-def parse_lms_record(record, dtype: str):  # noqa: ANN001, ANN201 (tf in, tf out)
-    """A serialized record -> (lms float32 [80, frames], path string)."""
-    tf = tensorflow()
-    ex = tf.io.parse_single_example(
-        record,
-        {
-            "lms": tf.io.FixedLenFeature([], tf.string),
-            "frames": tf.io.FixedLenFeature([], tf.int64),
-            "path": tf.io.FixedLenFeature([], tf.string),
-        },
-    )
-    lms = tf.io.decode_raw(ex["lms"], tf.float16 if dtype == "float16" else tf.float32)
-    lms = tf.reshape(tf.cast(lms, tf.float32), [audio.N_MELS, -1])
-    return lms, ex["path"]
+def data_offsets(sizes: list[int]) -> list[int]:
+    """Byte offsets of the data of consecutive TFRecords of the given data sizes in a file."""
+    offsets, pos = [], 0
+    for size in sizes:
+        offsets.append(pos + RECORD_HEADER_BYTES)
+        pos += size + RECORD_OVERHEAD_BYTES
+    return offsets
 
 
-def host_shards(manifest: dict, p: int, n: int) -> tuple[list[str], int, bool]:
-    """Shards host p of n reads, its records per epoch, and whether records are split instead."""
-    shards = manifest["shards"]
-    if len(shards) >= n:
-        mine = shards[p::n]
-        return [s["name"] for s in mine], sum(int(s["num_records"]) for s in mine), False
-    total = sum(int(s["num_records"]) for s in shards)
-    count = len(range(p, total, n))
-    if count == 0:
-        raise DataError(f"lms corpus has {total} records, fewer than {n} processes")
-    return [s["name"] for s in shards], count, True
+class LmsSource(IndexedSource):
+    """Log-mel shards of a prepared corpus (`lms:/dir`), read by crop (manifest version 2)."""
 
+    yields = "lms"
 
-class LmsSource(DataSource):
-    """Log-mel shards of a prepared corpus (`lms:/dir`)."""
-
-    def __init__(self, path: str, *, shuffle_buffer: int = 2048, spec: str = ""):
+    def __init__(self, path: str, manifest: dict[str, Any] | None = None, spec: str = ""):
         self.path = path
         self.spec = spec or f"lms:{path}"
-        self.manifest = read_manifest(path)
-        self.shuffle_buffer = int(shuffle_buffer)
+        self.manifest = manifest or read_manifest(path)
         self.report = SkipReport(self.spec)
 
     @classmethod
-    def from_spec(cls, spec: SourceSpec, data_config: Any) -> LmsSource:
-        return cls(spec.path, shuffle_buffer=int(data_config.shuffle_buffer), spec=spec.spec)
+    def from_spec(cls, spec: SourceSpec, data_config: Any) -> Any:
+        """A version-2 corpus as `LmsSource`, a version-1 one as `lms_legacy.LegacyLmsSource`."""
+        manifest = read_manifest(spec.path)
+        if manifest["version"] == 1:
+            from msm_mae_jax.data.lms_legacy import LegacyLmsSource
+
+            return LegacyLmsSource(
+                spec.path, manifest, int(data_config.shuffle_buffer), spec=spec.spec
+            )
+        return cls(spec.path, manifest, spec=spec.spec)
 
     @property
     def total_examples(self) -> int:
-        return sum(int(s["num_records"]) for s in self.manifest["shards"])
-
-    def num_examples_per_process(self, process_count: int) -> list[int]:
-        return [host_shards(self.manifest, p, process_count)[1] for p in range(process_count)]
+        return int(len(self.manifest["files"]))
 
     def known_norm_stats(self) -> NormStats:
         return NormStats.from_dict(self.manifest["norm_stats"])
 
-    def elements(
-        self,
-        *,
-        seed: int,
-        process_index: int,
-        process_count: int,
-        local_batch: int,
-        start: int,
-        frames: int,
-    ) -> Any:
+    def batch_loader(self, seed: int, frames: int) -> BatchLoader:
+        reader = _CropReader(self.path, self.manifest, seed, frames)
         tf = tensorflow()
-        shards, counts, record_shard = host_shards(self.manifest, process_index, process_count)
-        files = [os.path.join(self.path, s) for s in shards]
-        dtype, buf = self.manifest["dtype"], self.shuffle_buffer
-        host_seed = mix_seed(seed, process_index, 1)
 
-        def epoch(e):  # noqa: ANN001, ANN202
-            noise = tf.random.stateless_uniform(
-                [len(files)], seed=tf.stack([tf.constant(host_seed, tf.int64), e])
-            )
-            order = tf.gather(tf.constant(files), tf.argsort(noise, stable=True))
-            ds = tf.data.Dataset.from_tensor_slices(order).interleave(
-                tf.data.TFRecordDataset,
-                cycle_length=min(4, len(files)),
-                block_length=1,
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            )
-            if record_shard:
-                ds = ds.shard(process_count, process_index)
-            return ds.shuffle(buf, seed=epoch_seed(host_seed, e), reshuffle_each_iteration=False)
+        def finish(x_BTF):  # noqa: ANN001, ANN202
+            return tf.transpose(tf.cast(x_BTF, tf.float32), [0, 2, 1])
 
-        epoch0, offset = divmod(start, counts)
-        recs = tf.data.Dataset.range(epoch0, BIG).flat_map(epoch).skip(offset)
-        pos = tf.data.Dataset.range(start, BIG)
-        return tf.data.Dataset.zip(pos, recs).map(
-            lambda p, r: (p, parse_lms_record(r, dtype)[0]), tf.data.AUTOTUNE
-        )
+        return BatchLoader(reader, "lms", reader.dtype, (frames, audio.N_MELS), finish)
+
+
+class _CropReader:
+    """(global positions [B], clip indices [B]) -> (log-mel crops [B, T, 80] as stored, zero
+    after the valid frames; valid frames [B]): one positioned read per crop."""
+
+    def __init__(self, root: str, manifest: dict[str, Any], seed: int, frames: int):
+        names = [s["name"] for s in manifest["shards"]]
+        shard_of = {n: k for k, n in enumerate(names)}
+        files = manifest["files"]
+        self.shard = np.array([shard_of[f["shard"]] for f in files], np.int64)
+        self.offset = np.array([f["offset"] for f in files], np.int64)
+        self.clip_frames = np.array([f["frames"] for f in files], np.int64)
+        self.paths = [os.path.join(root, n) for n in names]
+        self.dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
+        self.row_bytes = audio.N_MELS * self.dtype.itemsize
+        self.seed, self.frames = int(seed), int(frames)
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._max_fds = _fd_budget()
+        weakref.finalize(self, _close_all, self._fds)
+
+    def _open(self, k: int) -> tuple[int, bool]:
+        """(fd of shard k, whether the caller must close it)."""
+        fd = self._fds.get(k)
+        if fd is not None:
+            return fd, False
+        try:
+            fd = os.open(self.paths[k], os.O_RDONLY)
+        except OSError as e:
+            raise DataError(f"{self.paths[k]}: cannot open lms shard ({e})") from e
+        with self._lock:
+            if k not in self._fds and len(self._fds) < self._max_fds:
+                self._fds[k] = fd
+                return fd, False
+        return fd, True
+
+    def __call__(self, pos_B: np.ndarray, idx_B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        frames = self.frames
+        clip_B = self.clip_frames[idx_B]
+        t0_B = crops.crop_start(crops.uniform(self.seed, pos_B), clip_B, frames)
+        n_B = np.minimum(clip_B - t0_B, frames)
+        out = np.zeros((len(idx_B), frames * self.row_bytes), np.uint8)
+        for b, i in enumerate(idx_B):
+            k = int(self.shard[i])
+            want = int(n_B[b]) * self.row_bytes
+            start = int(self.offset[i]) + int(t0_B[b]) * self.row_bytes
+            fd, owned = self._open(k)
+            try:
+                got = os.preadv(fd, [out[b, :want]], start)
+            except OSError as e:
+                raise DataError(f"{self.paths[k]}: cannot read lms shard ({e})") from e
+            finally:
+                if owned:
+                    os.close(fd)
+            if got != want:
+                raise DataError(
+                    f"{self.paths[k]}: {got} of {want} bytes at offset {start}; the shard is "
+                    "shorter than its manifest says (re-run prepare to rebuild it)"
+                )
+        x = out.view(self.dtype).reshape(len(idx_B), frames, audio.N_MELS)
+        return x, n_B.astype(np.int32)
+
+
+def _fd_budget() -> int:
+    """Shard files a reader keeps open: a quarter of the soft limit on open files."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        soft = 256
+    return max(8, (soft if soft > 0 else 1024) // 4)
+
+
+def _close_all(fds: dict[int, int]) -> None:
+    for fd in fds.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()

@@ -11,8 +11,9 @@ matches the plan and whose file has the recorded size, so an interrupted run res
 stopped. manifest.json lists files, frames, shards, skipped files and the exact mean/std of
 all log-mel values of the corpus (`NormStats`).
 
-Record features: `lms` (raw bytes of float16/float32 [80, frames], C order), `frames` (int64),
-`path` (bytes, relative to the corpus root).
+Records (manifest version 2, `lms_shards`): the raw little-endian bytes of each log-mel,
+time-major float16/float32 [frames, 80]; the manifest lists each file's shard, frames and the
+byte offset of its record's data, so training reads only its crops.
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ import numpy as np
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio_io
 from msm_mae_jax.data.file_scan import list_audio_files
-from msm_mae_jax.data.lms_shards import DTYPES, MANIFEST, serialize_record, shard_name
+from msm_mae_jax.data.lms_shards import (
+    DTYPES,
+    MANIFEST,
+    MANIFEST_VERSION,
+    data_offsets,
+    record_bytes,
+    shard_name,
+)
 from msm_mae_jax.data.normalization import NormAccumulator
 from msm_mae_jax.data.source_base import SourceSpec, parse_spec
 from msm_mae_jax.data.tf_setup import tensorflow
 
 log = logging.getLogger(__name__)
-MANIFEST_VERSION = 1
 
 
 def _source_of(src: str, pattern: str) -> tuple[SourceSpec, str]:
@@ -58,6 +65,8 @@ def _shard_is_complete(out: str, name: str, rel_files: list[str]) -> dict | None
         size = os.path.getsize(os.path.join(out, name))
     except (OSError, ValueError):
         return None
+    if marker.get("version") != MANIFEST_VERSION:
+        return None  # written in an older record format: rewrite the shard
     if marker.get("files") != rel_files or marker.get("bytes") != size:
         return None
     return marker
@@ -84,12 +93,16 @@ def _write_shard(job: tuple) -> dict[str, Any]:
                 skipped.append({"path": rel, "reason": str(e)})
                 continue
             stored = lms_FT.astype(dtype)
-            writer.write(serialize_record(stored, rel))
-            records.append({"path": rel, "frames": int(stored.shape[1])})
+            data = record_bytes(stored)
+            writer.write(data)
+            records.append({"path": rel, "frames": int(stored.shape[1]), "bytes": len(data)})
             acc.add(stored)  # the statistics of the values as stored
     final = os.path.join(out, name)
     os.replace(tmp, final)
+    for r, offset in zip(records, data_offsets([r.pop("bytes") for r in records]), strict=True):
+        r["offset"] = offset
     marker = {
+        "version": MANIFEST_VERSION,
         "name": name,
         "files": rel_files,
         "records": records,

@@ -8,16 +8,18 @@ Spec syntax (`config.data.source`, `open_source`):
 - `lms:/dir`: log-mel shards written by `python -m msm_mae_jax.prepare`.
 
 A `DataSource` knows its example count, what each process reads, and gives the training
-pipeline the (position, log-mel) elements of one process. `AudioSource`s (synthetic, files,
-tfds) also give evaluation ordered access to their clips as 16 kHz waveforms.
+pipeline one process's batches of random crops: waveform windows (`crops.py`) of audio
+sources, log-mels of `lms:` shards. `AudioSource`s (synthetic, files, tfds) also give
+evaluation ordered access to their clips as 16 kHz waveforms.
 
-Training order of `IndexedSource`s (synthetic, files), independent of the number of processes:
+Training order of `IndexedSource`s (synthetic, files, lms), independent of the number of processes:
 epoch `e` is one permutation of all N clips drawn from `(seed, e)`; global position
 `g = step * B + j` (B the global batch) holds clip `perm_e[g - e * N]` with `e = g // N`; host p
 of P reads the contiguous slice `j in [p * B_local, (p + 1) * B_local)` of every global batch
-and decodes only those elements. `start` resumes by computing positions (no skip over audio).
-Record sources (tfds, lms) cannot seek: each host reads its own shard of the records, so their
-order depends on the process count (`global_order` False).
+and reads only those elements, one numpy call per batch. `start_step` resumes by computing
+positions (no skip over audio).
+Record sources (tfds; lms corpora of manifest version 1) cannot seek: each host reads its own
+shard of the records, so their order depends on the process count (`global_order` False).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from typing import Any
 import numpy as np
 
 from msm_mae_jax.core.errors import DataError
-from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.data.tf_setup import tensorflow
 
@@ -122,6 +123,8 @@ class DataSource:
     report: SkipReport
     # True: element positions are global and the order does not depend on the process count.
     global_order: bool = False
+    # What `batches` yields: "wav" (waveform windows of crops, `crops.py`) or "lms" (log-mels).
+    yields: str = "wav"
 
     @classmethod
     def from_spec(cls, spec: SourceSpec, data_config: Any) -> DataSource:
@@ -141,21 +144,23 @@ class DataSource:
         """Exact log-mel statistics the source holds without reading its clips, else None."""
         return None
 
-    def elements(
+    def batches(
         self,
         *,
         seed: int,
         process_index: int,
         process_count: int,
         local_batch: int,
-        start: int,
+        start_step: int,
         frames: int,
     ) -> Any:
-        """Endless tf.data Dataset of (pos int64, lms_FT float32 [80, T_clip]) for one process.
+        """Endless tf.data Dataset of one process's batches of random `frames`-frame crops.
 
-        `start` is the process-local position of the first element (step * local_batch);
-        `pos` is the global position for global-order sources, else the local one. `frames` is
-        the training crop: sources that read audio read a window just long enough for it.
+        Each is {"frames": int32 [B] valid frames of each crop, and "wav": float32 [B, L]
+        (`yields` "wav": crop windows, L = crops.window_samples(frames)) or "lms": float32
+        [B, 80, frames] (`yields` "lms": log-mels, zero after the valid frames)}, B =
+        local_batch. The first batch is batch `start_step`; batch s depends only on (seed, s,
+        process_index, process_count) (global-order sources: on (seed, s) and the row range).
         """
         raise NotImplementedError
 
@@ -186,45 +191,61 @@ class AudioSource(DataSource):
         raise NotImplementedError
 
 
-class IndexedSource(AudioSource):
-    """Clips read by index, in the process-independent global order (see the module doc)."""
+@dataclasses.dataclass(frozen=True)
+class BatchLoader:
+    """The numpy side of an `IndexedSource`: `load(positions [B], clip indices [B])` ->
+    (x [B, *row_shape] of `dtype`, valid frames int32 [B]); `finish` (tf, optional) turns x
+    into the batch's `key` entry ("wav" or "lms")."""
+
+    load: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+    key: str
+    dtype: Any  # numpy dtype of x
+    row_shape: tuple[int, ...]
+    finish: Callable[[Any], Any] | None = None
+
+
+class IndexedSource(DataSource):
+    """Clips read by index, in the process-independent global order (see the module doc):
+    one numpy call per batch (`batch_loader`) reads the crops of all its rows."""
 
     global_order = True
 
     def num_examples_per_process(self, process_count: int) -> list[int]:
         return [-(-self.total_examples // process_count)] * process_count
 
-    def training_loader(self, seed: int, frames: int) -> Callable[[Any, Any], np.ndarray]:
-        """numpy (global position, clip index) -> float32 waveform of one training element."""
+    def batch_loader(self, seed: int, frames: int) -> BatchLoader:
+        """The loader of crops drawn with `seed` (crop position = `crops.uniform(seed, g)`)."""
         raise NotImplementedError
 
-    def elements(
+    def batches(
         self,
         *,
         seed: int,
         process_index: int,
         process_count: int,
         local_batch: int,
-        start: int,
+        start_step: int,
         frames: int,
     ) -> Any:
         tf = tensorflow()
-        load_np = self.training_loader(seed, frames)
+        loader = self.batch_loader(mix_seed(seed, 2), frames)
+        out_dtype = tf.as_dtype(loader.dtype)
 
-        def load(pos, i):  # noqa: ANN001, ANN202
-            wav = tf.numpy_function(load_np, [pos, i], tf.float32, stateful=False)
-            wav.set_shape([None])
-            return pos, audio.log_mel(wav)
+        def load(g, i):  # noqa: ANN001, ANN202
+            x, n = tf.numpy_function(loader.load, [g, i], (out_dtype, tf.int32), stateful=False)
+            x.set_shape([local_batch, *loader.row_shape])
+            n.set_shape([local_batch])
+            return {loader.key: loader.finish(x) if loader.finish else x, "frames": n}
 
         stream = global_index_stream(
             self.total_examples,
             mix_seed(seed, 1),
-            start,
+            start_step * local_batch,
             process_index,
             local_batch,
             local_batch * process_count,
         )
-        return stream.map(load, tf.data.AUTOTUNE)
+        return stream.batch(local_batch, drop_remainder=True).map(load, tf.data.AUTOTUNE)
 
 
 # ---- seeds and orders --------------------------------------------------------------------------

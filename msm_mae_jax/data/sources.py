@@ -9,27 +9,31 @@ Kinds (spec syntax in `source_base`): `SyntheticSource` (the built-in generator)
 read their clips by index (`name`, `iterate`, `durations`, `identity`).
 
 Bad files of a `files:` source are skipped up front from their headers (`file_scan`); a file
-that passes but fails to decode in training (or holds NaN/Inf) is replaced by the next file of
-the global sorted list that decodes (deterministic and the same on every host), and reported
-once in the source's `SkipReport`.
+that passes but fails to decode in training (or holds NaN/Inf in its crop) is replaced by the
+next file of the global sorted list that decodes (deterministic and the same on every host),
+and reported once in the source's `SkipReport`. Training reads only each crop's window of a
+file (`crops.py`), the rows of a batch decoded by a thread pool (libsndfile and soxr release
+the GIL).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from msm_mae_jax.core.errors import DataError
-from msm_mae_jax.data import audio, audio_io, synthetic
+from msm_mae_jax.data import audio, audio_io, crops, synthetic
 from msm_mae_jax.data.file_scan import scan_files
 from msm_mae_jax.data.lms_shards import LmsSource
 from msm_mae_jax.data.source_base import (
     SOURCE_KINDS,
     AudioSource,
+    BatchLoader,
     DataSource,
     IndexedSource,
     SkipReport,
@@ -56,7 +60,7 @@ __all__ = [
 MAX_SUBSTITUTES = 16  # decode failures in a row before a training pipeline gives up
 
 
-class SyntheticSource(IndexedSource):
+class SyntheticSource(IndexedSource, AudioSource):
     """Clips of the built-in generator: clip i is `synthetic.make_clip(i, seed, seconds)`."""
 
     def __init__(self, n: int, seed: int = 0, seconds: float = 3.0, spec: str = "synthetic"):
@@ -76,13 +80,18 @@ class SyntheticSource(IndexedSource):
     def total_examples(self) -> int:
         return self.n
 
-    def training_loader(self, seed: int, frames: int) -> Callable[[Any, Any], np.ndarray]:
+    def batch_loader(self, seed: int, frames: int) -> BatchLoader:
         data_seed, seconds = self.seed, self.seconds
 
-        def load(pos, i) -> np.ndarray:  # noqa: ANN001
-            return synthetic.make_clip_cached(int(i), data_seed, seconds)[0]
+        def load(pos_B: np.ndarray, idx_B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            out_BL = np.zeros((len(idx_B), crops.window_samples(frames)), np.float32)
+            n_B = np.zeros(len(idx_B), np.int32)
+            for b, (i, u) in enumerate(zip(idx_B, crops.uniform(seed, pos_B), strict=True)):
+                wav = synthetic.make_clip_cached(int(i), data_seed, seconds)[0]
+                n_B[b] = crops.window_of_wave(wav, u, out_BL[b])
+            return out_BL, n_B
 
-        return load
+        return BatchLoader(load, "wav", np.float32, (crops.window_samples(frames),))
 
     def name(self, i: int) -> str:
         return f"synthetic clip {i} (seed {self.seed})"
@@ -105,7 +114,7 @@ class SyntheticSource(IndexedSource):
         return f"synthetic:{self.n}:{self.seed}:{self.seconds}"
 
 
-class FileSource(IndexedSource):
+class FileSource(IndexedSource, AudioSource):
     """Audio files in a fixed order, read with `audio_io.load_audio` (any format and rate)."""
 
     def __init__(
@@ -139,17 +148,18 @@ class FileSource(IndexedSource):
     def total_examples(self) -> int:
         return len(self.paths)
 
-    def window_seconds(self, frames: int) -> float:
-        """Audio read per training element: the crop plus two frames, capped by
-        max_clip_seconds (> 0), so hour-long files cost no more than short ones."""
-        need = (frames + 2) * audio.HOP_LENGTH / audio.SAMPLE_RATE
+    def max_crop_frames(self, frames: int) -> int:
+        """Valid frames of a crop at most: `frames`, capped by max_clip_seconds (> 0)."""
         cap = self.max_clip_seconds
-        return min(need, cap) if cap > 0 else need
+        if cap <= 0:
+            return int(frames)
+        return min(int(frames), audio.num_frames(int(round(cap * audio.SAMPLE_RATE))))
 
-    def training_loader(self, seed: int, frames: int) -> Callable[[Any, Any], np.ndarray]:
-        return _SubstitutingLoader(
-            self.paths, self.window_seconds(frames), seed, self.report, self.spec
-        )
+    def batch_loader(self, seed: int, frames: int) -> BatchLoader:
+        reader = _CropReader(self.paths, seed, frames, self.report, self.spec)
+        reader.max_frames = self.max_crop_frames(frames)
+        reader.max_seconds = self.max_clip_seconds or None
+        return BatchLoader(reader, "wav", np.float32, (crops.window_samples(frames),))
 
     def name(self, i: int) -> str:
         return self.paths[i]
@@ -174,31 +184,79 @@ class FileSource(IndexedSource):
         return "files:" + h.hexdigest()
 
 
-class _SubstitutingLoader:
-    """numpy side of a files pipeline: (global pos, index) -> wav of the window for that pos.
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    """Decoding threads shared by every files pipeline of the process (one per core)."""
+    global _POOL
+    if _POOL is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        _POOL = concurrent.futures.ThreadPoolExecutor(
+            max(2, cores or os.cpu_count() or 2), thread_name_prefix="msm-mae-decode"
+        )
+    return _POOL
+
+
+class _CropReader:
+    """numpy side of a files pipeline: (global positions, indices) -> crop windows, frames.
+
+    Each row reads only its crop's window (`crops.window` over an `audio_io.ClipReader`); a
+    clip no longer than the crop is read whole (`load_audio`, exactly as evaluation reads it).
     A file that fails to decode is replaced by the next files of the global sorted list (the
-    same replacement on every host and every run, so resumption and the process-independent
-    order stay exact) and reported once. The window is drawn from (seed, pos, attempt).
+    same on every host and every run, so resumption and the process-independent order stay
+    exact) and reported once; attempt k draws its crop from (seed, position, k).
     """
 
-    def __init__(self, paths, seconds, seed, report, spec):  # noqa: ANN001
-        self.paths, self.seconds, self.report, self.spec = paths, seconds, report, spec
-        self.seed = int(seed)
+    def __init__(self, paths, seed, frames, report, spec):  # noqa: ANN001
+        self.paths, self.report, self.spec = paths, report, spec
+        self.seed, self.frames = int(seed), int(frames)
+        self.max_frames = self.frames  # valid frames of a crop at most
+        self.max_seconds: float | None = None  # what is read of a clip read whole
 
-    def __call__(self, pos, i) -> np.ndarray:  # noqa: ANN001
+    def __call__(self, pos_B: np.ndarray, idx_B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out_BL = np.zeros((len(idx_B), crops.window_samples(self.frames)), np.float32)
+        try:
+            rows = _pool().map(self.row, pos_B, idx_B, out_BL)
+        except RuntimeError:  # the interpreter is shutting down: no new threads
+            rows = map(self.row, pos_B, idx_B, out_BL)
+        return out_BL, np.fromiter(rows, np.int32, len(idx_B))
+
+    def row(self, pos: Any, i: Any, out: np.ndarray) -> int:
+        """Writes position `pos`'s crop window (of clip i, or a substitute) into zeroed `out`;
+        returns its valid frames."""
         n = len(self.paths)
-        for k in range(min(n, MAX_SUBSTITUTES)):
+        tried = min(n, MAX_SUBSTITUTES)
+        for k in range(tried):
             path = self.paths[(int(i) + k) % n]
-            rng = np.random.default_rng((self.seed, int(pos), k))
+            u = float(crops.uniform(self.seed, int(pos), k))
             try:
-                return audio_io.load_audio(path, max_seconds=self.seconds, rng=rng)
+                return self._crop(path, u, out)
             except audio_io.AudioError as e:
+                out[:] = 0.0  # a partial read of the failed file
                 self.report.add(path, str(e))
-        raise DataError(
-            f"data source {self.spec!r}: {MAX_SUBSTITUTES} files in a row failed to decode; "
-            + self.report.summary()
+        what = (
+            "the only file (1 file tried)"
+            if tried == 1
+            else f"{tried} files in a row" + (" (all of them)" if tried == n else "")
         )
+        raise DataError(
+            f"data source {self.spec!r}: {what} failed to decode; " + self.report.summary()
+        )
+
+    def _crop(self, path: str, u: float, out: np.ndarray) -> int:
+        with audio_io.ClipReader(path) as f:
+            clip_frames = audio.num_frames(f.samples)
+            if clip_frames > self.frames:
+                t0 = int(crops.crop_start(u, clip_frames, self.frames))
+                n = min(self.max_frames, clip_frames - t0)
+                try:
+                    crops.window(f.read_into, f.samples, t0, n, out)
+                    return n
+                except audio_io.TruncatedAudio:
+                    out[:] = 0.0  # the header promised more: read what is there, as evaluation does
+        wav = audio_io.load_audio(path, max_seconds=self.max_seconds)
+        return crops.window_of_wave(wav, u, out, self.max_frames)
 
 
 _KINDS: dict[str, Any] = {

@@ -3,6 +3,7 @@
 `tfds:name[:version]:split` for training; evaluation tasks open several splits of a dataset
 (concatenated in the given order). Integer PCM is scaled to [-1, 1) (/32768 for int16, as
 soundfile reads PCM files), channels are averaged and the rate converted to 16 kHz with soxr.
+Training crops a window of each clip (`crops.py`) drawn from (seed, process, local position).
 A clip shorter than one hop or with NaN/Inf samples is skipped and counted in training; in
 evaluation an empty or non-finite clip is an `AudioError` naming it (a labelled clip cannot
 silently disappear).
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from msm_mae_jax.core.errors import DataError
-from msm_mae_jax.data import audio, audio_io
+from msm_mae_jax.data import audio, audio_io, crops
 from msm_mae_jax.data.source_base import (
     BIG,
     AudioSource,
@@ -138,14 +139,14 @@ class TfdsSource(AudioSource):
             self._split_size(self._host_split(p, process_count), p) for p in range(process_count)
         ]
 
-    def elements(
+    def batches(
         self,
         *,
         seed: int,
         process_index: int,
         process_count: int,
         local_batch: int,
-        start: int,
+        start_step: int,
         frames: int,
     ) -> Any:
         tf = tensorflow()
@@ -153,35 +154,42 @@ class TfdsSource(AudioSource):
         n_local = self._split_size(split, process_index)
         base = self._read(split)
         host_seed = mix_seed(seed, process_index, 1)
+        crop_seed = mix_seed(seed, process_index, 2)
         buf, sr, report, spec = self.shuffle_buffer, self.sample_rate, self.report, self.spec
         min_samples = audio.HOP_LENGTH * sr // audio.SAMPLE_RATE
+        width = crops.window_samples(frames)
 
-        def check(wav, pos) -> tuple[np.ndarray, bool]:  # noqa: ANN001
+        def crop(wav, pos) -> tuple[np.ndarray, np.int32, bool]:  # noqa: ANN001
             wav = np.asarray(wav, np.float32)
             problem = _problem(wav, min_samples)
             if problem:
                 where = f"{spec} example at position {int(pos)}"
                 report.add(where, f"{where}: {problem}")
-                return np.zeros(1, np.float32), False
-            return audio_io.resample(wav, sr, audio.SAMPLE_RATE), True
+                return np.zeros(width, np.float32), np.int32(0), False
+            wav = audio_io.resample(wav, sr, audio.SAMPLE_RATE)
+            window = np.zeros(width, np.float32)
+            n = crops.window_of_wave(wav, float(crops.uniform(crop_seed, pos)), window)
+            return window, np.int32(n), True
 
         def load(p, ex):  # noqa: ANN001, ANN202
-            wav, ok = tf.numpy_function(
-                check, [self._mono(ex), p], (tf.float32, tf.bool), stateful=False
+            window, n, ok = tf.numpy_function(
+                crop, [self._mono(ex), p], (tf.float32, tf.int32, tf.bool), stateful=False
             )
-            wav.set_shape([None])
+            window.set_shape([width])
+            n.set_shape([])
             ok.set_shape([])
-            return p, wav, ok
+            return window, n, ok
 
         def epoch(e):  # noqa: ANN001, ANN202
             return base.shuffle(buf, seed=epoch_seed(host_seed, e), reshuffle_each_iteration=False)
 
+        start = start_step * local_batch
         epoch0, offset = divmod(start, n_local)
         recs = tf.data.Dataset.range(epoch0, BIG).flat_map(epoch).skip(offset)
         pos = tf.data.Dataset.range(start, BIG)
         ds = tf.data.Dataset.zip(pos, recs).map(load, tf.data.AUTOTUNE)
-        ds = ds.filter(lambda p, w, ok: ok)
-        return ds.map(lambda p, w, ok: (p, audio.log_mel(w)), tf.data.AUTOTUNE)
+        ds = ds.filter(lambda w, n, ok: ok).batch(local_batch, drop_remainder=True)
+        return ds.map(lambda w, n, ok: {"wav": w, "frames": n})
 
     # ---- evaluation ----------------------------------------------------------------------------
 

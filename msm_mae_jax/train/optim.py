@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.model.convert import official_name
+from msm_mae_jax.model.state_dict import official_name
 
 
 @dataclasses.dataclass(frozen=True)
