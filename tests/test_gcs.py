@@ -1,10 +1,13 @@
 """gs:// end to end, against a local Cloud Storage emulator (conftest.py starts it; the tests
 skip with the reason where the emulator package is missing or does not start).
 
-Training runs through the real command with its workdir in a bucket: killed with SIGKILL
-half-way and resumed, its final parameters equal an uninterrupted run's bit for bit; the
-encoder is exported to the bucket and loaded from there. TensorFlow's own gs:// client (TFDS
-`data_dir=gs://...`) cannot be pointed at an emulator and is not exercised here.
+A few FSDD recordings are copied into a bucket and prepared into `lms:` shards there (and the
+preparation resumed); training reads them by byte range (`lms:gs://...`) through the real
+command with its workdir in the bucket, is killed with SIGKILL half-way and resumed, and ends
+bit for bit where an uninterrupted run ends; the encoder is exported to the bucket, loaded
+from there with `Runtime`, and evaluated on a task whose CSV and audio are in the bucket.
+TensorFlow's own gs:// client (TFDS `data_dir=gs://...`, version-1 `lms:` corpora) cannot be
+pointed at an emulator and is not exercised here.
 """
 
 import json
@@ -33,12 +36,15 @@ FLAGS = {
     "figure_every_steps": 4,
     "figure_clips": 2,
     "probe.every_steps": 0,
-    "data.synthetic_clips": 16,
-    "data.synthetic_seconds": 2.5,
     "data.norm_mean": -9.0,
     "data.norm_std": 4.0,
     "mesh": "(('data',1),('fsdp',1),('tensor',1))",
 }
+
+
+LABELS = ("0", "1", "2")  # digits present in FSDD and in its stand-in
+SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
+SPLITS = ("train", "train", "train", "train", "valid", "test", "test")  # per label, by take
 
 
 def _train_cmd(wd: str, **overrides) -> list[str]:
@@ -58,6 +64,36 @@ def env(gcs_emulator_host, tmp_path_factory):
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
+
+
+@pytest.fixture(scope="module")
+def corpus(gcs_emulator_host, fsdd_dir, tmp_path_factory):
+    """(bucket, audio URLs, task CSV URL, lms URL): 21 FSDD recordings (3 digits x 7) copied
+    into a bucket, a task CSV beside them (paths relative to it), and their `lms:` shards
+    prepared into the bucket (the preparation run twice: the second keeps every shard)."""
+    import gcs_emulator
+
+    from msm_mae_jax.data import prepare
+
+    bucket = gcs_emulator.make_bucket(gcs_emulator_host, "corpus-fsdd")
+    rows, files = ["file,label,split"], []
+    for label in LABELS:
+        for k, split in enumerate(SPLITS):
+            name = f"{label}_{SPEAKERS[k % len(SPEAKERS)]}_{k // len(SPEAKERS)}.wav"
+            url = fs.join(bucket, "audio", name)
+            fs.copy_file(str(fsdd_dir / name), url)
+            files.append(url)
+            rows.append(f"../audio/{name},{label},{split}")
+    csv = fs.join(bucket, "tasks", "digits.csv")
+    fs.write_text(csv, "\n".join(rows) + "\n")
+    lms = fs.join(bucket, "lms")
+    first = prepare.prepare(fs.join(bucket, "audio"), lms, shard_size=8, workers=1, progress=False)
+    markers = {n: fs.stamp(fs.join(lms, n + ".json")) for n in ("lms-00000-of-00003.tfrecord",)}
+    again = prepare.prepare(fs.join(bucket, "audio"), lms, shard_size=8, workers=1, progress=False)
+    assert again == first
+    assert {n: fs.stamp(fs.join(lms, n + ".json")) for n in markers} == markers  # kept
+    assert first["num_records"] == len(files) and len(first["shards"]) == 3
+    return bucket, files, csv, lms
 
 
 def _rows(wd: str) -> list[dict]:
@@ -82,17 +118,26 @@ def _kill_at_step(cmd: list[str], env: dict, step: int) -> str:
 
 
 @pytest.mark.slow
-def test_train_kill_resume_export_load_on_gcs(gcs_bucket, env, tmp_path):
-    """Workdir in a bucket: killed during the save of step 4 or just after (the console shows
-    step 5; orbax waits for the save of step 2 before starting that of step 4), resumed from a
-    checkpoint, bitwise equal to an uninterrupted run in a local workdir (run alongside)."""
-    wd, ref = fs.join(gcs_bucket, "runs", "tiny"), str(tmp_path / "ref")
+def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path):
+    """Data and workdir in a bucket: killed during the save of step 4 or just after (the
+    console shows step 5; orbax finishes the save of step 2 before starting that of step 4),
+    resumed from a checkpoint, bitwise equal to an uninterrupted run in a local workdir (run
+    alongside, from the same shards)."""
+    bucket, files, csv, lms = corpus
+    source = {"data.source": f"lms:{lms}"}
+    wd, ref = fs.join(bucket, "runs", "tiny"), str(tmp_path / "ref")
     reference = subprocess.Popen(
-        _train_cmd(ref), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        _train_cmd(ref, **source),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    _kill_at_step(_train_cmd(wd), env, 5)
+    _kill_at_step(_train_cmd(wd, **source), env, 5)
     assert fs.exists(fs.join(wd, workdir_lock.LOCK_NAME))  # left by the killed run
-    r = subprocess.run(_train_cmd(wd), env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    r = subprocess.run(
+        _train_cmd(wd, **source), env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "resumed from" in r.stdout, r.stdout[-3000:]
     assert "took over the lock" in r.stderr, r.stderr[-3000:]
@@ -119,7 +164,7 @@ def test_train_kill_resume_export_load_on_gcs(gcs_bucket, env, tmp_path):
     assert sorted(images["reconstruction"]) == [4, STEPS]
 
     # Export into the bucket through the command, then load it from there.
-    out_dir = fs.join(gcs_bucket, "export", "tiny")
+    out_dir = fs.join(bucket, "export", "tiny")
     r = subprocess.run(
         [sys.executable, "-m", "msm_mae_jax", "export", "--workdir", wd, "--out", out_dir],
         env=env,
@@ -136,3 +181,26 @@ def test_train_kill_resume_export_load_on_gcs(gcs_bucket, env, tmp_path):
     emb = np.asarray(rt.scene_embeddings(wav[None], 16000))
     ref_emb = np.asarray(Runtime.load(ref).scene_embeddings(wav[None], 16000))
     np.testing.assert_array_equal(emb, ref_emb)
+
+    # Evaluate the exported encoder on the task in the bucket (CSV, audio, cache, results).
+    cache, result = fs.join(bucket, "cache"), fs.join(bucket, "results", "digits.json")
+    cmd = [
+        sys.executable,
+        "-m",
+        "msm_mae_jax",
+        "eval",
+        "--checkpoint",
+        out_dir,
+        "--task",
+        f"csv:{csv}",
+    ]
+    cmd += ["--cache-dir", cache, "--out", result, "--seeds", "1", "--max-epochs", "20"]
+    r = subprocess.run(
+        cmd + ["--no-progress"], env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(fs.read_text(result))
+    assert res["clips"] == {"train": 12, "valid": 3, "test": 6} and res["skipped"]["count"] == 0
+    assert len(res["accuracy"]["per_seed"]) == 1  # one seed probed
+    assert res["settings"]["cache_file"].startswith(cache + "/")
+    assert fs.listdir(cache) == [fs.basename(res["settings"]["cache_file"])]

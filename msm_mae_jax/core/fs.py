@@ -222,6 +222,17 @@ def stamps(root: str) -> list[tuple[str, int, str]]:
     )
 
 
+def stamp(path: str) -> tuple[int, str]:
+    """(size, version) of one file; the version changes when it is rewritten."""
+    if not is_remote(path):
+        st = os.stat(path)
+        return st.st_size, str(st.st_mtime_ns)
+    fs, p = _fs(path)
+    info = fs.info(p)
+    keys = ("generation", "mtime", "updated", "created")
+    return int(info.get("size") or 0), str(next((info[k] for k in keys if k in info), ""))
+
+
 def size(path: str) -> int:
     if not is_remote(path):
         return os.path.getsize(path)
@@ -262,6 +273,21 @@ def read_ranges(path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     fs, p = _fs(path)
     starts, ends = [int(s) for s, _ in ranges], [int(e) for _, e in ranges]
     return fs.cat_ranges([p] * len(ranges), starts, ends)
+
+
+def read_many(paths: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
+    """The bytes [starts[i], ends[i]) of paths[i] for every i; on URLs one concurrent batch
+    of ranged reads (paths all of one filesystem)."""
+    if not paths:
+        return []
+    if not is_remote(paths[0]):
+        out = []
+        for p, s, e in zip(paths, starts, ends, strict=True):
+            out += read_ranges(p, [(s, e)])
+        return out
+    fs, _ = _fs(paths[0])
+    bare = [_fs(p)[1] for p in paths]
+    return fs.cat_ranges(bare, [int(s) for s in starts], [int(e) for e in ends])
 
 
 def _put_bytes(fs: Any, p: str, data: bytes) -> None:

@@ -10,13 +10,16 @@ only that span.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.data.audio import HOP_LENGTH, SAMPLE_RATE
 
 # Extension (lower case, with dot) -> the libsndfile major format that reads it.
@@ -80,7 +83,11 @@ def is_audio_file(path: str | os.PathLike) -> bool:
 def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Frames, sample rate and channel count from the header (no sample is decoded)."""
     try:
-        info = sf.info(os.fspath(path))
+        if fs.is_remote(path):
+            with fs.open(os.fspath(path), "rb") as raw:
+                info = sf.info(raw)
+        else:
+            info = sf.info(os.fspath(path))
     except _READ_ERRORS as e:
         name = os.fspath(path)
         raise AudioError(
@@ -88,6 +95,17 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
         ) from e
     _check_header(path, info.frames, info.samplerate, info.channels)
     return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+
+
+@contextlib.contextmanager
+def _open_sound(name: str) -> Iterator[tuple[sf.SoundFile, Any]]:
+    """(SoundFile, the remote file object it reads or None) of a path or URL."""
+    if not fs.is_remote(name):
+        with sf.SoundFile(name) as f:
+            yield f, None
+        return
+    with fs.open(name, "rb") as raw, sf.SoundFile(raw) as f:
+        yield f, raw
 
 
 def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -121,7 +139,7 @@ def load_audio(
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator or None, got {type(rng).__name__}")
     try:
-        with sf.SoundFile(name) as f:
+        with _open_sound(name) as (f, _):
             frames, sr_in, channels = int(f.frames), int(f.samplerate), int(f.channels)
             _check_header(name, frames, sr_in, channels)
             start, count = 0, frames
@@ -171,9 +189,15 @@ class ClipReader:
 
     def __init__(self, path: str | os.PathLike):
         self.name = os.fspath(path)
+        self._raw = None  # the remote file object soundfile reads (URLs)
         try:
-            self._f = sf.SoundFile(self.name)
+            if fs.is_remote(self.name):
+                self._raw = fs.open(self.name, "rb")
+                self._f = sf.SoundFile(self._raw)
+            else:
+                self._f = sf.SoundFile(self.name)
         except _READ_ERRORS as e:
+            self.close()
             raise AudioError(
                 f"{self.name}: cannot read audio ({_describe_open_error(self.name, e)})"
             ) from e
@@ -182,7 +206,7 @@ class ClipReader:
         try:
             _check_header(self.name, self.frames, self.samplerate, self.channels)
         except AudioError:
-            f.close()
+            self.close()
             raise
         # soxr's output length for the whole file (what load_audio returns).
         self.samples = int(np.floor(self.frames * SAMPLE_RATE / self.samplerate + 0.5))
@@ -197,7 +221,17 @@ class ClipReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._f.close()
+        self.close()
+
+    def close(self) -> None:
+        f, raw = getattr(self, "_f", None), self._raw
+        self._raw = None
+        try:
+            if f is not None:
+                f.close()
+        finally:
+            if raw is not None:
+                raw.close()
 
     def _decode(self, start: int, out_SC: np.ndarray) -> None:
         """Source frames [start, start + len(out)) into float32 `out` ([S] mono, [S, C])."""
@@ -290,7 +324,7 @@ def _describe_open_error(name: str, e: BaseException) -> str:
     """libsndfile reports missing/unreadable files as 'System error'; ask the OS for the cause."""
     if isinstance(e, RuntimeError):
         try:
-            with open(name, "rb"):
+            with fs.open(name, "rb"):
                 pass
         except OSError as os_error:
             return _describe(os_error)

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio_io
 from msm_mae_jax.data.source_base import SkipReport, SourceSpec
@@ -31,7 +32,7 @@ class FileList:
     report: SkipReport
 
 
-_INFO_CACHE: dict[tuple[str, int, int], tuple[float, str]] = {}  # (path, size, mtime) -> info
+_INFO_CACHE: dict[tuple[str, int, str], tuple[float, str]] = {}  # (path, size, version) -> info
 _INFO_LOCK = threading.Lock()
 
 
@@ -39,19 +40,16 @@ def list_audio_files(source: SourceSpec) -> list[str]:
     """Candidate audio files of a `files:` source (audio extensions only), sorted."""
     path = source.path
     if glob.has_magic(path):
-        found = [p for p in glob.glob(path, recursive=True) if os.path.isfile(p)]
+        found = [p for p in fs.glob(path) if fs.is_remote(p) or os.path.isfile(p)]
         where = f"glob {path!r}"
-    elif os.path.isfile(path):
+    elif fs.isfile(path):
         found, where = [path], path
-    elif os.path.isdir(path):
+    elif fs.isdir(path):
         found, where = [], f"{path} (patterns {list(source.patterns)})"
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
-            for fn in filenames:
-                full = os.path.join(dirpath, fn)
-                rel = os.path.relpath(full, path)
-                if any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(fn, g) for g in source.patterns):
-                    found.append(full)
+        for full in fs.walk_files(path):
+            rel, fn = fs.relpath(full, path), fs.basename(full)
+            if any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(fn, g) for g in source.patterns):
+                found.append(full)
     else:
         raise DataError(f"data source {source.spec!r}: {path} does not exist")
     files = sorted(p for p in found if audio_io.is_audio_file(p))
@@ -66,15 +64,14 @@ def list_audio_files(source: SourceSpec) -> list[str]:
 def _checked_info(path: str) -> tuple[float, str]:
     """(seconds, '') for a usable header, (0, reason) otherwise; cached by size and mtime."""
     try:
-        st = os.stat(path)
-        key = (path, st.st_size, st.st_mtime_ns)
+        key = (path, *fs.stamp(path))
     except OSError as e:
         return 0.0, f"{path}: {type(e).__name__}: {e}"
     with _INFO_LOCK:
         if key in _INFO_CACHE:
             return _INFO_CACHE[key]
     try:
-        if not os.access(path, os.R_OK):
+        if not fs.is_remote(path) and not os.access(path, os.R_OK):
             raise audio_io.AudioError(f"{path}: not readable (permission denied)")
         info = audio_io.audio_info(path)
         out = (info.seconds, "")

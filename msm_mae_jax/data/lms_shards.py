@@ -7,7 +7,8 @@ Manifest version 2 (written today): a record is the raw little-endian bytes of o
 log-mel, float16/float32 [frames, 80] (time-major, no protobuf), and every file entry of the
 manifest holds its shard, frames and `offset`, the byte offset of its record's data in the
 shard. A time crop is then one contiguous byte range: training reads only the crops
-(`os.preadv`, one numpy call per batch), in the process-independent global order of
+(`os.preadv`, one numpy call per batch; a corpus in a bucket: one set of concurrent ranged
+reads per batch), in the process-independent global order of
 `IndexedSource`s (every epoch a permutation of all clips; exact resume; hosts' batches
 concatenate to the one-process batch). The files stay valid TFRecords for sequential readers.
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio, crops
 from msm_mae_jax.data.normalization import NormStats
@@ -45,11 +47,10 @@ def shard_name(k: int, n: int) -> str:
 
 def read_manifest(path: str) -> dict[str, Any]:
     """The manifest.json of an `lms:` directory (written by prepare.py)."""
-    mpath = os.path.join(path, MANIFEST)
-    if not os.path.isfile(mpath):
+    mpath = fs.join(path, MANIFEST)
+    if not fs.isfile(mpath):
         raise DataError(f"{path}: no {MANIFEST}; write shards with `python -m msm_mae_jax.prepare`")
-    with open(mpath) as f:
-        manifest = json.load(f)
+    manifest = json.loads(fs.read_text(mpath))
     version = manifest.get("version")
     if version not in (1, MANIFEST_VERSION):
         raise DataError(
@@ -58,8 +59,12 @@ def read_manifest(path: str) -> dict[str, Any]:
         )
     if not manifest.get("shards"):
         raise DataError(f"{mpath}: no shards listed (no usable audio in the prepared corpus)")
+    present = set(fs.listdir(path)) if fs.is_remote(path) else None  # one listing
     for sh in manifest["shards"]:
-        if not os.path.isfile(os.path.join(path, sh["name"])):
+        there = (
+            sh["name"] in present if present is not None else fs.isfile(fs.join(path, sh["name"]))
+        )
+        if not there:
             raise DataError(f"{mpath}: shard {sh['name']} is missing; re-run prepare to rebuild it")
     return manifest
 
@@ -129,7 +134,8 @@ class _CropReader:
         self.shard = np.array([shard_of[f["shard"]] for f in files], np.int64)
         self.offset = np.array([f["offset"] for f in files], np.int64)
         self.clip_frames = np.array([f["frames"] for f in files], np.int64)
-        self.paths = [os.path.join(root, n) for n in names]
+        self.paths = [fs.join(root, n) for n in names]
+        self.remote = fs.is_remote(root)
         self.dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
         self.row_bytes = audio.N_MELS * self.dtype.itemsize
         self.seed, self.frames = int(seed), int(frames)
@@ -159,6 +165,13 @@ class _CropReader:
         t0_B = crops.crop_start(crops.uniform(self.seed, pos_B), clip_B, frames)
         n_B = np.minimum(clip_B - t0_B, frames)
         out = np.zeros((len(idx_B), frames * self.row_bytes), np.uint8)
+        read = self._read_remote if self.remote else self._read_local
+        read(out, idx_B, t0_B, n_B)
+        x = out.view(self.dtype).reshape(len(out), frames, audio.N_MELS)
+        return x, n_B.astype(np.int32)
+
+    def _read_local(self, out: np.ndarray, idx_B, t0_B, n_B) -> None:  # noqa: ANN001
+        """One positioned read per crop, straight into its row of `out`."""
         for b, i in enumerate(idx_B):
             k = int(self.shard[i])
             want = int(n_B[b]) * self.row_bytes
@@ -176,8 +189,24 @@ class _CropReader:
                     f"{self.paths[k]}: {got} of {want} bytes at offset {start}; the shard is "
                     "shorter than its manifest says (re-run prepare to rebuild it)"
                 )
-        x = out.view(self.dtype).reshape(len(idx_B), frames, audio.N_MELS)
-        return x, n_B.astype(np.int32)
+
+    def _read_remote(self, out: np.ndarray, idx_B, t0_B, n_B) -> None:  # noqa: ANN001
+        """Every crop of the batch in one set of concurrent ranged reads (object stores)."""
+        starts = self.offset[idx_B] + t0_B * self.row_bytes
+        ends = starts + n_B * self.row_bytes
+        paths = [self.paths[int(k)] for k in self.shard[idx_B]]
+        try:
+            got = fs.read_many(paths, starts.tolist(), ends.tolist())
+        except OSError as e:
+            raise DataError(f"{paths[0]}: cannot read lms shard ({e})") from e
+        for b, data in enumerate(got):
+            want = int(ends[b] - starts[b])
+            if len(data) != want:
+                raise DataError(
+                    f"{paths[b]}: {len(data)} of {want} bytes at offset {int(starts[b])}; the "
+                    "shard is shorter than its manifest says (re-run prepare to rebuild it)"
+                )
+            out[b, :want] = np.frombuffer(data, np.uint8)
 
 
 def _fd_budget() -> int:

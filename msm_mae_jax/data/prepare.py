@@ -14,6 +14,10 @@ all log-mel values of the corpus (`NormStats`).
 Records (manifest version 2, `lms_shards`): the raw little-endian bytes of each log-mel,
 time-major float16/float32 [frames, 80]; the manifest lists each file's shard, frames and the
 byte offset of its record's data, so training reads only its crops.
+
+SRC and OUT may be URLs (gs://...): each shard is written to a local temporary file and
+uploaded whole (an object appears complete or not at all), then its marker; resuming works
+the same way there.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import json
 import logging
 import multiprocessing
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio_io
 from msm_mae_jax.data.file_scan import list_audio_files
@@ -48,21 +54,20 @@ def _source_of(src: str, pattern: str) -> tuple[SourceSpec, str]:
     """(files spec, corpus root for relative paths) from a dir, a glob or a files: spec."""
     source = parse_spec(src if src.startswith("files:") else f"files:{src}", pattern)
     root = source.path
-    if not os.path.isdir(root):
-        root = os.path.dirname(root.split("*")[0].split("?")[0].split("[")[0]) or "."
-    return source, os.path.abspath(root)
+    if not fs.isdir(root):
+        root = fs.dirname(root.split("*")[0].split("?")[0].split("[")[0]) or "."
+    return source, fs.absolute(root)
 
 
 def _marker_path(out: str, name: str) -> str:
-    return os.path.join(out, name + ".json")
+    return fs.join(out, name + ".json")
 
 
 def _shard_is_complete(out: str, name: str, rel_files: list[str]) -> dict | None:
     """The marker of a fully written shard of exactly these files, else None."""
     try:
-        with open(_marker_path(out, name)) as f:
-            marker = json.load(f)
-        size = os.path.getsize(os.path.join(out, name))
+        marker = json.loads(fs.read_text(_marker_path(out, name)))
+        size = fs.size(fs.join(out, name))
     except (OSError, ValueError):
         return None
     if marker.get("version") != MANIFEST_VERSION:
@@ -75,15 +80,48 @@ def _shard_is_complete(out: str, name: str, rel_files: list[str]) -> dict | None
 def _write_shard(job: tuple) -> dict[str, Any]:
     """Worker: log-mels of one shard's files -> tfrecord + marker. Returns the marker."""
     out, name, root, rel_files, dtype, max_seconds = job
+    tf = tensorflow()
+    final = fs.join(out, name)
+    if fs.is_remote(out):  # written here, then uploaded whole
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+    else:
+        tmp = os.path.join(out, f".{name}.tmp")
+    try:
+        records, skipped, acc = _write_records(tf, tmp, root, rel_files, dtype, max_seconds)
+        nbytes = os.path.getsize(tmp)
+        if fs.is_remote(out):
+            fs.copy_file(tmp, final)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if fs.is_remote(out) and os.path.exists(tmp):
+            os.remove(tmp)
+    for r, offset in zip(records, data_offsets([r.pop("bytes") for r in records]), strict=True):
+        r["offset"] = offset
+    marker = {
+        "version": MANIFEST_VERSION,
+        "name": name,
+        "files": rel_files,
+        "records": records,
+        "skipped": skipped,
+        **acc.to_dict(),  # count, mean, m2: merged exactly into the corpus statistics
+        "bytes": nbytes,
+    }
+    fs.write_text(_marker_path(out, name), json.dumps(marker))
+    return marker
+
+
+def _write_records(tf, tmp, root, rel_files, dtype, max_seconds):  # noqa: ANN001, ANN202
+    """Log-mel records of `rel_files` into the local TFRecord file `tmp`: (records, skipped,
+    statistics)."""
     from msm_mae_jax.data import audio
 
-    tf = tensorflow()
     records, skipped = [], []
     acc = NormAccumulator()
-    tmp = os.path.join(out, f".{name}.tmp")
     with tf.io.TFRecordWriter(tmp) as writer:
         for rel in rel_files:
-            path = os.path.join(root, rel)
+            path = fs.join(root, rel)
             try:
                 wav = audio_io.load_audio(path, max_seconds=max_seconds or None)
                 lms_FT = np.asarray(audio.log_mel(wav), np.float32)
@@ -97,24 +135,7 @@ def _write_shard(job: tuple) -> dict[str, Any]:
             writer.write(data)
             records.append({"path": rel, "frames": int(stored.shape[1]), "bytes": len(data)})
             acc.add(stored)  # the statistics of the values as stored
-    final = os.path.join(out, name)
-    os.replace(tmp, final)
-    for r, offset in zip(records, data_offsets([r.pop("bytes") for r in records]), strict=True):
-        r["offset"] = offset
-    marker = {
-        "version": MANIFEST_VERSION,
-        "name": name,
-        "files": rel_files,
-        "records": records,
-        "skipped": skipped,
-        **acc.to_dict(),  # count, mean, m2: merged exactly into the corpus statistics
-        "bytes": os.path.getsize(final),
-    }
-    mtmp = _marker_path(out, name) + ".tmp"
-    with open(mtmp, "w") as f:
-        json.dump(marker, f)
-    os.replace(mtmp, _marker_path(out, name))
-    return marker
+    return records, skipped, acc
 
 
 def prepare(
@@ -134,8 +155,8 @@ def prepare(
     if shard_size <= 0:
         raise ValueError(f"shard_size={shard_size} must be positive")
     source, root = _source_of(src, pattern)
-    rel = [os.path.relpath(os.path.abspath(p), root) for p in list_audio_files(source)]
-    os.makedirs(out, exist_ok=True)
+    rel = [fs.relpath(fs.absolute(p), root) for p in list_audio_files(source)]
+    fs.makedirs(out)
     n_shards = -(-len(rel) // shard_size)
     plan = [
         (shard_name(k, n_shards), rel[k * shard_size : (k + 1) * shard_size])
@@ -175,20 +196,17 @@ def prepare(
             pool.join()
 
     manifest = _manifest(src, root, dtype, shard_size, plan, markers)
-    tmp = os.path.join(out, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out, MANIFEST))
+    fs.write_text(fs.join(out, MANIFEST), json.dumps(manifest, indent=1))
     if manifest["skipped"]:
         log.warning(
             "%d file(s) skipped; reasons in %s",
             len(manifest["skipped"]),
-            os.path.join(out, MANIFEST),
+            fs.join(out, MANIFEST),
         )
     if not manifest["shards"]:
         raise DataError(
             f"{src}: none of the {len(rel)} audio file(s) is usable; "
-            f"reasons in {os.path.join(out, MANIFEST)}"
+            f"reasons in {fs.join(out, MANIFEST)}"
         )
     return manifest
 
@@ -213,7 +231,7 @@ def _manifest(src, root, dtype, shard_size, plan, markers) -> dict[str, Any]:  #
     stats = acc.stats().to_dict() if acc.count else None
     return {
         "version": MANIFEST_VERSION,
-        "source": os.path.abspath(src) if not src.startswith("files:") else src,
+        "source": fs.absolute(src) if not src.startswith("files:") else src,
         "root": root,
         "dtype": dtype,
         "n_mels": 80,

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio, audio_io, crops, synthetic
 from msm_mae_jax.data.file_scan import scan_files
@@ -179,8 +180,8 @@ class FileSource(IndexedSource, AudioSource):
         """Paths, sizes and modification times: a changed file invalidates cached embeddings."""
         h = hashlib.sha256()
         for p in self.paths:
-            st = os.stat(p)
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            size, version = fs.stamp(p)
+            h.update(f"{p}\0{size}\0{version}\n".encode())
         return "files:" + h.hexdigest()
 
 
