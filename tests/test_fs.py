@@ -2,11 +2,12 @@
 emulator, see conftest.py)."""
 
 import os
+import time
 import uuid
 
 import pytest
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, staging
 
 
 @pytest.fixture(params=["local", "memory", "gcs"])
@@ -111,11 +112,11 @@ def test_copy_between_local_and_remote(tmp_path):
     fs.copy_file(fs.join(url, "a.bin"), fs.join(url, "b.bin"))
     fs.copy_file(fs.join(url, "b.bin"), str(tmp_path / "b.bin"))
     assert (tmp_path / "b.bin").read_bytes() == b"abc\r"
-    fs.upload_dir(str(tmp_path), fs.join(url, "up"))
+    staging.upload_dir(str(tmp_path), fs.join(url, "up"))
     assert fs.listdir(fs.join(url, "up")) == ["a.bin", "b.bin"]
-    fs.download_dir(fs.join(url, "up"), str(tmp_path / "down"))
+    staging.download_dir(fs.join(url, "up"), str(tmp_path / "down"))
     assert sorted(os.listdir(tmp_path / "down")) == ["a.bin", "b.bin"]
-    with fs.local_file(fs.join(url, "a.bin")) as local:
+    with staging.local_file(fs.join(url, "a.bin")) as local:
         assert open(local, "rb").read() == b"abc\r"
     assert not os.path.exists(local)
     fs.rmtree(url)
@@ -130,7 +131,7 @@ def test_staged_dir_uploads_changes_and_keeps_earlier_content(root):
     target = fs.join(root, "wd")
     fs.makedirs(target)
     fs.write_text(fs.join(target, "metrics.jsonl"), "1\n")
-    staged = fs.StagedDir(target)
+    staged = staging.StagedDir(target)
     assert staged.fetch("metrics.jsonl") and not staged.fetch("absent.txt")
     with open(os.path.join(staged.path, "metrics.jsonl"), "a") as f:
         f.write("2\n")
@@ -154,3 +155,22 @@ def test_emulator_env_only_with_an_emulator():
     assert env["TENSORSTORE_GCS_HTTP_URL"] == "http://127.0.0.1:9023"
     assert env["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] == "false"
     assert env["EPATH_USE_TF"] == "true"  # a user's own setting is kept
+
+
+def test_resolve_and_relpath(tmp_path):
+    assert fs.resolve("gs://b/tasks", "../audio/x.wav") == "gs://b/audio/x.wav"
+    assert fs.resolve("gs://b/tasks", "gs://c/y.wav") == "gs://c/y.wav"
+    assert fs.resolve(str(tmp_path), "a/../b.wav") == str(tmp_path / "b.wav")
+    assert fs.relpath("gs://b/audio/x/y.wav", "gs://b/audio") == "x/y.wav"
+    assert fs.relpath(str(tmp_path / "x" / "y.wav"), str(tmp_path)) == os.path.join("x", "y.wav")
+
+
+def test_stamps_change_when_a_file_is_rewritten(root):
+    path = fs.join(root, "ckpt", "a.bin")
+    fs.makedirs(fs.dirname(path))
+    fs.write_bytes(path, b"one")
+    before = fs.stamp(path)
+    assert fs.stamps(fs.join(root, "ckpt")) == [(path, 3, before[1])]
+    time.sleep(0.01)  # a new mtime (local), a new generation (GCS) or creation time (memory)
+    fs.write_bytes(path, b"two")
+    assert fs.stamp(path)[0] == 3 and fs.stamp(path) != before

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from train_utils import read_tensorboard
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, staging
 from msm_mae_jax.train import checkpoints, workdir_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,6 +96,59 @@ def corpus(gcs_emulator_host, fsdd_dir, tmp_path_factory):
     return bucket, files, csv, lms
 
 
+@pytest.fixture
+def memory_url():
+    """A fresh memory:// folder (fsspec's in-process filesystem: URLs without a server)."""
+    import uuid
+
+    url = f"memory://t{uuid.uuid4().hex[:8]}"
+    yield url
+    fs.rmtree(url)
+
+
+def test_lms_crops_read_from_a_url_equal_local_reads(fsdd_dir, tmp_path, memory_url):
+    """The same crops, byte for byte, from local shards (os.preadv) and from their copy at a
+    URL (one batch of concurrent ranged reads)."""
+    from msm_mae_jax.data import prepare
+    from msm_mae_jax.data.lms_shards import _CropReader, read_manifest
+
+    names = sorted(p.name for p in fsdd_dir.glob("[012]_*_[01].wav"))[:12]
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for n in names:
+        (audio / n).write_bytes((fsdd_dir / n).read_bytes())
+    local = str(tmp_path / "lms")
+    prepare.prepare(str(audio), local, shard_size=5, workers=1, progress=False)
+    staging.upload_dir(local, memory_url)
+    a = _CropReader(local, read_manifest(local), seed=3, frames=48)
+    b = _CropReader(memory_url, read_manifest(memory_url), seed=3, frames=48)
+    assert b.remote and not a.remote
+    pos_B = np.arange(100, 124)
+    idx_B = np.random.default_rng(0).integers(0, len(names), len(pos_B))
+    (xa, na), (xb, nb) = a(pos_B, idx_B), b(pos_B, idx_B)
+    np.testing.assert_array_equal(na, nb)
+    np.testing.assert_array_equal(xa.view(np.uint16), xb.view(np.uint16))
+    assert len(set(idx_B.tolist())) > 5 and (na > 0).all()
+
+
+def test_audio_reads_from_a_url_equal_local_reads(fsdd_dir, memory_url):
+    """Headers, whole clips and spans of a clip at a URL read as the local file reads."""
+    from msm_mae_jax.data import audio_io
+
+    path = str(fsdd_dir / "1_jackson_0.wav")
+    url = fs.join(memory_url, "a", "1_jackson_0.wav")
+    fs.copy_file(path, url)
+    assert audio_io.audio_info(url) == audio_io.audio_info(path)
+    np.testing.assert_array_equal(audio_io.load_audio(url), audio_io.load_audio(path))
+    with audio_io.ClipReader(path) as f, audio_io.ClipReader(url) as g:
+        out_f, out_g = np.zeros(3000, np.float32), np.ones(3000, np.float32)
+        f.read_into(500, out_f)
+        g.read_into(500, out_g)
+    np.testing.assert_array_equal(out_f, out_g)
+    with pytest.raises(audio_io.AudioError, match="missing.wav"):
+        audio_io.load_audio(fs.join(memory_url, "missing.wav"))
+
+
 def _rows(wd: str) -> list[dict]:
     return [json.loads(line) for line in fs.read_text(fs.join(wd, "metrics.jsonl")).splitlines()]
 
@@ -158,7 +211,7 @@ def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path):
         "recon_00000007.png",
     ]  # and the last step
     local = tmp_path / "tb_copy"
-    fs.download_dir(fs.join(wd, "tb"), str(local / "tb"))
+    staging.download_dir(fs.join(wd, "tb"), str(local / "tb"))
     scalars, images = read_tensorboard(str(local))
     assert sorted(scalars["loss"]) == list(range(1, STEPS + 1))
     assert sorted(images["reconstruction"]) == [4, STEPS]

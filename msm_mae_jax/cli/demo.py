@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
 
 from msm_mae_jax.cli import common
+from msm_mae_jax.core import fs
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "msm-mae demo") -> argparse.Namespace:
@@ -41,8 +41,8 @@ def _demo(argv: list[str], prog: str) -> int:
     from msm_mae_jax.core.config_files import load_config
 
     t_start = time.time()
-    work = os.path.abspath(args.workdir)
-    train_dir, export_dir = os.path.join(work, "train"), os.path.join(work, "export")
+    work = fs.absolute(args.workdir)
+    train_dir, export_dir = fs.join(work, "train"), fs.join(work, "export")
     spec = args.config if ":" in args.config else f"configs/msm_mae.py:{args.config}"
     config = load_config(args.config)  # a bad spec fails here, before jax starts
     from msm_mae_jax.evaluation import linear, tasks
@@ -98,8 +98,7 @@ def _demo(argv: list[str], prog: str) -> int:
         "results": results,
         "wall_s": round(time.time() - t_start, 1),
     }
-    with open(os.path.join(work, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=float)
+    fs.write_text(fs.join(work, "results.json"), json.dumps(summary, indent=2, default=float))
     print("\n" + table)
     print(f"\n[demo] done in {summary['wall_s']:.0f} s. Outputs in {work}:")
     print("  train/         checkpoints, metrics.jsonl, TensorBoard (train/tb), config.json")

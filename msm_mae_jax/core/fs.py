@@ -5,7 +5,7 @@ directly (no behaviour change, no fsspec in the hot path); `scheme://` URLs go t
 (gcsfs for gs://; memory://, s3:// ... where their packages are installed). Object stores
 have no directories, no rename and no append: `makedirs` is a no-op there, `atomic_write`
 publishes the object in one upload (complete or absent, never partial), `rename` is copy +
-delete, and files that grow (logs) are written in a local `StagedDir` and uploaded whole.
+delete, and files that grow (logs) are written locally and uploaded whole (core/staging.py).
 
 A GCS emulator is selected with STORAGE_EMULATOR_HOST=http://HOST:PORT; `use_emulator_env`
 sets what every library of the stack needs for it (gcsfs, etils.epath, tensorstore).
@@ -20,7 +20,6 @@ import os
 import posixpath
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
@@ -189,10 +188,6 @@ def glob(pattern: str) -> list[str]:
     return sorted(_rebase(m, p_root, url_root) for m in fs.glob(p))
 
 
-def has_magic(path: str) -> bool:
-    return bool(re.search(r"[*?[]", path))
-
-
 def walk_files(root: str) -> list[str]:
     """Every file below `root` (full paths or URLs), sorted."""
     if not is_remote(root):
@@ -211,15 +206,16 @@ def stamps(root: str) -> list[tuple[str, int, str]]:
             out.append((path, st.st_size, str(st.st_mtime_ns)))
         return out
     fs, p_root, url_root = _under(root)
-    keys = ("generation", "mtime", "updated", "created")
-    return sorted(
-        (
-            _rebase(f, p_root, url_root),
-            int(info.get("size") or 0),
-            str(next((info[k] for k in keys if k in info), "")),
-        )
-        for f, info in fs.find(p_root + "/", detail=True).items()
-    )
+    found = fs.find(p_root + "/", detail=True).items()
+    return sorted((_rebase(f, p_root, url_root), *_size_version(info)) for f, info in found)
+
+
+def _size_version(info: dict) -> tuple[int, str]:
+    for key in ("generation", "mtime", "updated", "created"):
+        if info.get(key) is not None:
+            v = info[key]
+            return int(info.get("size") or 0), str(v.timestamp() if hasattr(v, "timestamp") else v)
+    return int(info.get("size") or 0), ""
 
 
 def stamp(path: str) -> tuple[int, str]:
@@ -228,9 +224,7 @@ def stamp(path: str) -> tuple[int, str]:
         st = os.stat(path)
         return st.st_size, str(st.st_mtime_ns)
     fs, p = _fs(path)
-    info = fs.info(p)
-    keys = ("generation", "mtime", "updated", "created")
-    return int(info.get("size") or 0), str(next((info[k] for k in keys if k in info), ""))
+    return _size_version(fs.info(p))
 
 
 def size(path: str) -> int:
@@ -418,96 +412,3 @@ def rename(src: str, dst: str) -> None:
     for f in walk_files(src):
         copy_file(f, posixpath.join(dst, f[len(src.rstrip("/")) + 1 :]))
     rmtree(src)
-
-
-def download_dir(url: str, local: str) -> None:
-    """Every file below `url` into the local directory `local` (same relative paths)."""
-    fs, p = _fs(url)
-    root = p.rstrip("/")
-    for f in fs.find(root + "/"):
-        dest = os.path.join(local, *posixpath.relpath(f, root).split("/"))
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        fs.get_file(f, dest)
-
-
-def upload_dir(local: str, url: str) -> None:
-    """Every file below the local directory `local` to `url` (same relative paths)."""
-    fs, p = _fs(url)
-    for d, _, names in os.walk(local):
-        for name in names:
-            src = os.path.join(d, name)
-            rel = os.path.relpath(src, local).replace(os.sep, "/")
-            _put_file(fs, src, posixpath.join(p, rel))
-
-
-class StagedDir:
-    """A directory that may be remote, for writers that need a real local file system
-    (appends, TFRecord writers). Local `target`: `path` is `target` itself and `sync` does
-    nothing. Remote: `path` is a local temporary directory; `fetch(name)` copies an existing
-    file down first, `sync()` uploads every file that changed since the last sync (whole
-    objects: each upload replaces the object atomically), `close()` syncs and cleans up."""
-
-    def __init__(self, target: str):
-        self.target = target
-        self.remote = is_remote(target)
-        if self.remote:
-            self.path = tempfile.mkdtemp(prefix="msm_mae_staged_")
-        else:
-            os.makedirs(target, exist_ok=True)
-            self.path = target
-        self._synced: dict[str, tuple[int, int]] = {}
-
-    def fetch(self, name: str) -> bool:
-        """Copies `target/name` down into `path/name` if it exists; True if it did."""
-        if not self.remote:
-            return os.path.exists(os.path.join(self.path, name))
-        src = join(self.target, name)
-        if not exists(src):
-            return False
-        dst = os.path.join(self.path, *name.split("/"))
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        copy_file(src, dst)
-        self._synced[name] = _stamp(dst)
-        return True
-
-    def sync(self) -> None:
-        if not self.remote:
-            return
-        fs, p = _fs(self.target)
-        for d, _, names in os.walk(self.path):
-            for fname in names:
-                src = os.path.join(d, fname)
-                rel = os.path.relpath(src, self.path).replace(os.sep, "/")
-                stamp = _stamp(src)
-                if self._synced.get(rel) != stamp:
-                    _put_file(fs, src, posixpath.join(p, rel))
-                    self._synced[rel] = stamp
-
-    def close(self) -> None:
-        if not self.remote:
-            return
-        try:
-            self.sync()
-        finally:
-            shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _stamp(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
-@contextlib.contextmanager
-def local_file(path: str) -> Iterator[str]:
-    """A local path holding `path`'s bytes (for readers that need a real file): `path`
-    itself when local, else a temporary copy removed afterwards."""
-    if not is_remote(path):
-        yield path
-        return
-    d = tempfile.mkdtemp(prefix="msm_mae_fetch_")
-    try:
-        dst = os.path.join(d, basename(path) or "file")
-        copy_file(path, dst)
-        yield dst
-    finally:
-        shutil.rmtree(d, ignore_errors=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, staging
 from msm_mae_jax.core.errors import ConversionError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model.artifact import save_model_dir
@@ -54,7 +54,7 @@ def load_state_dict(src: str) -> dict[str, np.ndarray]:
     if not fs.isfile(src):
         raise FileNotFoundError(f"{src}: no such checkpoint file")
     if fs.is_remote(src):
-        with fs.local_file(src) as local:
+        with staging.local_file(src) as local:
             return load_state_dict(local)
     if src.endswith(".npz"):
         return _load_npz(src)

@@ -2,10 +2,13 @@
 
 Each step directory holds two items: `state` (params, opt_state, step, rng: the train state
 pytree) and `meta` (JSON: model config, normalisation statistics, data position, config).
-Orbax writes into a temporary directory and renames it when complete, so a save killed
-half-way never replaces the latest good checkpoint. A step damaged later (a truncated or
-overwritten file, a missing part) is found when it fails to restore: `restore_newest` falls
-back to the newest step that restores and moves the damaged ones to WORKDIR/damaged_checkpoints.
+Orbax writes into a temporary directory and renames it when complete (on gs://, where
+renaming is a copy, it marks a complete step with a commit file instead), so a save killed
+half-way never replaces the latest good checkpoint. The workdir may be a local path or a URL
+(gs://...): orbax reaches buckets through etils.epath and tensorstore. A step damaged later
+(a truncated or overwritten file, a missing part) is found when it fails to restore:
+`restore_newest` falls back to the newest step that restores and moves the damaged ones to
+WORKDIR/damaged_checkpoints.
 """
 
 from __future__ import annotations

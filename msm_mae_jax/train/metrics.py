@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import staging
 
 SYNC_SECONDS = 5.0  # remote workdirs: GCS allows about one update per second of an object
 
@@ -137,12 +137,12 @@ class MetricWriter:
         self.stream = stream or sys.stdout
         self._tb: _EventFile | None = None
         self._jsonl = None
-        self._staged: fs.StagedDir | None = None
+        self._staged: staging.StagedDir | None = None
         self._synced_at = 0.0
         self.dropped_rows = 0
         if not enabled:
             return
-        self._staged = fs.StagedDir(workdir)
+        self._staged = staging.StagedDir(workdir)
         self._staged.fetch("metrics.jsonl")
         path = os.path.join(self._staged.path, "metrics.jsonl")
         self.dropped_rows = drop_rows_after(path, int(start_step))
