@@ -257,3 +257,22 @@ def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path):
     assert len(res["accuracy"]["per_seed"]) == 1  # one seed probed
     assert res["settings"]["cache_file"].startswith(cache + "/")
     assert fs.listdir(cache) == [fs.basename(res["settings"]["cache_file"])]
+
+
+def test_a_workdir_in_a_missing_bucket_is_one_error(gcs_emulator_host):
+    from msm_mae_jax.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"gs://no-such-bucket/w is not writable \(FileNotFound"):
+        workdir_lock.lock_workdir("gs://no-such-bucket/w")
+
+
+def test_the_lock_of_a_bucket_workdir_is_exclusive(gcs_bucket):
+    """A second trainer is refused while the first holds the lock; released, it is free."""
+    wd = fs.join(gcs_bucket, "run")
+    first = workdir_lock.lock_workdir(wd)
+    with pytest.raises(workdir_lock.WorkdirLockedError, match=f"pid {os.getpid()} on host"):
+        workdir_lock.WorkdirLock(wd).acquire()
+    assert first.check() is None
+    first.release()
+    assert not fs.exists(fs.join(wd, workdir_lock.LOCK_NAME))
+    workdir_lock.lock_workdir(wd).release()

@@ -278,7 +278,8 @@ def lock_workdir(workdir: str, is_main: bool = True, process_count: int = 1):  #
             error = e
         except OSError as e:  # read-only file system, permissions, a file in the way
             error = ConfigError(
-                f"workdir {fs.absolute(workdir)} is not writable ({e.strerror or e}); "
+                f"workdir {fs.absolute(workdir)} is not writable "
+                f"({e.strerror or f'{type(e).__name__}: {e}'}); "
                 "training writes its checkpoints and logs there"
             )
     if process_count > 1:
