@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,20 @@ def test_end_to_end_files_and_resume(tmp_path, capsys):
     assert checkpoints.Checkpointer(wd).all_steps() == [2, 3]
     mc, enc, ns = checkpoints.load_encoder_from_workdir(wd)
     assert mc.embed_dim == 64 and "blocks_0" in enc
+
+    # A crash after step 3 was logged but before its checkpoint: the same command resumes
+    # from step 2 and ends where the uninterrupted run ended, each step logged once.
+    uninterrupted = final_params(wd, 3)
+    shutil.rmtree(os.path.join(checkpoints.checkpoint_dir(wd), "3"))
+    again = loop.train_and_evaluate(c, wd)
+    assert f"resumed from {checkpoints.checkpoint_dir(wd)}/2" in capsys.readouterr().out
+    jax.tree.map(np.testing.assert_array_equal, final_params(wd, 3), uninterrupted)
+    resumed = read_metrics(wd)
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    assert resumed[:2] == rows[:2]
+    for key in ("loss", "probe/accuracy"):  # the replayed step and its probe: the same values
+        assert resumed[2][key] == rows[2][key] == again[key], key
+    assert read_tensorboard(wd)[0]["loss"] == {r["step"]: r["loss"] for r in resumed}
 
 
 def _run_steps(c, batches, init=None):
