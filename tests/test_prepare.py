@@ -13,7 +13,7 @@ from reference import librosa_log_mel
 
 from configs.msm_mae import get_config
 from msm_mae_jax.cli import prepare as prepare_cli
-from msm_mae_jax.core.errors import DataError
+from msm_mae_jax.core.errors import ConfigError, DataError
 from msm_mae_jax.data import lms_shards, prepare
 from msm_mae_jax.data import pipeline as ip
 
@@ -145,7 +145,7 @@ def test_lms_source_reads_crops_in_the_global_order(corpus, tmp_path):
         for x, t in zip(b["lms"][:, 0], b["frames"], strict=True):
             np.testing.assert_array_equal(x[:, t:], stats.normalize(np.float32(0.0)))
     c.data.logmel_on_device = True
-    with pytest.raises(DataError, match="logmel_on_device needs an audio source"):
+    with pytest.raises(ConfigError, match="logmel_on_device needs an audio source"):
         ip.train_iterator(c, stats)
 
 
