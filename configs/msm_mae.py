@@ -98,8 +98,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.synthetic_seed = 0  # content of the built-in clips (independent of c.seed)
     c.data.file_pattern = "*"  # files:/dir sources: glob below the dir (recursive)
     c.data.prefetch = 2
-    # True: the host yields waveform crops ("wav", "frames") and the train step computes the
-    # log-mel on the accelerator (data/device_frontend.py); the host then only decodes audio.
+    # True: the host yields waveform crops ("wav", "frames") and the jitted train step computes
+    # the log-mel and normalisation on the accelerator (data/device_frontend.py, equal to the
+    # host front end); the host then only decodes audio. Audio sources only (files, synthetic,
+    # tfds): an lms: source holds log-mels already (a ConfigError).
     c.data.logmel_on_device = False
 
     # ---- distribution -----------------------------------------------------------------------

@@ -39,6 +39,13 @@ def _cases(tmp):
             "file:/x",
             {},
         ),
+        "logmel on device from lms": (
+            TRAIN_M
+            + ["--config", "tiny", f"--config.data.source=lms:{tmp}"]
+            + ["--config.data.logmel_on_device", *wd],
+            "data.logmel_on_device needs an audio source",
+            {},
+        ),
         "bad int value": (
             TRAIN_PY + ["--config", "tiny", "--config.batch_size=abc", *wd],
             "abc",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import librosa
@@ -12,7 +13,7 @@ from reference import librosa_log_mel
 
 from configs.msm_mae import get_config
 from msm_mae_jax.cli import prepare as prepare_cli
-from msm_mae_jax.core.errors import DataError
+from msm_mae_jax.core.errors import ConfigError, DataError
 from msm_mae_jax.data import lms_shards, prepare
 from msm_mae_jax.data import pipeline as ip
 
@@ -144,7 +145,7 @@ def test_lms_source_reads_crops_in_the_global_order(corpus, tmp_path):
         for x, t in zip(b["lms"][:, 0], b["frames"], strict=True):
             np.testing.assert_array_equal(x[:, t:], stats.normalize(np.float32(0.0)))
     c.data.logmel_on_device = True
-    with pytest.raises(DataError, match="logmel_on_device needs an audio source"):
+    with pytest.raises(ConfigError, match="logmel_on_device needs an audio source"):
         ip.train_iterator(c, stats)
 
 
@@ -172,9 +173,11 @@ def _write_version1_corpus(src, dst):
                 }
                 ex = tf.train.Example(features=tf.train.Features(feature=feature))
                 w.write(ex.SerializeToString())
-    m["version"] = 1
+    m["version"] = 1  # version 1 recorded neither offsets nor shard sizes
     for f in m["files"]:
         del f["offset"]
+    for s in m["shards"]:
+        del s["bytes"]
     (dst / "manifest.json").write_text(json.dumps(m))
     return m
 
@@ -211,10 +214,24 @@ def test_bad_corpora_fail_clearly(corpus, tmp_path):
     manifest["version"] = 2
     (out / "manifest.json").write_text(json.dumps(manifest))
     shard = out / m["shards"][0]["name"]
+    size = shard.stat().st_size
+    assert m["shards"][0]["bytes"] == size
     shard.write_bytes(shard.read_bytes()[:1000])  # lost its end: crops cannot be read
     c = _lms_config(out, frames=8)
-    with pytest.raises(DataError, match=r"shorter than its manifest says"):
+    cut = rf"{re.escape(str(shard))}: 1000 of {size} bytes; the shard is shorter than its manifest"
+    with pytest.raises(DataError, match=cut):  # refused when the corpus is opened
+        ip.count_clips(c)
+    # A manifest without shard sizes: the first crop read past the end names the shard.
+    for sh in manifest["shards"]:
+        del sh["bytes"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=rf"{re.escape(str(shard))}: \d+ of \d+ bytes at offset"):
         next(ip.train_iterator(c, ip.compute_norm_stats(c)))
+    shard.write_bytes(b"x" * (size + 1))
+    manifest["shards"][0]["bytes"] = size
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=rf"{re.escape(shard.name)}: {size + 1} bytes, the manif"):
+        ip.count_clips(c)
 
 
 def test_prepare_cli_and_errors(tmp_path, capsys):

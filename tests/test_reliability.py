@@ -471,7 +471,6 @@ def test_one_file_that_fails_is_counted_as_one(tmp_path):
         _train_on(tmp_path / "audio", tmp_path)
 
 
-@pytest.mark.xfail(reason="fixed in the data layer", strict=False)
 def test_truncated_lms_shard_is_named(fsdd_dir, tmp_path):
     from msm_mae_jax.data import prepare
 

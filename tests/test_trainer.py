@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from train_utils import final_params, read_metrics, read_tensorboard, tiny_confi
 from configs.msm_mae import get_config
 from msm_mae_jax.core.errors import ConfigError
 from msm_mae_jax.data import pipeline
+from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.train import checkpoints, loop, optim
 from msm_mae_jax.train.state import Setup
 
@@ -59,6 +61,20 @@ def test_end_to_end_files_and_resume(tmp_path, capsys):
     assert checkpoints.Checkpointer(wd).all_steps() == [2, 3]
     mc, enc, ns = checkpoints.load_encoder_from_workdir(wd)
     assert mc.embed_dim == 64 and "blocks_0" in enc
+
+    # A crash after step 3 was logged but before its checkpoint: the same command resumes
+    # from step 2 and ends where the uninterrupted run ended, each step logged once.
+    uninterrupted = final_params(wd, 3)
+    shutil.rmtree(os.path.join(checkpoints.checkpoint_dir(wd), "3"))
+    again = loop.train_and_evaluate(c, wd)
+    assert f"resumed from {checkpoints.checkpoint_dir(wd)}/2" in capsys.readouterr().out
+    jax.tree.map(np.testing.assert_array_equal, final_params(wd, 3), uninterrupted)
+    resumed = read_metrics(wd)
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    assert resumed[:2] == rows[:2]
+    for key in ("loss", "probe/accuracy"):  # the replayed step and its probe: the same values
+        assert resumed[2][key] == rows[2][key] == again[key], key
+    assert read_tensorboard(wd)[0]["loss"] == {r["step"]: r["loss"] for r in resumed}
 
 
 def _run_steps(c, batches, init=None):
@@ -130,6 +146,34 @@ def test_grad_accumulation_is_mean_of_micro_batches():
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(np.asarray(a), b, atol=1e-6), new.params, want
     )
+
+
+def test_logmel_on_device_feeds_the_step_the_hosts_log_mels(tmp_path):
+    """data.logmel_on_device: the host yields crop windows and the step computes the log-mel;
+    the model sees the host front end's input (its tolerance against librosa, 1e-3, over std)
+    on a sharded batch, and a short run trains with figures (which need the log-mels)."""
+    stats = NormStats(-8.0, 4.0)
+    c = tiny(2, mesh=(("data", 2), ("fsdp", 1), ("tensor", 1)))  # 2.5 s clips, 208-frame crops
+    host = next(pipeline.train_iterator(c, stats, start_step=1))
+    c.data.logmel_on_device = True
+    dev = next(pipeline.train_iterator(c, stats, start_step=1))
+    assert "lms" not in dev and dev["wav"].shape == (8, 160 * 207 + 400)
+    np.testing.assert_array_equal(dev["frames"], host["frames"])
+    s = Setup(c, optim.resolve_schedule(c))
+    with s.activate():
+        x = s.input_batch(dev, stats)
+        assert x["wav"].sharding.spec[0] is not None  # rows split over the data axis
+        lms = np.asarray(s.model_input(x))
+    assert lms.shape == host["lms"].shape == (8, 1, 80, 208)
+    assert np.abs(lms - host["lms"]).max() <= 1e-3 / stats.std
+    with pytest.raises(ValueError, match=r"windows \(4, 33520\)"):
+        s.input_batch({"wav": dev["wav"][:4], "frames": dev["frames"][:4]}, stats)
+
+    c = tiny(2, figure_every_steps=2, figure_clips=2, **{"data.logmel_on_device": True})
+    out = loop.train_and_evaluate(c, str(tmp_path))
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
+    assert np.isfinite(out["loss"]) and out["loss"] > 0
+    assert os.listdir(tmp_path / "figures") == ["recon_00000002.png"]
 
 
 def test_nan_stops_with_step_and_keeps_good_checkpoint(tmp_path, monkeypatch):

@@ -66,7 +66,8 @@ def _prescan_config(argv: Sequence[str]) -> str:
 
 
 def check_sources(config: ml_collections.ConfigDict) -> None:
-    """The data sources' kind and paths, without importing jax or TF; DataError otherwise."""
+    """The data sources' kind and paths, without importing jax or TF; DataError otherwise
+    (ConfigError: the log-mel on the device asked of log-mel shards)."""
     from msm_mae_jax.data import source_base
 
     for key in ("source", "eval_source"):
@@ -80,6 +81,11 @@ def check_sources(config: ml_collections.ConfigDict) -> None:
             close = difflib.get_close_matches(kind, source_base.SOURCE_KINDS, n=1)
             hint = f" (did you mean {close[0]}:?)" if close and close[0] != kind else ""
             raise DataError(f"{str(e).replace('data.source', f'data.{key}')}{hint}") from None
+        if key == "source" and source.kind == "lms" and config.data.get("logmel_on_device"):
+            raise ConfigError(
+                f"config.data.logmel_on_device needs an audio source (files, synthetic, tfds); "
+                f"{spec!r} holds log-mels already (set data.logmel_on_device=False)"
+            )
         if source.kind in ("files", "lms"):
             root = source.path
             if glob.has_magic(root):  # the folder the glob starts from

@@ -21,13 +21,18 @@ if TYPE_CHECKING:
     import jax
 
 
-def normalized_log_mel(wav_BL: jax.Array, frames_B: jax.Array, norm_stats: NormStats) -> jax.Array:
-    """Crop windows [B, L] + valid frames [B] -> normalised log-mels float32 [B, 1, 80, T],
-    T = 1 + (L - 400) // 160. Jittable (`norm_stats` is static: plain floats)."""
+def masked_log_mel(wav_BL: jax.Array, frames_B: jax.Array) -> jax.Array:
+    """Crop windows [B, L] + valid frames [B] -> log-mels float32 [B, 80, T], 0 after each
+    crop's valid frames, T = 1 + (L - 400) // 160. Jittable."""
     import jax.numpy as jnp
 
     lms_BFT = audio.log_mel_jax(wav_BL, center=False)
     t = lms_BFT.shape[-1]
     valid_BFT = jnp.arange(t)[None, None, :] < jnp.asarray(frames_B)[:, None, None]
-    lms_BFT = jnp.where(valid_BFT, lms_BFT, 0.0)
-    return norm_stats.normalize(lms_BFT)[:, None]
+    return jnp.where(valid_BFT, lms_BFT, 0.0)
+
+
+def normalized_log_mel(wav_BL: jax.Array, frames_B: jax.Array, norm_stats: NormStats) -> jax.Array:
+    """Crop windows [B, L] + valid frames [B] -> normalised log-mels float32 [B, 1, 80, T].
+    Jittable (`norm_stats` is static: plain floats)."""
+    return norm_stats.normalize(masked_log_mel(wav_BL, frames_B))[:, None]

@@ -6,9 +6,10 @@ A corpus directory holds TFRecord shards `lms-KKKKK-of-NNNNN.tfrecord` and `mani
 Manifest version 2 (written today): a record is the raw little-endian bytes of one clip's
 log-mel, float16/float32 [frames, 80] (time-major, no protobuf), and every file entry of the
 manifest holds its shard, frames and `offset`, the byte offset of its record's data in the
-shard. A time crop is then one contiguous byte range: training reads only the crops
-(`os.preadv`, one numpy call per batch; a corpus in a bucket: one set of concurrent ranged
-reads per batch), in the process-independent global order of
+shard; every shard entry its size in `bytes` (checked when the corpus is opened). A time crop
+is then one contiguous byte range: training reads only the crops (`os.preadv`, one numpy
+call per batch; a corpus in a bucket: one set of concurrent ranged reads per batch), in the
+process-independent global order of
 `IndexedSource`s (every epoch a permutation of all clips; exact resume; hosts' batches
 concatenate to the one-process batch). The files stay valid TFRecords for sequential readers.
 
@@ -59,14 +60,35 @@ def read_manifest(path: str) -> dict[str, Any]:
         )
     if not manifest.get("shards"):
         raise DataError(f"{mpath}: no shards listed (no usable audio in the prepared corpus)")
-    present = set(fs.listdir(path)) if fs.is_remote(path) else None  # one listing
+    # A bucket: the sizes of all shards from one listing (not a request per shard).
+    listed = {fs.relpath(p, path): n for p, n, _ in fs.stamps(path)} if fs.is_remote(path) else None
     for sh in manifest["shards"]:
-        there = (
-            sh["name"] in present if present is not None else fs.isfile(fs.join(path, sh["name"]))
-        )
-        if not there:
+        spath = fs.join(path, sh["name"])
+        if listed is not None:
+            size = listed.get(sh["name"])
+        else:
+            size = os.path.getsize(spath) if os.path.isfile(spath) else None
+        if size is None:
             raise DataError(f"{mpath}: shard {sh['name']} is missing; re-run prepare to rebuild it")
+        _check_shard_size(spath, size, sh.get("bytes"))
     return manifest
+
+
+def _check_shard_size(spath: str, size: int, expected: int | None) -> None:
+    """A shard of another size than the manifest records (manifests since shard sizes were
+    recorded) is cut or rewritten: refused by name before any crop is read from it."""
+    if expected is None:
+        return
+    if size < expected:
+        raise DataError(
+            f"{spath}: {size} of {expected} bytes; the shard is shorter than its manifest says "
+            "(cut by a failed copy or a full disk? re-run prepare to rebuild it)"
+        )
+    if size > expected:
+        raise DataError(
+            f"{spath}: {size} bytes, the manifest says {expected}; the shard is not the one its "
+            "manifest lists (re-run prepare to rebuild it)"
+        )
 
 
 def record_bytes(lms_FT: np.ndarray) -> bytes:

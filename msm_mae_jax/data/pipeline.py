@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from msm_mae_jax.core.errors import DataError
+from msm_mae_jax.core.errors import ConfigError, DataError
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormAccumulator, NormStats
 from msm_mae_jax.data.source_base import SkipReport, mix_seed
@@ -160,9 +160,9 @@ def train_iterator(
     source = open_source(config.data.source, config.data)
     on_device = bool(config.data.logmel_on_device)
     if on_device and source.yields != "wav":
-        raise DataError(
-            f"data.logmel_on_device needs an audio source; {config.data.source!r} holds "
-            "log-mels already (set data.logmel_on_device=False)"
+        raise ConfigError(
+            f"data.logmel_on_device needs an audio source (files, synthetic, tfds); "
+            f"{config.data.source!r} holds log-mels already (set data.logmel_on_device=False)"
         )
     num_local = source.num_examples_per_process(process_count)[process_index]
     ds = source.batches(

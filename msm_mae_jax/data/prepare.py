@@ -224,6 +224,7 @@ def _manifest(src, root, dtype, shard_size, plan, markers) -> dict[str, Any]:  #
                 "name": name,
                 "num_records": len(m["records"]),
                 "frames": sum(r["frames"] for r in m["records"]),
+                "bytes": m["bytes"],
             }
         )
         files += [dict(r, shard=name) for r in m["records"]]

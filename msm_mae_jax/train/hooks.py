@@ -128,7 +128,13 @@ class FigureHook(Hook):
                 start_step=0,
             )
         )
-        self.lms_B1FT = np.asarray(first["lms"][:n], np.float32)
+        if "lms" in first:
+            self.lms_B1FT = np.asarray(first["lms"][:n], np.float32)
+        else:  # data.logmel_on_device: the crop windows' log-mels as the step computes them
+            from msm_mae_jax.data.device_frontend import normalized_log_mel  # noqa: PLC0415
+
+            wav, frames = first["wav"][:n], first["frames"][:n]
+            self.lms_B1FT = np.asarray(normalized_log_mel(wav, frames, norm_stats), np.float32)
         # Valid frames per clip when the pipeline reports them: the figure leaves out padding.
         self.frames_B = np.asarray(first["frames"][:n]) if "frames" in first else None
         self.inputs = (

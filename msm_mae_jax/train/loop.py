@@ -250,7 +250,6 @@ def train_and_evaluate(
             str(config.data.source),
         )
         cleanup.callback(feed.close)
-        local_shape = (config.batch_size // process_count, *setup.batch_shape[1:])
 
         def check(step: int, m: dict):
             if not bool(m["finite"]):
@@ -279,15 +278,11 @@ def train_and_evaluate(
             with setup.activate():
                 while step < total:
                     t0 = time.perf_counter()
-                    batch = next(feed)["lms"]
+                    batch = setup.input_batch(next(feed), norm_stats)
                     speed.add_data_wait(time.perf_counter() - t0)
-                    if batch.shape != local_shape:
-                        raise ValueError(
-                            f"input pipeline yielded {batch.shape}, expected {local_shape}"
-                        )
                     do_log = (step + 1) % config.log_every_steps == 0 or step + 1 == total
                     train_step = setup.train_step if do_log else setup.train_step_lean
-                    state, m = train_step(state, setup.global_batch(batch))
+                    state, m = train_step(state, batch)
                     step += 1
                     if pending is not None:  # the previous step has finished by now
                         check(*pending)

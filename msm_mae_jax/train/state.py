@@ -2,9 +2,11 @@
 
 `Setup` builds the model and optimizer, the device mesh and the logical sharding rules from
 the config, initialises the state directly into its shardings and compiles one donated
-update step (optionally accumulating gradients over micro-batches).
+update step (optionally accumulating gradients over micro-batches). With
+`config.data.logmel_on_device` the step takes crop windows instead of log-mels and computes
+the normalised log-mel itself (`data/device_frontend.py`), so the host only decodes audio.
 
-Shape letters: B batch, F mel bins, T frames, A accumulation micro-batches.
+Shape letters: B batch, F mel bins, T frames, L window samples, A accumulation micro-batches.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.data import crops, device_frontend
+from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.train import optim, sharding
@@ -86,6 +90,18 @@ class Setup:
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules, ndim=4)
         F, T = self.model_config.input_size
         self.batch_shape = (int(config.batch_size), 1, F, T)
+        self.logmel_on_device = bool(config.data.get("logmel_on_device", False))
+        # The step's input: log-mels [B, 1, F, T], or crop windows [B, L], their valid frames
+        # [B] and the normalisation (mean, std) [2] (an input, so one program serves any stats).
+        input_sharding: Any = self.batch_sharding
+        if self.logmel_on_device:
+            self.window_shape = (int(config.batch_size), crops.window_samples(T))
+            input_sharding = {
+                "wav": sharding.batch_sharding(self.mesh, self.rules, ndim=2),
+                "frames": sharding.batch_sharding(self.mesh, self.rules, ndim=1),
+                "norm": self.replicated,
+            }
+        self.input_sharding = input_sharding
 
         with self.activate():
             boxed = mae.abstract_params(self.model_config)
@@ -114,13 +130,17 @@ class Setup:
         # l2_updates, two extra reads of all parameters (about 1.5% of the ViT-B CPU step).
         # jax.jit compiles each on first use only.
         step_jit = dict(
-            in_shardings=(self.state_shardings, self.batch_sharding),
+            in_shardings=(self.state_shardings, self.input_sharding),
             out_shardings=(self.state_shardings, self.replicated),
             donate_argnums=0,
         )
         self.train_step = jax.jit(self._train_step, **step_jit)
         self.train_step_lean = jax.jit(
             functools.partial(self._train_step, all_metrics=False), **step_jit
+        )
+        # What the step feeds the model (tests and figures compare it with the host's).
+        self.model_input = jax.jit(
+            self._model_input, in_shardings=(self.input_sharding,), out_shardings=self.replicated
         )
 
     def activate(self):
@@ -141,11 +161,22 @@ class Setup:
         loss, _, _ = self.model.apply({"params": params}, lms_B1FT, key)
         return loss
 
+    @staticmethod
+    def _model_input(x: Any) -> jax.Array:
+        """The step's input -> normalised log-mels [B, 1, F, T] (computed from crop windows
+        with `logmel_on_device`, as the host front end computes them)."""
+        if not isinstance(x, dict):
+            return x
+        lms_BFT = device_frontend.masked_log_mel(x["wav"], x["frames"])
+        return ((lms_BFT - x["norm"][0]) / x["norm"][1])[:, None]
+
     def _train_step(
-        self, state: TrainState, lms_B1FT: jax.Array, all_metrics: bool = True
+        self, state: TrainState, x: Any, all_metrics: bool = True
     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One optimizer update. Metrics: loss, lr, l2_grads, finite (loss and gradient
-        norm finite) and, when `all_metrics`, l2_params (after the update) and l2_updates."""
+        """One optimizer update of input `x` (see `input_batch`). Metrics: loss, lr,
+        l2_grads, finite (loss and gradient norm finite) and, when `all_metrics`, l2_params
+        (after the update) and l2_updates."""
+        lms_B1FT = self._model_input(x)
         key = jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(self._loss)
         with nn.logical_axis_rules(self.rules):
@@ -198,6 +229,33 @@ class Setup:
         return jax.make_array_from_process_local_data(
             self.batch_sharding, lms_local, self.batch_shape
         )
+
+    def input_batch(self, batch: dict[str, np.ndarray], norm_stats: NormStats) -> Any:
+        """This process's batch of the training iterator -> the step's global input: the
+        "lms" rows, or with `logmel_on_device` {"wav", "frames", "norm"}. ValueError if the
+        iterator's shapes are not this run's."""
+        procs = jax.process_count()
+        local_b = int(self.config.batch_size) // procs
+        if not self.logmel_on_device:
+            lms, want = batch["lms"], (local_b, *self.batch_shape[1:])
+            if lms.shape != want:
+                raise ValueError(f"input pipeline yielded {lms.shape}, expected {want}")
+            return self.global_batch(lms)
+        wav, frames = batch["wav"], batch["frames"]
+        if wav.shape != (local_b, self.window_shape[1]) or frames.shape != (local_b,):
+            raise ValueError(
+                f"input pipeline yielded windows {wav.shape} and frames {frames.shape}, "
+                f"expected {(local_b, self.window_shape[1])} and {(local_b,)}"
+            )
+        sh = self.input_sharding
+        norm = np.array([norm_stats.mean, norm_stats.std], np.float32)
+        return {
+            "wav": jax.make_array_from_process_local_data(sh["wav"], wav, self.window_shape),
+            "frames": jax.make_array_from_process_local_data(
+                sh["frames"], frames, self.window_shape[:1]
+            ),
+            "norm": jax.make_array_from_process_local_data(sh["norm"], norm, norm.shape),
+        }
 
     def replicated_input(self, x: np.ndarray) -> jax.Array:
         """An array every process holds in full (same values everywhere) -> replicated."""
