@@ -149,6 +149,22 @@ def test_audio_reads_from_a_url_equal_local_reads(fsdd_dir, memory_url):
         audio_io.load_audio(fs.join(memory_url, "missing.wav"))
 
 
+def test_embed_finds_audio_at_urls(fsdd_dir, memory_url):
+    """`embed` inputs: a folder URL (searched recursively, names relative to it), a glob URL."""
+    from msm_mae_jax.features import embed
+
+    for name in ("0_george_0.wav", "1_george_0.wav"):
+        fs.copy_file(str(fsdd_dir / name), fs.join(memory_url, "clips", "sub", name))
+    fs.write_text(fs.join(memory_url, "clips", "notes.txt"), "not audio")
+    folder = fs.join(memory_url, "clips")
+    assert embed.find_audio([folder]) == [
+        (fs.join(folder, "sub", "0_george_0.wav"), "sub/0_george_0.wav"),
+        (fs.join(folder, "sub", "1_george_0.wav"), "sub/1_george_0.wav"),
+    ]
+    found = embed.find_audio([fs.join(folder, "sub", "1_*.wav")])
+    assert found == [(fs.join(folder, "sub", "1_george_0.wav"),) * 2]
+
+
 def _rows(wd: str) -> list[dict]:
     return [json.loads(line) for line in fs.read_text(fs.join(wd, "metrics.jsonl")).splitlines()]
 
