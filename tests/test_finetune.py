@@ -129,7 +129,7 @@ def _batch(n=4, seed=0):
     x = rng.standard_normal((n, 80, 64)).astype(np.float32)
     valid = np.zeros((n, 64), bool)
     for r in range(n):
-        valid[r, : 20 + 11 * r] = True
+        valid[r, : 20 + 11 * (r % 4)] = True
     x[~np.broadcast_to(valid[:, None], x.shape)] = 0
     y = np.eye(3, dtype=np.float32)[np.arange(n) % 3]
     return x, valid, y
@@ -215,6 +215,40 @@ def test_frozen_encoder_equals_a_linear_probe_trained_the_same_way():
     )
     assert not np.allclose(np.asarray(h["fc"]["kernel"]), head0["fc"]["kernel"])
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(st.params["encoder"]), enc)
+
+
+def test_sharded_accumulated_steps_equal_one_device_steps():
+    """8 devices (data 4 x fsdp 2) with 2 accumulation micro-batches = 1 device, whole batch
+    (no augmentation or drop path: the loss is a mean over equal micro-batches)."""
+    off = {
+        "model.drop_path": "0",
+        "augment.mixup": "0",
+        "augment.freq_mask": "0",
+        "augment.time_mask": "0",
+        "augment.rrc": "false",
+    }
+    head = model.HeadConfig(3, init_std=0.1)
+    enc = encoder_params()
+    batches = [_batch(16, seed) for seed in range(2)]
+    lam, perm = np.ones(16, np.float32), np.arange(16, dtype=np.int32)
+    out = []
+    for kw in (
+        {},
+        {"mesh": "(('data',4),('fsdp',2),('tensor',1))", "grad_accum_steps": "2"},
+    ):
+        c = ft_config(**{**off, "batch_size": "16", **kw})
+        s = state.Setup(c, MICRO, head, False, optimizer.schedule(c, 2), 64)
+        st = s.init_state(enc, seed=0)
+        with s.activate():
+            for x, valid, y in batches:
+                st, m = s.train_step(
+                    st, *s.global_batch(x, valid, y), s.replicated(lam), s.replicated(perm)
+                )
+        kernel = st.params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+        out.append((jax.device_get(st.params), float(m["loss"]), len(kernel.sharding.device_set)))
+    assert out[0][2] == 1 and out[1][2] == 8
+    assert out[0][1] == pytest.approx(out[1][1], abs=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), out[0][0], out[1][0])
 
 
 # ---- multi-label end to end ----------------------------------------------------------------

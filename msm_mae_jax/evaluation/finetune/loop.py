@@ -187,6 +187,7 @@ def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | N
             with setup.activate():
                 state, m = setup.train_step(state, *batch, *mix)
             step += 1
+            do_save = False
             if pending is not None:
                 check(*pending)
             pending = (step, m)
@@ -220,9 +221,10 @@ def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | N
                     writer.console(
                         f"{tag} early stop: {int(bad)} evaluations without a better score"
                     )
-                if finished or c.ckpt_every_steps == 0:
-                    save(step, finished)
+                do_save = finished or c.ckpt_every_steps == 0
             if c.ckpt_every_steps > 0 and step % int(c.ckpt_every_steps) == 0:
+                do_save = True
+            if do_save:
                 save(step, finished)
             if not finished and preempt.reached(step):
                 save(step, False)
