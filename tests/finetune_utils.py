@@ -47,12 +47,12 @@ def ft_config(**overrides):
 def synthetic_csv(
     root: str, n: int = 36, multilabel: bool = False, seed: int = 5, classes: int = 6
 ) -> str:
-    """A split task of synthetic clips of 0.3-1.1 s; multi-label clips are the sum of two
+    """A split task of synthetic clips of 0.25-0.6 s; multi-label clips are the sum of two
     clips of different classes ('a;b'). Splits: 2/3 train, 1/6 valid, 1/6 test."""
     files, labels, splits = [], [], []
     os.makedirs(os.path.join(root, "clips"), exist_ok=True)
     for i in range(n):
-        seconds = 0.3 + 0.8 * ((i * 7) % 11) / 10
+        seconds = 0.25 + 0.35 * ((i * 7) % 11) / 10  # 1 or 2 units of MICRO
         wav, y = synthetic.make_clip(i % classes, seed + i, seconds)
         names = [synthetic.CLASS_NAMES[y]]
         if multilabel:

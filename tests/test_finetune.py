@@ -14,6 +14,7 @@ from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.evaluation import probe, tasks
 from msm_mae_jax.evaluation.finetune import data, export, model, optimizer, run, state
+from msm_mae_jax.model import mae
 from msm_mae_jax.model.frames import encode_frames
 
 
@@ -149,9 +150,14 @@ def test_head_and_every_encoder_layer_receive_gradients_and_features_pool_real_s
             return state.loss_fn(model.logits(p, x, valid, MICRO, head), y, False)
 
         feats = model.clip_features(p["encoder"], x, valid, MICRO)
-        return jax.grad(loss)(p), feats, encode_frames(p["encoder"], x, MICRO)
+        cls = model.clip_features(p["encoder"], x, valid, MICRO, "cls")
+        units = [
+            mae.Encoder(MICRO).apply({"params": p["encoder"]}, x[:, None, :, u : u + 32]).x_BKD
+            for u in (0, 32)
+        ]
+        return jax.grad(loss)(p), feats, encode_frames(p["encoder"], x, MICRO), cls, units
 
-    g, f, frames = run(params)
+    g, f, frames, cls, units = run(params)
     norms = {k: float(optax.global_norm(v)) for k, v in g["encoder"].items()}
     assert float(optax.global_norm(g["head"])) > 0
     for k in ("patch_embed", "cls_token", "blocks_0", "blocks_1", "norm"):
@@ -162,6 +168,9 @@ def test_head_and_every_encoder_layer_receive_gradients_and_features_pool_real_s
         np.testing.assert_allclose(
             f[r], np.asarray(frames)[r, :steps].mean(0), rtol=1e-5, atol=1e-6
         )
+        # [CLS] pooling: the class token of the units holding audio, averaged
+        used = [np.asarray(u)[r, 0] for k, u in enumerate(units) if valid[r, 32 * k]]
+        np.testing.assert_allclose(cls[r], np.mean(used, 0), rtol=1e-5, atol=1e-6)
 
 
 def test_frozen_encoder_equals_a_linear_probe_trained_the_same_way():
@@ -193,7 +202,8 @@ def test_frozen_encoder_equals_a_linear_probe_trained_the_same_way():
                 st, *s.global_batch(x, valid, y), s.replicated(lam), s.replicated(perm)
             )
     # the probe: features once, then AdamW on the head alone with the same schedule / decay
-    feats = [np.asarray(model.clip_features(enc, x, v, MICRO)) for x, v, _ in batches]
+    features = jax.jit(lambda x, v: model.clip_features(enc, x, v, MICRO))
+    feats = [np.asarray(features(x, v)) for x, v, _ in batches]
     tx = optax.chain(
         optax.scale_by_adam(b1=c.optim.b1, b2=c.optim.b2, eps=1e-8),
         optax.add_decayed_weights(0.01, mask=optimizer.weight_decay_mask),
@@ -205,8 +215,9 @@ def test_frozen_encoder_equals_a_linear_probe_trained_the_same_way():
 
     h = head0
     opt = tx.init(h)
+    grad = jax.jit(jax.grad(head_loss))
     for f, (_, _, y) in zip(feats, batches, strict=True):
-        u, opt = tx.update(jax.grad(head_loss)(h, f, y), opt, h)
+        u, opt = tx.update(grad(h, f, y), opt, h)
         h = optax.apply_updates(h, u)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6),
@@ -325,6 +336,8 @@ def _no_test_csv(root):
         ("bad_variant", "unknown config variant 'huge'"),
         ("no_checkpoint", "--checkpoint .*missing: "),
         ("no_workdir", "give --workdir"),
+        ("bad_random_init", "unknown config variant 'nope'"),
+        ("both_encoders", "not allowed with argument"),
     ],
 )
 def test_cli_mistakes_are_one_line_errors(case, match, tmp_path, encoder_dir, capsys):
@@ -342,6 +355,10 @@ def test_cli_mistakes_are_one_line_errors(case, match, tmp_path, encoder_dir, ca
         argv[argv.index("configs/finetune.py:tiny")] = "configs/finetune.py:huge"
     elif case == "no_checkpoint":
         argv[1] = str(tmp_path / "missing")
+    elif case == "bad_random_init":
+        argv[:2] = ["--random-init", "configs/msm_mae.py:nope"]
+    elif case == "both_encoders":
+        argv += ["--random-init", "tiny"]
     elif case == "no_workdir":
         argv.remove("--out")
         argv.remove(str(tmp_path / "o.json"))

@@ -2,8 +2,10 @@
 
     python finetune.py --checkpoint DIR --task SPEC [--label L] --out FILE.json
         [--workdir DIR] [--config configs/finetune.py:VARIANT] [--config.KEY=VALUE ...]
+    python finetune.py --random-init configs/msm_mae.py:VARIANT --task SPEC --out FILE.json
 
---checkpoint: a training workdir, an exported model or converted official weights.
+--checkpoint: a training workdir, an exported model or converted official weights;
+--random-init: the encoder of a model config with random weights (the baseline).
 --task: csv:FILE | folder:DIR | tfds:NAME | synthetic[:N] (as evaluate.py). Every fold and
 config.num_seeds seeds are fine-tuned; the results (mean ± std of the test accuracy, or mAP
 for multi-label tasks) are printed and written to --out. Runs live in --workdir (default: the
@@ -21,18 +23,36 @@ import os
 import sys
 from typing import Any
 
+from msm_mae_jax.core.errors import ConfigError, UserError
+
 CONFIG_FILE = "configs/finetune.py"
 DEFAULT_CONFIG = f"{CONFIG_FILE}:base"
 EXIT_USER_ERROR, EXIT_PREEMPTED = 2, 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument mistakes as one-line errors, like every other user mistake."""
+
+    def error(self, message: str):
+        raise UserError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="finetune",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="training workdir, export or converted")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="training workdir, export or converted weights")
+    src.add_argument(
+        "--random-init",
+        "--random_init",
+        dest="random_init",
+        metavar="MODEL_CONFIG",
+        help="a randomly initialised encoder of this model config instead (a baseline), "
+        "e.g. configs/msm_mae.py:fsdd_small",
+    )
     p.add_argument("--task", required=True, help="csv:FILE | folder:DIR | tfds:NAME | synthetic")
     p.add_argument("--label", default="label", help="label column (csv) or feature (tfds)")
     p.add_argument("--out", help="results JSON")
@@ -58,8 +78,6 @@ def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
             key, eq, value = a[len("--config.") :].partition("=")
             if not eq:
                 if i + 1 >= len(argv):
-                    from msm_mae_jax.core.errors import ConfigError
-
                     raise ConfigError(f"--config.{key} needs a value")
                 value, i = argv[i + 1], i + 1
             overrides[key] = value
@@ -71,8 +89,6 @@ def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def parse_value(key: str, raw: str, current: Any) -> Any:
     """A command-line string -> the type of the config's current value."""
-    from msm_mae_jax.core.errors import ConfigError
-
     try:
         if isinstance(current, bool):
             low = raw.strip().lower()
@@ -95,7 +111,6 @@ def parse_value(key: str, raw: str, current: Any) -> Any:
 def load_config(spec: str, overrides: dict[str, str]):
     """The fine-tuning config of `spec` with typed overrides (declared keys only)."""
     from msm_mae_jax.core import config_files
-    from msm_mae_jax.core.errors import ConfigError
 
     # The bundled file by its path: a bare 'finetune.py' in the project root is this command.
     path, variant = config_files.resolve(spec, default_file=CONFIG_FILE)
@@ -121,8 +136,6 @@ def load_config(spec: str, overrides: dict[str, str]):
 
 
 def default_workdir(out: str | None) -> str:
-    from msm_mae_jax.core.errors import ConfigError
-
     if not out:
         raise ConfigError("give --workdir (or --out, which names the default workdir)")
     return os.path.splitext(os.path.abspath(out))[0] + "_finetune"
@@ -131,8 +144,6 @@ def default_workdir(out: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from msm_mae_jax.core.errors import UserError
-
     parser = build_parser()
     try:
         rest, overrides = split_overrides(argv)
@@ -149,9 +160,14 @@ def main(argv: list[str] | None = None) -> int:
             audio_key=args.audio_key,
             tfds_data_dir=args.tfds_data_dir,
         )
+        encoder = (
+            run.random_init(args.random_init, int(config.seed))
+            if args.random_init
+            else run.load_pretrained(args.checkpoint)
+        )
         result = run.finetune(
             task,
-            args.checkpoint,
+            encoder,
             config,
             workdir,
             log=lambda m: print(m, file=sys.stderr, flush=True),

@@ -123,22 +123,15 @@ def _restore(job, setup, ckpt, run_dir, seed) -> tuple[FinetuneState, bool]:
     return state, bool(meta.get("finished"))
 
 
-def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | None:
-    """Fine-tunes one (fold, seed); returns its result, or None when preempted."""
-    path = os.path.join(run_dir, RESULT_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
+def _train_batches(job: Job, setup: Setup, fold: Fold, seed: int) -> data.TrainBatches:
     c, task = job.config, job.task
-    t_start = time.time()
-    y_NC = data.targets(task, np.arange(len(task)))
     weights = None
     if c.data.balanced:
         weights = data.balanced_weights(task.y[fold.train], task.multilabel, task.num_classes)
-    batches = data.TrainBatches(
+    return data.TrainBatches(
         job.store,
         fold.train,
-        y_NC[fold.train],
+        data.targets(task, fold.train),
         stats=job.stats,
         seed=seed,
         batch_size=int(c.batch_size),
@@ -149,6 +142,66 @@ def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | N
         process_index=job.process_index,
         process_count=job.process_count,
     )
+
+
+def _to_host(tree: Any) -> Any:
+    """A (possibly sharded) tree -> numpy on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    return jax.device_get(tree)
+
+
+def _finish(job, setup, fold, seed, state, run_dir, timing) -> dict:
+    """Scores the best parameters on the test split, exports them, writes result.json."""
+    t0 = time.perf_counter()
+    task, metric = job.task, "mAP" if job.task.multilabel else "accuracy"
+    test = score(
+        predict(job, setup, state.best_params, fold.test), task.y[fold.test], task.multilabel
+    )
+    step, best, best_step = (
+        jax.device_get(v) for v in (state.step, state.best_score, state.best_step)
+    )
+    total = setup.sched.total_steps
+    result = {
+        "fold": fold.name,
+        "seed": int(seed),
+        "test": test,
+        "valid": float(best),
+        "best_step": int(best_step),
+        "steps": int(step),
+        "total_steps": int(total),
+        "early_stopped": int(step) < int(total),
+        "export": None,
+    }
+    if job.config.export:
+        params = _to_host(state.best_params)
+        out = os.path.join(run_dir, "export")
+        if job.is_main:
+            extra = {"fold": fold.name, "seed": int(seed), "test": test, "valid": float(best)}
+            export.save(out, job, params, extra=extra)
+        result["export"] = out
+    result["wall_s"] = round(time.time() - timing["start"], 1)
+    result["eval_s"] = round(timing["eval_s"] + time.perf_counter() - t0, 1)
+    job.log(
+        f"[{fold.name} seed {seed}] test {metric} {test:.4f} "
+        f"(best valid {float(best):.4f} at step {int(best_step)})"
+    )
+    if job.is_main:
+        checkpoints.write_json(os.path.join(run_dir, RESULT_FILE), result)
+    return result
+
+
+def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | None:
+    """Fine-tunes one (fold, seed); returns its result, or None when preempted."""
+    path = os.path.join(run_dir, RESULT_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    c, task = job.config, job.task
+    t_start = time.time()
+    batches = _train_batches(job, setup, fold, seed)
     total = setup.sched.total_steps
     eval_every = int(c.eval_every_steps) or setup.sched.steps_per_epoch
     ckpt = checkpoints.Checkpointer(run_dir, keep=int(c.keep_checkpoints))
@@ -237,39 +290,7 @@ def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | N
         ckpt.close()
         writer.close()
 
-    t0 = time.perf_counter()
-    test_logits = predict(job, setup, state.best_params, fold.test)
-    test = score(test_logits, task.y[fold.test], task.multilabel)
-    best, best_step = (float(v) for v in jax.device_get((state.best_score, state.best_step)))
-    result = {
-        "fold": fold.name,
-        "seed": int(seed),
-        "test": test,
-        "valid": best,
-        "best_step": int(best_step),
-        "steps": int(step),
-        "total_steps": int(total),
-        "early_stopped": int(step) < int(total),
-        "export": None,
-        "wall_s": round(time.time() - t_start, 1),
-        "eval_s": round(eval_s + time.perf_counter() - t0, 1),
-    }
-    if c.export:
-        result["export"] = (
-            export.save(
-                os.path.join(run_dir, "export"),
-                job,
-                jax.device_get(state.best_params),
-                extra={"fold": fold.name, "seed": int(seed), "test": test, "valid": best},
-            )
-            if job.is_main
-            else os.path.join(run_dir, "export")
-        )
-    writer_line = f"{tag} test {metric} {test:.4f} (best valid {best:.4f} at step {int(best_step)})"
-    job.log(writer_line)
-    if job.is_main:
-        checkpoints.write_json(path, result)
-    return result
+    return _finish(job, setup, fold, seed, state, run_dir, {"start": t_start, "eval_s": eval_s})
 
 
 def crop_frames(config, mc: ModelConfig) -> int:
