@@ -15,6 +15,7 @@ with it is complete and skipped when the job is run again).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -230,12 +231,22 @@ def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | N
     preempt = _Preemption(ckpt.manager)
     speed = metrics.Throughput(total, int(c.batch_size), step)
     eval_s, pending = 0.0, None
+    # The host builds step s + 1's batch while the device runs step s (batches are pure
+    # functions of the step, so the order of work does not change them).
+    host_batch = lambda s: (  # noqa: E731
+        *batches.batch(s),
+        *augment.sample_mixup(seed, s, int(c.batch_size), mixup or 1.0),
+    )
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    ahead = pool.submit(host_batch, step)
     try:
         while not finished and step < total:
             t0 = time.perf_counter()
-            batch = setup.global_batch(*batches.batch(step))
-            mix = augment.sample_mixup(seed, step, int(c.batch_size), mixup or 1.0)
-            mix = tuple(setup.replicated(v) for v in mix)
+            x, valid, y, lam, perm = ahead.result()
+            if step + 1 < total:
+                ahead = pool.submit(host_batch, step + 1)
+            batch = setup.global_batch(x, valid, y)
+            mix = (setup.replicated(lam), setup.replicated(perm))
             speed.add_data_wait(time.perf_counter() - t0)
             with setup.activate():
                 state, m = setup.train_step(state, *batch, *mix)
@@ -286,6 +297,7 @@ def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | N
         if pending is not None:
             check(*pending)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         preempt.restore()
         ckpt.close()
         writer.close()
