@@ -81,29 +81,44 @@ class Setup:
             sharding.batch_sharding(self.mesh, self.rules, ndim=n) for n in (3, 2, 2)
         )
 
+        abstract_params, param_sh = self._abstract_params()
+        self.tx = optimizer.make_optimizer(config, sched, abstract_params, model_config.depth)
+        self.state_shardings = self._state_shardings(abstract_params, param_sh)
+        abstract = jax.eval_shape(self._init, abstract_params["encoder"], _KEY)
+        self.abstract_state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            abstract,
+            self.state_shardings,
+        )
+        self._jit(param_sh)
+
+    def _abstract_params(self) -> tuple[Any, Any]:
+        """(shapes of {'encoder', 'head'}, their NamedShardings: the encoder's by its logical
+        axis names, the head replicated)."""
+        mc = self.mc
         with self.activate():
             enc_boxed = jax.eval_shape(
-                lambda k: mae.Encoder(model_config).init(k, mae.dummy_input(model_config)),
-                jax.random.key(0),
+                lambda k: mae.Encoder(mc).init(k, mae.dummy_input(mc)), jax.random.key(0)
             )["params"]
-        head_abstract = jax.eval_shape(lambda k: model.init_head(k, head, model_config), _KEY)
+        head_abstract = jax.eval_shape(lambda k: model.init_head(k, self.head, mc), _KEY)
         param_sh = {
             "encoder": sharding.param_shardings(enc_boxed, self.mesh, self.rules),
             "head": jax.tree.map(lambda _: self.replicated_sharding, head_abstract),
         }
-        abstract_params = {"encoder": nn.meta.unbox(enc_boxed), "head": head_abstract}
-        self.tx = optimizer.make_optimizer(config, sched, abstract_params, model_config.depth)
-        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        return {"encoder": nn.meta.unbox(enc_boxed), "head": head_abstract}, param_sh
+
+    def _state_shardings(self, abstract_params: Any, param_sh: Any) -> FinetuneState:
+        """Optimizer state sharded like its parameters; scalars replicated."""
+        r = self.replicated_sharding
         opt_sh = optax.tree_map_params(
             self.tx,
             lambda _, s: s,
-            abstract_opt,
+            jax.eval_shape(self.tx.init, abstract_params),
             param_sh,
-            transform_non_params=lambda _: self.replicated_sharding,
+            transform_non_params=lambda _: r,
             is_leaf=lambda x: isinstance(x, NamedSharding),
         )
-        r = self.replicated_sharding
-        self.state_shardings = FinetuneState(
+        return FinetuneState(
             step=r,
             params=param_sh,
             opt_state=opt_sh,
@@ -113,12 +128,9 @@ class Setup:
             best_step=r,
             bad_evals=r,
         )
-        abstract = jax.eval_shape(self._init, abstract_params["encoder"], _KEY)
-        self.abstract_state = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            abstract,
-            self.state_shardings,
-        )
+
+    def _jit(self, param_sh: Any) -> None:
+        r = self.replicated_sharding
         self._init_jit = jax.jit(
             self._init, in_shardings=(param_sh["encoder"], r), out_shardings=self.state_shardings
         )
