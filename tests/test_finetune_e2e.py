@@ -113,7 +113,7 @@ def test_sigterm_then_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
 
 
 # ---- FSDD ------------------------------------------------------------------------------------
-def _pretrain(store, train_idx, stats, out, steps=200):
+def _pretrain(store, train_idx, stats, out, steps=200, width=128):
     """Pre-trains a small encoder (128 wide, 2 blocks, 80x96) on crops of the training clips with
     the pre-training step of train.loop; saves it as an encoder artifact."""
     from msm_mae_jax.core.config_files import load_config
@@ -129,7 +129,7 @@ def _pretrain(store, train_idx, stats, out, steps=200):
             "total_steps": steps,
             "warmup_steps": steps // 10,
             "model.input_size": (80, 96),
-            "model.embed_dim": 128,
+            "model.embed_dim": width,
             "mesh": (("data", 1), ("fsdp", 1), ("tensor", 1)),
         },
     )
