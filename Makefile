@@ -1,11 +1,13 @@
-# `make demo` and `make test` each set up .venv/ first (once; re-run when requirements change).
+# `make demo` and `make test` each set up .venv/ first (once; re-run when requirements change);
+# `make test` adds the PyTorch reference and TensorBoard of requirements-dev.txt (`make setup-dev`).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-dev demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -16,10 +18,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/python -m msm_mae_jax.cli.demo --workdir $(DEMO_DIR)
+setup-dev: $(DEV_STAMP)
 
-test: $(STAMP)
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
+demo: $(STAMP)
+	$(BIN)/msm-mae demo --workdir $(DEMO_DIR)
+
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)

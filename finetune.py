@@ -1,8 +1,6 @@
-"""Fine-tunes a pre-trained MSM-MAE encoder on a labelled task (see msm_mae_jax/cli/finetune.py).
+"""Fine-tuning of an encoder: the same as `msm-mae finetune` (`python finetune.py --help`).
 
-    python finetune.py --checkpoint runs/base/export --task csv:data/esc50.csv --out ft.json
-    python finetune.py --checkpoint DIR --task SPEC --out FILE.json \
-        --config configs/finetune.py:frozen --config.epochs=20
+python finetune.py --checkpoint runs/base/export --task csv:data/esc50.csv --out ft.json
 """
 
 import sys
@@ -10,4 +8,4 @@ import sys
 from msm_mae_jax.cli.finetune import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="finetune.py"))

@@ -27,3 +27,26 @@ def machine_info() -> dict:
     except Exception:  # jax import problems should not hide the other figures
         pass
     return info
+
+
+def write_synthetic_corpus(
+    out_dir: str, clips: int, seconds: float = 10.0, fmt: str = "FLAC", seed: int = 0
+) -> list[str]:
+    """Writes `clips` built-in synthetic clips as 16 kHz mono files (an AudioSet-like corpus of
+    `seconds`-long clips); existing files of the same name are kept. Returns the paths."""
+    import soundfile as sf
+
+    from msm_mae_jax.data import synthetic
+
+    os.makedirs(out_dir, exist_ok=True)
+    ext = {"FLAC": "flac", "WAV": "wav", "OGG": "ogg"}[fmt]
+    paths = []
+    for i in range(clips):
+        path = os.path.join(out_dir, f"clip_{i:06d}.{ext}")
+        if not os.path.exists(path):
+            wav, _ = synthetic.make_clip(i, seed, seconds)
+            tmp = path + ".tmp"
+            sf.write(tmp, wav, synthetic.SAMPLE_RATE, format=fmt, subtype="PCM_16")
+            os.replace(tmp, path)
+        paths.append(path)
+    return paths

@@ -1,7 +1,8 @@
-"""PyTorch reference of the MSM-MAE model and training step, written the way the official
-code runs (eager PyTorch, explicit attention, AdamW param groups), for benchmarks and
-cross-checks. Module and parameter names follow the official state dict, so weights
-converted from our Flax parameters load with `load_state_dict(strict=True)`.
+"""PyTorch reference of the MSM-MAE model and pre-training recipe, written the way the official
+code runs (eager PyTorch, explicit attention; timm's AdamW parameter groups, MAE's per-iteration
+lr schedule and gradient accumulation), for benchmarks and cross-checks. Module and parameter
+names follow the official state dict, so weights converted from our Flax parameters load with
+`load_state_dict(strict=True)`.
 
 Optional: needs `pip install torch` (CPU build is enough). Not imported by the package.
 
@@ -11,7 +12,9 @@ Optional: needs `pip install torch` (CPU build is enough). Not imported by the p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -197,17 +200,72 @@ class TorchMAE(nn.Module):
         return (loss * mask).sum() / mask.sum(), pred, mask
 
 
-def make_optimizer(model: TorchMAE, lr: float = 1.5e-4, wd: float = 0.05):
-    """AdamW with the official param groups (no decay on 1-d params, cls and mask tokens)."""
+def add_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The official AdamW parameter groups (timm's `optim_factory.add_weight_decay`, as MAE's
+    main_pretrain.py calls it): trainable 1-D tensors and names ending in '.bias' get no
+    decay, every other trainable tensor does (`cls_token` and `mask_token` included);
+    frozen tensors are left out."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        skip = p.ndim == 1 or name.endswith(".bias") or name in ("cls_token", "mask_token")
-        (no_decay if skip else decay).append(p)
-    return torch.optim.AdamW(
-        [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}],
-        lr=lr,
-        betas=(0.9, 0.95),
-    )
+        if p.requires_grad:
+            (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
+
+
+def make_optimizer(model: TorchMAE, lr: float = 1.5e-4, wd: float = 0.05):
+    """AdamW(betas=(0.9, 0.95)) over the official parameter groups."""
+    return torch.optim.AdamW(add_weight_decay(model, wd), lr=lr, betas=(0.9, 0.95))
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The arguments of the official schedule: lr = blr * effective batch / 128 (MSM-MAE's
+    main_pretrain.py; MAE divides by 256), epochs may be fractional in the formula."""
+
+    lr: float
+    epochs: float
+    warmup_epochs: float
+    min_lr: float = 0.0
+    accum_iter: int = 1
+
+
+def adjust_learning_rate(optimizer, epoch: float, r: Recipe) -> float:
+    """MAE's util/lr_sched.py: linear warm-up to r.lr over warmup_epochs, then half-cycle
+    cosine to min_lr at r.epochs; `epoch` is fractional. Sets every group's lr."""
+    if epoch < r.warmup_epochs:
+        lr = r.lr * epoch / r.warmup_epochs
+    else:
+        t = (epoch - r.warmup_epochs) / (r.epochs - r.warmup_epochs)
+        lr = r.min_lr + (r.lr - r.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def train_one_epoch(model, loader, optimizer, scaler, epoch: int, r: Recipe) -> list[float]:
+    """MAE's engine_pretrain.py `train_one_epoch` in float32: the lr set from the fractional
+    epoch at the first iteration of each accumulation window, loss / accum_iter through the
+    loss scaler (NativeScaler: scaled backward; on an update unscale, step, update), the
+    optimizer stepped and zeroed every accum_iter iterations. `loader` is a sized iterable of
+    (lms_B1FT, noise_BN) (the masking noise made explicit). Returns the iteration losses."""
+    model.train()
+    optimizer.zero_grad()
+    losses = []
+    for it, (lms, noise) in enumerate(loader):
+        if it % r.accum_iter == 0:
+            adjust_learning_rate(optimizer, it / len(loader) + epoch, r)
+        loss = model(lms, noise=noise)[0]
+        losses.append(loss.item())
+        scaler.scale(loss / r.accum_iter).backward()
+        if (it + 1) % r.accum_iter == 0:
+            scaler.unscale_(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+    return losses
 
 
 def bench_train_step(c: ModelConfig, batch: int, steps: int, warmup: int = 2) -> dict:

@@ -1,4 +1,4 @@
-"""Steady-state throughput of the production MSM-MAE train step (`loop.Setup.train_step`).
+"""Steady-state throughput of the production MSM-MAE train step (`train.state.Setup`).
 
 Measures, in one process and one run:
 
@@ -54,7 +54,8 @@ import numpy as np  # noqa: E402
 from bench.common import machine_info  # noqa: E402
 from msm_mae_jax.core.config_files import load_config  # noqa: E402
 from msm_mae_jax.model.config import ModelConfig  # noqa: E402
-from msm_mae_jax.train import loop, optim  # noqa: E402
+from msm_mae_jax.train import optim  # noqa: E402
+from msm_mae_jax.train.state import Setup  # noqa: E402
 
 # Dense bf16 peak FLOP/s of known accelerators (no sparsity), for MFU.
 PEAK_BF16_FLOPS = {
@@ -108,7 +109,7 @@ def analytic_flops(c: ModelConfig, batch: int) -> dict[str, int]:
     return {"forward": batch * forward, "step": batch * (3 * forward - patch)}
 
 
-def make_setup(variant: str, batch: int, dtype: str) -> loop.Setup:
+def make_setup(variant: str, batch: int, dtype: str) -> Setup:
     config = load_config(variant)
     config.batch_size = batch
     config.grad_accum_steps = 1
@@ -117,7 +118,7 @@ def make_setup(variant: str, batch: int, dtype: str) -> loop.Setup:
     config.warmup_steps = 100
     config.steps_per_epoch = 100
     schedule = optim.resolve_schedule(config)
-    return loop.Setup(config, schedule)
+    return Setup(config, schedule)
 
 
 class JaxStep:

@@ -96,9 +96,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.synthetic_clips = 1024  # clips of the built-in generator per epoch
     c.data.synthetic_seconds = 3.0
     c.data.synthetic_seed = 0  # content of the built-in clips (independent of c.seed)
-    c.data.synthetic_eval_clips = 256  # held-out built-in clips (indices after the training ones)
-    c.data.eval_source = ""  # eval_iterator's source; '' = data.source
-    c.data.tfds_label_key = "label"  # eval labels of tfds sources (-1 when absent)
     c.data.file_pattern = "*"  # files:/dir sources: glob below the dir (recursive)
     c.data.prefetch = 2
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from msm_mae_jax.model.convert import main
+from msm_mae_jax.cli.convert import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m msm_mae_jax.convert"))

@@ -2,7 +2,7 @@
 
 import sys
 
-from msm_mae_jax.train.export import main
+from msm_mae_jax.cli.export import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m msm_mae_jax.export"))

@@ -2,8 +2,11 @@
 
 import os
 
-# Must happen before jax is imported anywhere: sharding tests need several devices.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Must happen before jax is imported anywhere: sharding tests need several devices. A user's
+# own XLA_FLAGS are kept; the device count is added unless they already set one.
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}=8".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -13,11 +16,27 @@ import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FSDD_DIR = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
+# Set to 1 to run the FSDD tests on the synthetic stand-in even where the recordings exist.
+NO_FSDD_ENV = "MSM_MAE_TEST_NO_FSDD"
+
+
+def _use_fsdd() -> bool:
+    return FSDD_DIR.is_dir() and os.environ.get(NO_FSDD_ENV, "") in ("", "0")
 
 
 @pytest.fixture(scope="session")
-def fsdd_dir() -> pathlib.Path:
-    """The FSDD recordings beside the checkout; skips when a fresh clone has none."""
-    if not FSDD_DIR.is_dir():
-        pytest.skip(f"FSDD recordings not found at {FSDD_DIR} (../shared is absent)")
-    return FSDD_DIR
+def fsdd_synthetic() -> bool:
+    """Whether `fsdd_dir` is the synthetic stand-in rather than the real recordings."""
+    return not _use_fsdd()
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir(tmp_path_factory) -> pathlib.Path:
+    """The FSDD recordings beside the checkout; where a fresh clone has none (or
+    MSM_MAE_TEST_NO_FSDD=1), an FSDD-like corpus written once per session from the synthetic
+    generator (tests/fsdd_like.py)."""
+    if _use_fsdd():
+        return FSDD_DIR
+    import fsdd_like
+
+    return fsdd_like.write(tmp_path_factory.mktemp("fsdd_like"))

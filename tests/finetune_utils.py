@@ -39,9 +39,10 @@ def write_encoder(path: str, mc: ModelConfig = MICRO, seed: int = 0, params=None
 
 
 def ft_config(**overrides):
-    """configs/finetune.py:tiny with string overrides, as on the command line."""
+    """configs/finetune.py:tiny with overrides, as `--config.KEY=VALUE` on the command line."""
     base = {"mesh": "(('data',1),('fsdp',1),('tensor',1))"}
-    return load_config("configs/finetune.py:tiny", {**base, **overrides})
+    extras = [f"--config.{k}={v}" for k, v in {**base, **overrides}.items()]
+    return load_config("configs/finetune.py:tiny", extras)
 
 
 def synthetic_csv(

@@ -89,11 +89,8 @@ def test_reflect_indices_are_numpys_reflect(samples):
 
 
 def test_matches_librosa_on_fsdd(fsdd_dir):
-    names = ["0_george_0.wav", "3_jackson_12.wav", "7_nicolas_5.wav", "9_theo_30.wav"]
-    paths = [fsdd_dir / n for n in names if (fsdd_dir / n).exists()] or sorted(
-        fsdd_dir.glob("*.wav")
-    )[:4]
-    for path in paths:
+    names = ["0_george_0.wav", "3_jackson_12.wav", "5_nicolas_5.wav", "2_theo_14.wav"]
+    for path in (fsdd_dir / n for n in names):
         y8k, sr = sf.read(path, dtype="float32")
         y = soxr.resample(y8k, sr, SR).astype(np.float32)
         ref = librosa_log_mel(y)

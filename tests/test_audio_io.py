@@ -262,6 +262,21 @@ def test_nan_inf_samples(tmp_path, bad):
         load_audio(tmp_path / "bad.wav", max_seconds=0.1)
 
 
+@pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
+def test_float_file_scaled_as_integers_is_refused(tmp_path, subtype):
+    """Float samples are stored unscaled: a peak of 4e5 would inflate the normalisation std.
+    Up to MAX_ABS_SAMPLE passes (a little clipping); integer PCM cannot exceed full scale."""
+    y = tone(0.5, SR)  # peak 0.5
+    sf.write(tmp_path / "loud.wav", y * 8e5, SR, subtype=subtype)
+    assert_audio_error(tmp_path / "loud.wav", match="reach 4e+05, far outside [-1, 1]")
+    sf.write(tmp_path / "hot.wav", y * 2 * audio_io.MAX_ABS_SAMPLE, SR, subtype=subtype)
+    np.testing.assert_allclose(
+        np.abs(load_audio(tmp_path / "hot.wav")).max(), audio_io.MAX_ABS_SAMPLE, rtol=1e-4
+    )
+    sf.write(tmp_path / "pcm.wav", np.clip(y * 8e5, -1, 1), SR, subtype="PCM_16")
+    assert np.abs(load_audio(tmp_path / "pcm.wav")).max() <= 1.0
+
+
 def test_argument_errors(tmp_path):
     sf.write(tmp_path / "a.wav", tone(0.5, SR), SR)
     with pytest.raises(ValueError, match="max_seconds"):

@@ -1,5 +1,6 @@
 """Orbax round trips, sharded restore, interrupted saves, encoder-only loading."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import pytest
 from configs.msm_mae import get_config
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model.config import ModelConfig
-from msm_mae_jax.train import checkpoints, loop, optim
+from msm_mae_jax.train import checkpoints, optim
+from msm_mae_jax.train.state import Setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +24,7 @@ def _setup(mesh):
     c.mesh = mesh
     c.batch_size = 8
     c.total_steps = 4
-    return c, loop.Setup(c, optim.resolve_schedule(c))
+    return c, Setup(c, optim.resolve_schedule(c))
 
 
 def _equal(a, b) -> bool:
@@ -79,6 +81,25 @@ def test_keep_and_missing(tmp_path):
         ck.save(s, {"w": np.full(3, s, np.float32)}, {"step": s})
     ck.close()
     assert checkpoints.Checkpointer(str(tmp_path)).all_steps() == [2, 3]
+
+
+def test_reading_a_checkpoint_logs_no_orbax_notices(tmp_path, caplog):
+    """Read-only loads (export, Runtime.load, evaluation) drop orbax's two notices, and only
+    those, and only while reading."""
+    ck = checkpoints.Checkpointer(str(tmp_path))
+    ck.save(1, {"w": np.arange(3, dtype=np.float32)}, {"step": 1})
+    ck.close()
+    with caplog.at_level(logging.WARNING):
+        state, meta = checkpoints.load_state_numpy(str(tmp_path))
+        checkpoints.Checkpointer(str(tmp_path), read_only=True).close()
+        logging.getLogger("absl").warning("Given directory is read only=%s", "elsewhere")
+        logging.getLogger("absl").warning("Metadata file does not exist: %s", "x")
+    np.testing.assert_array_equal(state["w"], np.arange(3, dtype=np.float32))
+    assert meta == {"step": 1}
+    assert [r.getMessage() for r in caplog.records] == [
+        "Given directory is read only=elsewhere",
+        "Metadata file does not exist: x",
+    ]
 
 
 _KILL_DURING_SAVE = textwrap.dedent("""

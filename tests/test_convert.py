@@ -1,18 +1,22 @@
 """Official state dict -> Flax params -> encoder artifact, checked against numpy references.
 
 The state dicts are built here from the official names and shapes (REFERENCE.md), with numpy
-only; the numpy forward below is written from the formulas, independently of the model code.
+only, their fixed tables from the loop-by-loop references of tests/reference.py; the numpy forward
+below is written from the formulas, independently of the model code.
 """
 
 import math
 import os
+import warnings
 
 import jax
 import numpy as np
 import pytest
 import scipy.special
+from reference import sincos_2d_table, sinusoid_1d_table
 
-from msm_mae_jax.model import convert, mae, posembed
+from msm_mae_jax.cli import convert as convert_cli
+from msm_mae_jax.model import convert, mae
 from msm_mae_jax.model.artifact import load_model_dir
 from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.model.masking import random_masking
@@ -55,13 +59,17 @@ def official_state_dict(
     sd = {
         "patch_embed.proj.weight": rng.normal(size=(D, 1, ph, pw)) / math.sqrt(ph * pw),
         "patch_embed.proj.bias": 0.1 * rng.normal(size=D),
-        "pos_embed": posembed.sincos_2d(D, grid, cls)[None],
+        "pos_embed": sincos_2d_table(D, *grid, cls)[None],
         "norm.weight": 1 + 0.1 * rng.normal(size=D),
         "norm.bias": 0.1 * rng.normal(size=D),
         "decoder_embed.weight": rng.normal(size=(Dd, D)) / math.sqrt(D),
         "decoder_embed.bias": 0.1 * rng.normal(size=Dd),
         "mask_token": 0.02 * rng.normal(size=(1, 1, Dd)),
-        "decoder_pos_embed": posembed.decoder_table(decoder, Dd, grid, cls)[None],
+        "decoder_pos_embed": (
+            sinusoid_1d_table(Dd, grid[0] * grid[1], cls)
+            if decoder == "1d"
+            else sincos_2d_table(Dd, *grid, cls)
+        )[None],
         "decoder_norm.weight": 1 + 0.1 * rng.normal(size=Dd),
         "decoder_norm.bias": 0.1 * rng.normal(size=Dd),
         "decoder_pred.weight": rng.normal(size=(ph * pw, Dd)) / math.sqrt(Dd),
@@ -107,8 +115,12 @@ def np_block(sd, prefix, x, heads):
     return x + h @ g("mlp.fc2.weight").T + g("mlp.fc2.bias")
 
 
-def np_mae_loss(sd, lms, ids_keep, heads, dheads, patch):
-    """Official forward: conv patch embedding, masking by ids_keep, encoder, decoder, loss."""
+def np_mae_loss(sd, lms, ids_keep, heads, dheads, patch, norm_pix=False):
+    """Official forward: conv patch embedding, masking by ids_keep, encoder, decoder, loss.
+
+    norm_pix: the official `norm_pix_loss` target, each patch normalised by its own mean and
+    unbiased variance (torch's Tensor.var): (p - mean) / sqrt(var + 1e-6).
+    """
     B, _, F, T = lms.shape
     ph, pw = patch
     gf, gt = F // ph, T // pw
@@ -150,7 +162,12 @@ def np_mae_loss(sd, lms, ids_keep, heads, dheads, patch):
         full = np_block(sd, f"decoder_blocks.{i}", full, dheads)
     full = _ln(full, sd["decoder_norm.weight"], sd["decoder_norm.bias"])
     pred = (full @ sd["decoder_pred.weight"].T + sd["decoder_pred.bias"])[:, int(cls) :]
-    per_patch = ((pred - patches) ** 2).mean(-1)
+    target = patches
+    if norm_pix:
+        mean = patches.mean(-1, keepdims=True)
+        var = ((patches - mean) ** 2).sum(-1, keepdims=True) / (patches.shape[-1] - 1)
+        target = (patches - mean) / np.sqrt(var + 1e-6)
+    per_patch = ((pred - target) ** 2).mean(-1)
     return (per_patch * mask).sum() / mask.sum(), pred, mask
 
 
@@ -192,7 +209,7 @@ def test_cli_npz_to_model_dir_round_trip(tmp_path):
     run.mkdir()
     np.savez(run / "checkpoint-100.npz", **sd)
     out = tmp_path / "converted"
-    rc = convert.main(
+    rc = convert_cli.main(
         [
             str(run / "checkpoint-100.npz"),
             str(out),
@@ -230,7 +247,8 @@ def test_pth_checkpoint(tmp_path):
         run / "checkpoint-3.pth",
     )
     assert (
-        convert.main([str(run / "checkpoint-3.pth"), str(tmp_path / "o"), "--per-batch-norm"]) == 0
+        convert_cli.main([str(run / "checkpoint-3.pth"), str(tmp_path / "o"), "--per-batch-norm"])
+        == 0
     )
     config, enc, _, meta = load_model_dir(str(tmp_path / "o"))
     assert (config.input_size, config.patch_size) == ((80, 512), (16, 8))
@@ -278,6 +296,11 @@ def test_bad_state_dicts_name_the_key():
 
 def test_unexpected_positional_table_warns():
     sd = official_state_dict(5)
+    with warnings.catch_warnings():  # the published tables: no warning, both decoder kinds
+        warnings.simplefilter("error")
+        convert.state_dict_to_params(sd)
+        kw, _ = convert.state_dict_to_params(official_state_dict(5, decoder="2d"))
+    assert kw["decoder_pos_embed"] == "2d"
     sd["pos_embed"] = sd["pos_embed"] + 0.01
     with pytest.warns(UserWarning, match="pos_embed differs"):
         convert.state_dict_to_params(sd)
@@ -285,12 +308,42 @@ def test_unexpected_positional_table_warns():
 
 def test_normalisation_must_be_chosen(tmp_path, capsys):
     np.savez(tmp_path / "c.npz", **official_state_dict(6))
-    with pytest.raises(SystemExit):
-        convert.main([str(tmp_path / "c.npz"), str(tmp_path / "o")])
+    assert convert_cli.main([str(tmp_path / "c.npz"), str(tmp_path / "o")]) == 2
     assert "--per-batch-norm" in capsys.readouterr().err
     assert (
-        convert.main([str(tmp_path / "missing.npz"), str(tmp_path / "o"), "--per-batch-norm"]) == 1
+        convert_cli.main([str(tmp_path / "missing.npz"), str(tmp_path / "o"), "--per-batch-norm"])
+        == 2
     )
+    assert "missing.npz" in capsys.readouterr().err
+
+
+def test_non_finite_weights_are_refused_by_name(tmp_path, capsys):
+    """NaN weights would convert into an encoder whose every feature is NaN."""
+    sd = official_state_dict(8)
+    sd["blocks.1.attn.qkv.weight"][3, :5] = np.nan
+    sd["norm.bias"][0] = np.inf
+    np.savez(tmp_path / "nan.npz", **sd)
+    rc = convert_cli.main([str(tmp_path / "nan.npz"), str(tmp_path / "o"), "--per-batch-norm"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "nan.npz: non-finite values in 2 tensor(s)" in line
+    assert "blocks.1.attn.qkv.weight (5 NaN, 0 Inf" in line and "norm.bias (0 NaN, 1 Inf" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_malformed_npz_is_one_line(tmp_path, capsys):
+    np.savez(tmp_path / "good.npz", **official_state_dict(9))
+    data = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.npz").write_bytes(b"\x93NUMPY not really" * 10)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    os.replace(tmp_path / "single.npy", tmp_path / "single.npz")
+    np.savez(tmp_path / "text.npz", a=np.array(["x", "y"]))
+    (tmp_path / "empty.npz").write_bytes(b"")
+    for name in ("cut", "garbage", "single", "text", "empty"):
+        src = str(tmp_path / f"{name}.npz")
+        rc = convert_cli.main([src, str(tmp_path / "o"), "--per-batch-norm"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and f"{src}: " in err, (name, err)
 
 
 def test_single_block_matches_numpy_formulas():
@@ -306,17 +359,21 @@ def test_single_block_matches_numpy_formulas():
         )
 
 
+@pytest.mark.parametrize("norm_pix", [False, True])
 @pytest.mark.parametrize("cls,decoder", [(True, "1d"), (False, "2d")])
-def test_whole_model_matches_numpy_forward(cls, decoder):
+def test_whole_model_matches_numpy_forward(cls, decoder, norm_pix):
     sd = official_state_dict(8, cls=cls, decoder=decoder)
     kw, params = convert.state_dict_to_params(sd, num_heads=4, decoder_num_heads=2)
-    config = ModelConfig(**kw)
-    lms = np.random.default_rng(1).normal(size=(3, 1, 80, 208)).astype(np.float32)
+    config = ModelConfig(**kw, norm_pix_loss=norm_pix)
+    # Off-centre, wide values: a per-patch normalised target differs clearly from the raw one.
+    lms = np.random.default_rng(1).normal(2.0, 3.0, size=(3, 1, 80, 208)).astype(np.float32)
     key = jax.random.key(3)
     apply = jax.jit(mae.MaskedAutoencoder(config).apply)
     loss, pred, mask = apply({"params": params}, lms, key)
     ids_keep = np.asarray(random_masking(key, 3, config.num_patches, config.num_keep)[0])
-    ref_loss, ref_pred, ref_mask = np_mae_loss(sd, lms.astype(np.float64), ids_keep, 4, 2, (16, 16))
+    ref_loss, ref_pred, ref_mask = np_mae_loss(
+        sd, lms.astype(np.float64), ids_keep, 4, 2, (16, 16), norm_pix=norm_pix
+    )
     np.testing.assert_array_equal(np.asarray(mask), ref_mask)
     np.testing.assert_allclose(np.asarray(pred), ref_pred, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
@@ -352,7 +409,7 @@ def test_matches_pytorch_reference():
 def test_no_decoder_option(tmp_path):
     np.savez(tmp_path / "c.npz", **official_state_dict(9))
     assert (
-        convert.main(
+        convert_cli.main(
             [str(tmp_path / "c.npz"), str(tmp_path / "o"), "--per-batch-norm", "--no-decoder"]
         )
         == 0

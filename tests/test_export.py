@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from msm_mae_jax.cli import export as export_cli
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.features.runtime import Runtime
 from msm_mae_jax.model import artifact, mae
@@ -68,19 +69,19 @@ def test_export_load_gives_the_checkpoint_features(workdir, tmp_path):
 def test_cli_with_step(workdir, tmp_path, capsys):
     wd, params = workdir
     out = str(tmp_path / "step1")
-    assert export.main(["--workdir", wd, "--out", out, "--step", "1"]) == 0
+    assert export_cli.main(["--workdir", wd, "--out", out, "--step", "1"]) == 0
     _, enc, _, meta = artifact.load_model_dir(out)
     assert meta["step"] == 1
     jax.tree.map(np.testing.assert_array_equal, enc, jax.tree.map(np.asarray, params[1]))
-    assert export.main(["--workdir", wd, "--out", str(tmp_path / "x"), "--step", "7"]) == 1
+    assert export_cli.main(["--workdir", wd, "--out", str(tmp_path / "x"), "--step", "7"]) == 2
     assert "step 7" in capsys.readouterr().err
 
 
 def test_cli_errors_name_the_path(tmp_path, capsys):
     missing = str(tmp_path / "no_run")
-    assert export.main(["--workdir", missing, "--out", str(tmp_path / "o")]) == 1
+    assert export_cli.main(["--workdir", missing, "--out", str(tmp_path / "o")]) == 2
     assert missing in capsys.readouterr().err
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    assert export.main(["--workdir", str(empty), "--out", str(tmp_path / "o")]) == 1
+    assert export_cli.main(["--workdir", str(empty), "--out", str(tmp_path / "o")]) == 2
     assert "checkpoints" in capsys.readouterr().err

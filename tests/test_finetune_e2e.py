@@ -35,7 +35,8 @@ def _cmd(enc, csv, wd):
         os.path.join(wd, "result.json"),
         "--config",
         "configs/finetune.py:tiny",
-        "--config.epochs=12",  # 36 steps; a checkpoint after each evaluation (3 steps)
+        "--config.epochs=40",  # 120 steps; an evaluation and a checkpoint every 6 steps
+        "--config.eval_every_steps=6",
         "--config.mesh=(('data',1),('fsdp',1),('tensor',1))",
         "--no-progress",
     ]
@@ -85,23 +86,23 @@ def test_sigterm_then_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     _wait(p, run_dir, 4)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 3 and "run the same command again" in err, err[-2000:]
+    assert p.returncode == 3 and "run the same command again" in err, (p.returncode, err[-2000:])
     saved = checkpoints.Checkpointer(run_dir).all_steps()
-    assert saved and max(saved) == max(_logged_steps(run_dir)) < 36  # saved where it stopped
+    assert saved and max(saved) == max(_logged_steps(run_dir)) < 120  # saved where it stopped
     p = subprocess.Popen(
         _cmd(enc, csv, wd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     _wait(p, run_dir, max(saved) + 5)  # past a checkpoint, before the end
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert max(_logged_steps(run_dir)) < 36, "finished before it could be killed"
+    assert max(_logged_steps(run_dir)) < 120, "finished before it could be killed"
     r = subprocess.run(_cmd(enc, csv, wd), env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed" in r.stderr and "accuracy (%)" in r.stdout
     r = subprocess.run(_cmd(enc, csv, ref), env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    a = checkpoints.load_state_numpy(run_dir, 36)[0]
-    b = checkpoints.load_state_numpy(os.path.join(ref, "split", "seed0"), 36)[0]
+    a = checkpoints.load_state_numpy(run_dir, 120)[0]
+    b = checkpoints.load_state_numpy(os.path.join(ref, "split", "seed0"), 120)[0]
     jax.tree.map(np.testing.assert_array_equal, a, b)  # params, best params, optimizer, counters
     ra, rb = (json.load(open(os.path.join(d, "result.json"))) for d in (wd, ref))
     assert ra["accuracy"] == rb["accuracy"] and ra["valid"] == rb["valid"]
@@ -120,7 +121,8 @@ def _pretrain(store, train_idx, stats, out, steps=200, width=128):
     from msm_mae_jax.evaluation.finetune import data
     from msm_mae_jax.model import artifact
     from msm_mae_jax.model.config import ModelConfig
-    from msm_mae_jax.train import loop, optim
+    from msm_mae_jax.train import optim
+    from msm_mae_jax.train.state import Setup
 
     c = load_config(
         "tiny",
@@ -133,7 +135,7 @@ def _pretrain(store, train_idx, stats, out, steps=200, width=128):
             "mesh": (("data", 1), ("fsdp", 1), ("tensor", 1)),
         },
     )
-    setup = loop.Setup(c, optim.resolve_schedule(c))
+    setup = Setup(c, optim.resolve_schedule(c))
     state = setup.init_state(0)
     y = np.zeros((len(train_idx), 1), np.float32)
     crops = data.TrainBatches(
@@ -150,7 +152,7 @@ def _pretrain(store, train_idx, stats, out, steps=200, width=128):
     with setup.activate():
         for step in range(steps):
             x = crops.batch(step)[0][:, None]
-            state, _ = setup.train_step_lean(state, setup.global_batch(x))
+            state, _ = setup.train_step(state, setup.global_batch(x))
     enc = jax.device_get(state.params["encoder"])
     mc = ModelConfig.from_dict(c.model)
     return artifact.save_model_dir(out, mc, enc, stats, "test"), mc, enc
@@ -158,9 +160,12 @@ def _pretrain(store, train_idx, stats, out, steps=200, width=128):
 
 @pytest.mark.slow
 def test_fsdd_digits_finetuning_reaches_95_and_beats_the_linear_probe(
-    fsdd_dir, tmp_path, monkeypatch
+    fsdd_dir, fsdd_synthetic, tmp_path, monkeypatch
 ):
-    """Takes 5-49 train (10% of them valid), takes 0-4 test (300 clips); whole clips."""
+    """Takes 5-49 train (10% of them valid), takes 0-4 test (300 clips); whole clips. On the
+    synthetic stand-in (540 clips, tests/fsdd_like.py; harder, and 8x less data) the same ~300
+    updates with batch 16 must beat the probe by as much, and reach 60% (measured: 71%, the
+    probe 43%); 95% is the claim for the recordings (measured: 98%, the probe 89%)."""
     files = sorted(str(p) for p in fsdd_dir.glob("*.wav"))
     names = [os.path.basename(f)[:-4].split("_") for f in files]
     splits = ["test" if int(n[2]) < 5 else "train" for n in names]
@@ -188,9 +193,9 @@ def test_fsdd_digits_finetuning_reaches_95_and_beats_the_linear_probe(
     monkeypatch.setattr(data, "load_clips", lambda *a, **k: store)  # read once above
     c = ft_config(
         **{
-            "epochs": "8",
+            "epochs": "15" if fsdd_synthetic else "8",
             "warmup_epochs": "1",
-            "batch_size": "64",
+            "batch_size": "16" if fsdd_synthetic else "64",
             "optim.lr": "2e-3",
             "augment.mixup": "0",
             "augment.rrc": "false",
@@ -205,4 +210,4 @@ def test_fsdd_digits_finetuning_reaches_95_and_beats_the_linear_probe(
     )
     res = run.finetune(task, enc, c, str(tmp_path / "ft"), log=lambda m: None, progress=False)
     acc = res["accuracy"]["mean"]
-    assert acc >= 0.95 and acc > lin.score + 0.05, (acc, lin.score)
+    assert acc >= (0.6 if fsdd_synthetic else 0.95) and acc > lin.score + 0.05, (acc, lin.score)

@@ -1,6 +1,6 @@
-"""Training/eval pipelines over every source: shapes, normalisation, determinism, resume, the
-process-independent order (hosts' batches concatenate to the one-process batch), and the
-bad-input suite."""
+"""The training pipeline over every source: shapes, normalisation, valid frames, determinism,
+resume, the process-independent order (hosts' batches concatenate to the one-process batch),
+and the bad-input suite."""
 
 import logging
 import os
@@ -13,8 +13,9 @@ import soundfile as sf
 from reference import librosa_log_mel
 
 from configs.msm_mae import get_config
+from msm_mae_jax.core.errors import DataError
+from msm_mae_jax.data import audio, audio_io, sources, synthetic
 from msm_mae_jax.data import pipeline as ip
-from msm_mae_jax.data import synthetic
 from msm_mae_jax.data.normalization import NormStats
 
 STATS = NormStats(-6.0, 4.0)
@@ -27,7 +28,6 @@ def _config(source="synthetic", **data):
     c.data.source = source
     c.data.synthetic_clips = 8
     c.data.synthetic_seconds = 0.5
-    c.data.synthetic_eval_clips = 6
     c.data.norm_stats_crops = 8
     c.data.shuffle_buffer = 16
     for k, v in data.items():
@@ -46,25 +46,13 @@ def _take(it, n):
     return [next(it)["lms"] for _ in range(n)]
 
 
-def test_parse_source():
-    assert ip.parse_source("synthetic").kind == "synthetic"
-    s = ip.parse_source("files:/data/a,*.wav,*.flac")
-    assert (s.kind, s.path, s.patterns) == ("files", "/data/a", ("*.wav", "*.flac"))
-    assert ip.parse_source("files:/data/a", "*_1.wav").patterns == ("*_1.wav",)
-    s = ip.parse_source("tfds:speech_commands:1.0.0:train[:10%]")
-    assert (s.name, s.split) == ("speech_commands:1.0.0", "train[:10%]")
-    assert ip.parse_source("tfds:crema_d").split == "train"
-    assert ip.parse_source("lms:/x").path == "/x"
-    for bad in ("", "files:", "wav:/x", "synthetic:1"):
-        with pytest.raises(ip.DataError, match="data source"):
-            ip.parse_source(bad)
-
-
 def test_synthetic_batches_are_normalised_log_mels_of_the_clips():
     # Clips (51 frames) are shorter than the crop (64): each example is a whole clip, padded.
     c = _config()
-    (batch,) = _take(ip.train_iterator(c, STATS), 1)
+    first = next(ip.train_iterator(c, STATS))
+    batch = first["lms"]
     assert batch.shape == (4, 1, 80, 64) and batch.dtype == np.float32
+    assert first["frames"].dtype == np.int32 and list(first["frames"]) == [51] * 4
     refs = [librosa_log_mel(synthetic.make_clip(i, 0, 0.5)[0]) for i in range(8)]
     for x in batch[:, 0]:
         errs = [np.abs(x[:, :51] - (r - STATS.mean) / STATS.std).max() for r in refs]
@@ -139,13 +127,13 @@ def test_files_hosts_decode_only_their_slice(tmp_path, monkeypatch):
     _files_corpus(tmp_path / "c")
     c = _config(f"files:{tmp_path / 'c'}")
     calls = {}  # loader (one per iterator; prefetch threads may outlive the loop) -> positions
-    real = ip._SubstitutingLoader.__call__
+    real = sources._SubstitutingLoader.__call__
 
     def spy(self, pos, i):
         calls.setdefault(id(self), []).append(int(pos))
         return real(self, pos, i)
 
-    monkeypatch.setattr(ip._SubstitutingLoader, "__call__", spy)
+    monkeypatch.setattr(sources._SubstitutingLoader, "__call__", spy)
     its = [
         ip.train_iterator(c, STATS, process_index=p, process_count=2, start_step=2) for p in (0, 1)
     ]
@@ -187,31 +175,21 @@ def test_global_order_every_clip_once_per_epoch_and_hosts_disjoint():
         assert len({tuple(ids[2 * e][0]) for e in range(3)}) > 1
 
 
-def test_eval_iterator_is_padded_equally_across_hosts():
-    c = _config()  # 6 held-out clips, 2 hosts, batch 2 -> 3 real per host -> 2 batches each
-    out = {}
-    for p in range(2):
-        batches = list(ip.eval_iterator(c, STATS, batch_size=2, process_index=p, process_count=2))
-        assert len(batches) == 2
-        out[p] = batches
-    for p, batches in out.items():
-        idx = np.concatenate([b["index"] for b in batches])
-        mask = np.concatenate([b["mask"] for b in batches])
-        labels = np.concatenate([b["label"] for b in batches])
-        np.testing.assert_array_equal(idx[mask], np.arange(p, 6, 2))
-        np.testing.assert_array_equal(
-            labels[mask], [synthetic.label_of(8 + i) for i in range(p, 6, 2)]
-        )
-        assert mask.sum() == 3 and (labels[~mask] == -1).all()
-        assert all(b["lms"].shape == (2, 1, 80, 64) for b in batches)
-    wav, _ = synthetic.make_clip(8, 0, 0.5)
-    first = out[0][0]
-    np.testing.assert_allclose(
-        first["lms"][0, 0, :, :51], (librosa_log_mel(wav) - STATS.mean) / STATS.std, atol=2e-3
-    )
-    assert first["frames"][0] == 51
-    whole = next(ip.eval_iterator(c, STATS, batch_size=6, whole=True))
-    assert whole["lms"].shape[-1] == 64 and (whole["frames"] == 51).all()
+def test_frames_count_the_valid_frames_of_each_crop(tmp_path):
+    # 0.3 s and 0.5 s clips are shorter than the 64-frame crop: whole clip, then zero padding
+    # (normalised: -mean/std); 1 s and 2 s clips fill the crop.
+    root = tmp_path / "c"
+    root.mkdir()
+    lengths = {"a.wav": 0.3, "b.wav": 0.5, "c.wav": 1.0, "d.wav": 2.0}
+    for i, (name, sec) in enumerate(lengths.items()):
+        _write_tone(root / name, seconds=sec, freq=300.0 + 100 * i)
+    c = _config(f"files:{root}")
+    for batch in [next(ip.train_iterator(c, STATS, start_step=s)) for s in (0, 1)]:  # 2 epochs
+        frames = batch["frames"]
+        assert sorted(frames) == [31, 51, 64, 64], frames
+        for x, t in zip(batch["lms"][:, 0], frames, strict=True):
+            np.testing.assert_array_equal(x[:, t:], -STATS.mean / STATS.std)
+            assert (x[:, t - 1] != -STATS.mean / STATS.std).any()  # the clip's last frame
 
 
 def test_files_source_mixed_formats_rates_channels(tmp_path):
@@ -240,24 +218,30 @@ def test_files_source_mixed_formats_rates_channels(tmp_path):
 
 
 def test_files_source_over_fsdd_matches_librosa(fsdd_dir, tmp_path):
-    names = ["3_jackson_0.wav", "7_theo_1.wav"]
+    names = ["3_jackson_0.wav", "5_theo_1.wav"]  # 8 kHz recordings, resampled to 16 kHz
     for n in names:
         shutil.copy(fsdd_dir / n, tmp_path / n)
+    refs = [
+        librosa_log_mel(librosa.load(tmp_path / n, sr=16000, res_type="soxr_hq")[0]) for n in names
+    ]
+    assert refs[0].shape[1] != refs[1].shape[1]
     c = _config(f"files:{tmp_path}")
-    batch = next(ip.eval_iterator(c, STATS, batch_size=2, whole=True))
-    for i, n in enumerate(names):
-        wav, _ = librosa.load(tmp_path / n, sr=16000, res_type="soxr_hq")
-        ref = (librosa_log_mel(wav) - STATS.mean) / STATS.std
-        t = batch["frames"][i]
-        assert t == ref.shape[1]
-        np.testing.assert_allclose(batch["lms"][i, 0, :, :t], ref, atol=2e-3)
+    c.model.input_size = (80, 256)  # longer than both clips: every crop is a whole clip
+    # Evaluation reads the whole clips through the same source.
+    src = sources.open_source(c.data.source, c.data)
+    for ref, wav in zip(refs, src.iterate(range(2)), strict=True):
+        np.testing.assert_allclose(audio.log_mel(wav).numpy(), ref, atol=2e-3)
+    batch = next(ip.train_iterator(c, STATS))  # 4 rows = both clips, twice
+    for x, t in zip(batch["lms"][:, 0], batch["frames"], strict=True):
+        (ref,) = [r for r in refs if r.shape[1] == t]
+        np.testing.assert_allclose(x[:, :t], (ref - STATS.mean) / STATS.std, atol=2e-3)
 
 
 def test_tfds_source_via_local_builder(fsdd_dir, tmp_path):
     from msm_mae_jax.data.tfds_audio_folder import build_audio_folder
 
-    src = tmp_path / "src"
-    src.mkdir()
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
     for n in [
         "0_george_0.wav",
         "1_george_0.wav",
@@ -265,19 +249,25 @@ def test_tfds_source_via_local_builder(fsdd_dir, tmp_path):
         "0_lucas_1.wav",
         "1_lucas_1.wav",
     ]:
-        shutil.copy(fsdd_dir / n, src / n)
-    build_audio_folder(str(src), str(tmp_path / "tfds"), label_from="prefix")
+        shutil.copy(fsdd_dir / n, src_dir / n)
+    build_audio_folder(str(src_dir), str(tmp_path / "tfds"), label_from="prefix")
     c = _config("tfds:audio_folder:train", tfds_data_dir=str(tmp_path / "tfds"))
     assert ip.count_clips(c) == 5
     a = _take(ip.train_iterator(c, STATS), 3)
     assert all(b.shape == (4, 1, 80, 64) and np.isfinite(b).all() for b in a)
     np.testing.assert_array_equal(_take(ip.train_iterator(c, STATS, start_step=2), 1)[0], a[2])
-    batches = list(ip.eval_iterator(c, STATS, batch_size=2, whole=True))
-    mask = np.concatenate([b["mask"] for b in batches])
-    labels = np.concatenate([b["label"] for b in batches])[mask]
-    assert mask.sum() == 5 and sorted(labels) == [0, 0, 1, 1, 2]
+    # Two hosts read disjoint halves of the split (even_splits): 3 + 2 records.
+    assert [
+        ip.train_iterator(c, STATS, process_index=p, process_count=2).num_local for p in (0, 1)
+    ] == [3, 2]
+    # The same reader gives evaluation the clips in order (one per source file).
+    src = sources.open_source(c.data.source, c.data)
+    wavs = list(src.iterate(range(5)))
+    refs = [audio_io.load_audio(p) for p in sorted(src_dir.glob("*.wav"))]
+    assert sorted(w.tobytes() for w in wavs) == sorted(r.tobytes() for r in refs)
+    assert src.name(4) == "tfds:audio_folder train[4]" and src.durations() is None
     c.data.tfds_audio_key = "wave"
-    with pytest.raises(ip.DataError, match="'wave'"):
+    with pytest.raises(DataError, match="'wave'"):
         ip.count_clips(c)
 
 
@@ -323,18 +313,18 @@ def test_bad_files_are_skipped_counted_and_never_reach_the_model(tmp_path, caplo
     expected = {"empty.wav", "text.wav", "corrupt_header.wav", "zero.wav", "one_sample.wav"}
     if not is_root:
         expected.add("noperm.wav")
-    assert expected <= skipped
-    # NaN/Inf pass the header check: caught when decoded (train) or at the eval read.
-    ev = ip.eval_iterator(c, STATS, batch_size=16, whole=True)
-    (batch,) = list(ev)
-    assert np.isfinite(batch["lms"]).all()
-    assert {"nan.wav", "inf.wav"} <= {os.path.basename(p) for p in ev.skip_report.skipped}
-    assert batch["mask"].sum() == len(usable) + is_root and batch["lms"].shape[-1] <= 30 * 100 + 64
+    # NaN/Inf pass the header check: caught when decoded (16 elements: every file read).
+    assert expected | {"nan.wav", "inf.wav"} <= skipped
     for name in ("empty.wav", "text.wav", "nan.wav"):
         assert any(name in r.getMessage() for r in caplog.records), name
     assert "skipped" in it.skip_report.summary()
+    # Evaluation reads of the same source name the file instead of skipping a labelled clip.
+    src = sources.open_source(c.data.source, c.data)
+    nan_index = [os.path.basename(p) for p in src.paths].index("nan.wav")
+    with pytest.raises(audio_io.AudioError, match=r"nan\.wav: .*NaN/Inf"):
+        list(src.iterate([nan_index]))
     # The one-minute file is read as a window: a training element holds only the crop.
-    assert ip._window_seconds(c, 64) < 1.0
+    assert src.window_seconds(64) < 1.0
 
 
 def test_decode_failures_are_substituted_deterministically(tmp_path):
@@ -357,13 +347,13 @@ def test_no_usable_audio_fails_clearly(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("x")
-    with pytest.raises(ip.DataError, match=f"no audio files found in {empty}"):
+    with pytest.raises(DataError, match=f"no audio files found in {empty}"):
         ip.count_clips(_config(f"files:{empty}"))
-    with pytest.raises(ip.DataError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         ip.count_clips(_config(f"files:{tmp_path}/missing"))
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.wav").write_bytes(b"")
     (bad / "b.flac").write_text("nope")
-    with pytest.raises(ip.DataError, match=r"none of the 2 audio file\(s\) is usable.*a\.wav"):
+    with pytest.raises(DataError, match=r"none of the 2 audio file\(s\) is usable.*a\.wav"):
         ip.train_iterator(_config(f"files:{bad}"), STATS)

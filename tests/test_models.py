@@ -12,6 +12,7 @@ import pytest
 from msm_mae_jax.core.errors import ConfigError
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.config import ModelConfig, encoder_variant
+from msm_mae_jax.model.masking import masking_noise
 
 TINY = ModelConfig(
     embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
@@ -137,6 +138,26 @@ def test_bad_calls_are_clear_errors():
                 mask_ratio=r,
             )
         )(0.5)
+
+
+def test_explicit_noise_is_the_key_draw():
+    """noise_BN = masking_noise(key) gives bitwise what `key` gives; the smallest noise is kept."""
+    params = mae.init_params(TINY, jax.random.key(0))
+    apply = jax.jit(mae.MaskedAutoencoder(TINY).apply)
+    lms = np.random.default_rng(3).normal(size=(3, 1, 80, 208)).astype(np.float32)
+    key = jax.random.key(4)
+    N, K = TINY.num_patches, TINY.num_keep
+    by_key = apply({"params": params}, lms, key)
+    by_noise = apply({"params": params}, lms, noise_BN=masking_noise(key, 3, N))
+    for a, b in zip(by_key, by_noise, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    ramp_BN = jnp.broadcast_to(-jnp.arange(N, dtype=jnp.float32), (3, N))  # keeps the last K
+    _, _, mask = apply({"params": params}, lms, noise_BN=ramp_BN)
+    np.testing.assert_array_equal(np.asarray(mask), np.repeat([[1.0] * (N - K) + [0.0] * K], 3, 0))
+    with pytest.raises(ValueError, match="not both"):
+        apply({"params": params}, lms, key, noise_BN=ramp_BN)
+    with pytest.raises(ValueError, match=r"noise_BN has shape \(3, 64\)"):
+        apply({"params": params}, lms, noise_BN=ramp_BN[:, 1:])
 
 
 def test_patchify_is_frequency_major_and_inverts():

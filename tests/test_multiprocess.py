@@ -6,12 +6,14 @@ import os
 import socket
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
 import pytest
 from train_utils import TINY_OVERRIDES, final_params, read_metrics, tiny_config
 
+from msm_mae_jax.core.errors import ConfigError
 from msm_mae_jax.train import distributed, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,8 +36,21 @@ def test_cluster_detection():
     c = tiny_config(STEPS)
     assert distributed.initialize(c) == (0, 1)  # single process: no-op
     c.num_processes, c.coordinator_address, c.process_id = 2, "", 0
-    with pytest.raises(Exception, match="coordinator_address"):
+    with pytest.raises(ConfigError, match="multi-process run needs config.coordinator_address"):
         distributed.initialize(c)
+
+
+def test_describe_devices():
+    def dev(platform, kind):
+        return types.SimpleNamespace(platform=platform, device_kind=kind)
+
+    assert distributed.describe_devices([dev("cpu", "cpu")] * 8) == "cpu backend, 8 devices"
+    assert distributed.describe_devices([dev("cpu", "cpu")]) == "cpu backend, 1 device"
+    h100 = [dev("gpu", "NVIDIA H100 80GB HBM3")] * 8
+    assert distributed.describe_devices(h100) == "gpu backend, 8 x NVIDIA H100 80GB HBM3"
+    mixed = [dev("gpu", "A")] * 2 + [dev("gpu", "B")]
+    assert distributed.describe_devices(mixed) == "gpu backend, 2 x A, 1 x B"
+    assert distributed.describe_devices() == f"cpu backend, {jax.device_count()} devices"
 
 
 @pytest.mark.slow

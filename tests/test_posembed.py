@@ -1,37 +1,10 @@
 """Fixed positional tables against a loop-by-loop computation of the published formulas."""
 
-import math
-
 import numpy as np
 import pytest
+from reference import sincos_2d_table, sinusoid_1d_table
 
 from msm_mae_jax.model import posembed
-
-
-def _ref_2d(D, gf, gt, cls):
-    """Row f*gt + t: channels [0, D/2) encode t, [D/2, D) encode f; each half is
-    [sin(pos * w_k)]_k ++ [cos(pos * w_k)]_k, w_k = 1 / 10000^(k / (D/4))."""
-    rows = [[0.0] * D] if cls else []
-    q = D // 4
-    for f in range(gf):
-        for t in range(gt):
-            row = []
-            for pos in (t, f):
-                row += [math.sin(pos / 10000 ** (k / q)) for k in range(q)]
-                row += [math.cos(pos / 10000 ** (k / q)) for k in range(q)]
-            rows.append(row)
-    return np.array(rows)
-
-
-def _ref_1d(D, n, cls):
-    rows = [[0.0] * D] if cls else []
-    for p in range(n):
-        row = []
-        for j in range(D):
-            angle = p / 10000 ** (2 * (j // 2) / D)
-            row.append(math.sin(angle) if j % 2 == 0 else math.cos(angle))
-        rows.append(row)
-    return np.array(rows)
 
 
 @pytest.mark.parametrize(
@@ -42,14 +15,14 @@ def test_2d_table_matches_formula(D, grid, cls):
     table = posembed.sincos_2d(D, grid, cls_token=cls)
     assert table.dtype == np.float32
     assert table.shape == (grid[0] * grid[1] + cls, D)
-    np.testing.assert_allclose(table, _ref_2d(D, *grid, cls), atol=1e-6)
+    np.testing.assert_allclose(table, sincos_2d_table(D, *grid, cls), atol=1e-6)
 
 
 @pytest.mark.parametrize("D,n,cls", [(384, 65, True), (64, 130, False), (512, 13, True)])
 def test_1d_table_matches_formula(D, n, cls):
     table = posembed.sinusoid_1d(D, n, cls_token=cls)
     assert table.dtype == np.float32
-    np.testing.assert_allclose(table, _ref_1d(D, n, cls), atol=1e-6)
+    np.testing.assert_allclose(table, sinusoid_1d_table(D, n, cls), atol=1e-6)
 
 
 def test_2d_table_orientation():

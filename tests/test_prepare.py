@@ -11,8 +11,10 @@ import soundfile as sf
 from reference import librosa_log_mel
 
 from configs.msm_mae import get_config
+from msm_mae_jax.cli import prepare as prepare_cli
+from msm_mae_jax.core.errors import DataError
+from msm_mae_jax.data import lms_shards, prepare
 from msm_mae_jax.data import pipeline as ip
-from msm_mae_jax.data import prepare
 
 NAMES = [
     "0_jackson_0.wav",
@@ -53,10 +55,13 @@ def test_prepare_writes_shards_manifest_and_exact_stats(corpus, tmp_path):
     # Records hold the log-mel of each file.
     import tensorflow as tf
 
+    frames = {f["path"]: f["frames"] for f in m["files"]}
     n = 0
     for rec in tf.data.TFRecordDataset([str(out / s["name"]) for s in m["shards"]]):
-        lms, path = ip.parse_lms_record(rec, "float32")
-        np.testing.assert_allclose(lms.numpy(), refs[path.numpy().decode()], atol=2e-3)
+        lms, path = lms_shards.parse_lms_record(rec, "float32")
+        path = path.numpy().decode()
+        assert lms.shape[1] == frames[path]
+        np.testing.assert_allclose(lms.numpy(), refs[path], atol=2e-3)
         n += 1
     assert n == 5
 
@@ -95,22 +100,23 @@ def test_lms_source_trains_resumes_and_uses_manifest_stats(corpus, tmp_path):
     assert counts == [2, 1, 2]
     assert ip.train_iterator(c, stats, process_index=0, process_count=2).num_local == 4
     assert ip.train_iterator(c, stats, process_index=1, process_count=2).num_local == 1
-    batches = list(ip.eval_iterator(c, stats, batch_size=2, whole=True))
-    mask = np.concatenate([b["mask"] for b in batches])
-    frames = np.concatenate([b["frames"] for b in batches])[mask]
-    assert mask.sum() == 5 and list(frames) == [f["frames"] for f in m["files"]]
+    # Crops longer than every clip: whole clips, their frames as the manifest lists them.
+    c.model.input_size = (80, 128)
+    it = ip.train_iterator(c, stats)
+    seen = [t for _ in range(5) for t in next(it)["frames"]]  # 10 crops = 2 epochs
+    assert sorted(seen) == sorted(2 * [f["frames"] for f in m["files"]])
 
 
 def test_prepare_cli_and_errors(tmp_path, capsys):
     root = tmp_path / "a"
     root.mkdir()
     sf.write(root / "x.wav", 0.1 * np.sin(np.arange(8000) / 5), 16000)
-    assert prepare.main([str(root), str(tmp_path / "o"), "--workers", "1"]) == 0
+    assert prepare_cli.main([str(root), str(tmp_path / "o"), "--workers", "1"]) == 0
     assert "1 clips in 1 shard(s)" in capsys.readouterr().out
     bad = tmp_path / "b"
     bad.mkdir()
     (bad / "y.wav").write_bytes(b"")
-    assert prepare.main([str(bad), str(tmp_path / "o2"), "--workers", "1"]) == 1
+    assert prepare_cli.main([str(bad), str(tmp_path / "o2"), "--workers", "1"]) == 2
     assert "none of the 1 audio file(s) is usable" in capsys.readouterr().err
-    with pytest.raises(ip.DataError, match="no manifest.json"):
-        ip.read_manifest(str(tmp_path))
+    with pytest.raises(DataError, match="no manifest.json"):
+        lms_shards.read_manifest(str(tmp_path))

@@ -71,7 +71,7 @@ def test_bucket_size():
     for n in range(1, 300):  # smallest of the 2^k / 3 * 2^k family that holds n
         family = sorted({2**k for k in range(10)} | {3 * 2**k for k in range(9)})
         assert bucket_size(n) == min(b for b in family if b >= n)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n >= 1, got 0"):
         bucket_size(0)
 
 
@@ -135,8 +135,13 @@ def test_normalization_modes(rt):
     assert np.abs(rt.encode(wav, normalization="batch") - rt.encode(wav)).max() > 1e-3
     # A silent batch has std 0: features stay finite instead of NaN.
     assert np.isfinite(rt.encode(np.zeros((1, 4000), np.float32), normalization="batch")).all()
-    for bad in ("global", (0.0, 0.0), (1.0,), 3.0):
-        with pytest.raises(ValueError):
+    for bad, match in (
+        ("global", r"normalization='global'; expected"),
+        ((0.0, 0.0), r"invalid normalisation statistics mean=0.0 std=0.0"),
+        ((1.0,), r"normalization=\(1.0,\); expected"),
+        (3.0, r"normalization=3.0; expected"),
+    ):
+        with pytest.raises(ValueError, match=match):
             rt.encode(wav, normalization=bad)
 
 
@@ -188,7 +193,8 @@ def test_resampled_input(rt):
     want = rt.encode(audio_io.resample(wav8k[0], 8000, 16000)[None])
     np.testing.assert_allclose(got, want, atol=ATOL)
     _, ts = rt.timestamp_embeddings(wav8k, sample_rate=8000)
-    assert ts[0, -1] <= 1000.0
+    # 1 s: 101 frames, 7 steps; the last nominal centre (6.5 * 160 = 1040 ms) moves to 1000 ms.
+    np.testing.assert_allclose(ts[0], 40.0 + 160.0 * np.arange(7), atol=1e-3)
 
 
 @pytest.mark.parametrize("sr", [0, -16000, float("nan"), float("inf"), 44100.5, 10, "16k"])
@@ -220,8 +226,15 @@ def test_bad_audio_is_a_clear_error(rt):
         rt.encode_lms(np.zeros((1, 64, 100), np.float32))
 
 
+def _expected_timestamps_ms(seconds, steps, period=160.0):
+    """The documented centring: column centres (t + 0.5) * period, all moved down by the
+    smallest shift (at most half a period) that keeps the last one inside the clip."""
+    shift = min(period / 2, max(0.0, (steps - 0.5) * period - seconds * 1000))
+    return (np.arange(steps) + 0.5) * period - shift
+
+
 def test_timestamps():
-    period = 160.0
+    period = 160.0  # 16 frames x 10 ms
     for seconds in (0.005, 1.0, 1.07, 1.98, 2.0, 4.0, 10.01):
         S = round(seconds * 16000)
         T = math.ceil(audio.num_frames(S) / 16)
@@ -229,6 +242,17 @@ def test_timestamps():
         assert ts.shape == (T,) and ts.dtype == np.float32
         np.testing.assert_allclose(np.diff(ts), period, atol=1e-3)
         assert 0.0 <= ts[0] <= period / 2 and ts[-1] <= seconds * 1000 + 1e-3
+        np.testing.assert_allclose(ts, _expected_timestamps_ms(seconds, T), atol=1e-3)
+    # Patch width 8: 80 ms steps; the same clip at 8 kHz gets the same timestamps.
+    cfg8 = CFG.replace(patch_size=(16, 8))
+    np.testing.assert_allclose(
+        patch_timestamps_ms(31_680, 16000, 25, cfg8),
+        _expected_timestamps_ms(1.98, 25, period=80.0),
+        atol=1e-3,
+    )
+    np.testing.assert_allclose(
+        patch_timestamps_ms(15_840, 8000, 13, CFG), _expected_timestamps_ms(1.98, 13), atol=1e-3
+    )
     # A clip whose last column fits in it gets exact column centres (t + 0.5) * 160 ms.
     np.testing.assert_allclose(
         patch_timestamps_ms(17_120, 16000, 7, CFG), (np.arange(7) + 0.5) * period
@@ -240,7 +264,9 @@ def test_timestamp_embeddings(rt):
     emb, ts = rt.timestamp_embeddings(wav)
     assert emb.shape == (2, 13, 320) and ts.shape == (2, 13)
     np.testing.assert_allclose(emb, rt.encode(wav), atol=0)
-    assert ts[0, -1] <= 1980.0 and (np.diff(ts, axis=1) > 0).all()
+    # Milliseconds: 13 columns 160 ms apart; the last nominal centre (12.5 * 160 = 2000 ms)
+    # passes the clip's end, so all move down 20 ms: 60, 220, ..., 1980.
+    np.testing.assert_allclose(ts, np.tile(60.0 + 160.0 * np.arange(13), (2, 1)), atol=1e-3)
 
 
 def test_load_errors(tmp_path, enc_params):
@@ -273,3 +299,55 @@ def test_loads_converted_official_weights(tmp_path, rt, enc_params):
     )
     with pytest.raises(ValueError, match="no dataset statistics"):
         per_batch.encode(wav, normalization="dataset")
+
+
+def _clips(lengths, seed=20):
+    return [_noise(1, n, seed=seed + i)[0] for i, n in enumerate(lengths)]
+
+
+def test_list_of_clips_equals_per_clip_calls(rt):
+    """Clips of different lengths (1 and 3 units, shorter than a hop) in one call: each
+    result is that clip encoded alone."""
+    clips = _clips([16_000, 1_000, 45_000, 150])
+    feats = rt.encode(clips)
+    assert isinstance(feats, list) and len(feats) == 4
+    for clip, got in zip(clips, feats, strict=True):
+        want = rt.encode(clip)
+        assert got.shape == want.shape == (rt.num_steps(audio.num_frames(len(clip))), 320)
+        np.testing.assert_allclose(got, want, atol=ATOL)
+    scene = rt.scene_embeddings(tuple(clips))
+    assert scene.shape == (4, 320) and scene.dtype == np.float32
+    for i, clip in enumerate(clips):
+        np.testing.assert_allclose(scene[i], rt.scene_embeddings(clip), atol=ATOL)
+    layers = rt.encode(clips, return_layers=True)
+    np.testing.assert_allclose(layers[2], rt.encode(clips[2], return_layers=True), atol=ATOL)
+
+
+def test_list_timestamps_and_resampling_equal_per_clip_calls(rt):
+    clips = _clips([8_000, 15_840, 3_000], seed=30)  # 8 kHz: 1 s, 1.98 s, 0.375 s
+    feats, ts = rt.timestamp_embeddings(clips, sample_rate=8000)
+    for clip, f, t in zip(clips, feats, ts, strict=True):
+        want_f, want_t = rt.timestamp_embeddings(clip[None], sample_rate=8000)
+        np.testing.assert_allclose(f, want_f[0], atol=ATOL)
+        np.testing.assert_array_equal(t, want_t[0])
+        assert t.shape == (f.shape[0],) and t[-1] <= len(clip) / 8 + 1e-3
+
+
+def test_list_batch_normalization_pools_the_real_frames_of_every_clip(rt):
+    clips = _clips([9_000, 30_000], seed=40)
+    lms = [np.asarray(audio.log_mel_jax(c[None]), np.float64)[0] for c in clips]
+    pooled = np.concatenate([x.ravel() for x in lms])
+    got = rt.encode(clips, normalization="batch")
+    want = rt.encode(clips, normalization=(pooled.mean(), pooled.std(ddof=1)))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=ATOL)
+
+
+def test_bad_clip_in_a_list_is_named(rt):
+    good = _noise(1, 1600)[0]
+    with pytest.raises(ValueError, match=r"audio\[1\] contains NaN"):
+        rt.encode([good, np.full(1600, np.nan, np.float32)])
+    with pytest.raises(ValueError, match=r"audio\[0\] has shape \(1, 1600\)"):
+        rt.encode([good[None], good])
+    with pytest.raises(ValueError, match="empty list"):
+        rt.encode([])

@@ -1,4 +1,5 @@
-"""Task parsing: csv (split / fold), folder and synthetic specs, and their errors."""
+"""Task parsing: csv (split / fold, EVAR metadata CSVs), folder and synthetic specs, and their
+errors."""
 
 import os
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from msm_mae_jax.data.sources import FileSource
 from msm_mae_jax.evaluation import tasks
 
 
@@ -150,9 +152,92 @@ def test_synthetic_task_and_file_source(tmp_path):
     assert [len(w) for w in wavs] == [8000, 8000]
     # file sources read at 16 kHz and change identity when a file changes
     path = _wav(str(tmp_path / "a" / "x.wav"), seconds=0.5, sr=8000)
-    src = tasks.FileSource([path])
+    src = FileSource([path])
     (wav,) = src.iterate([0])
     assert len(wav) == 8000 and src.durations()[0] == pytest.approx(0.5)
     ident = src.identity()
     _wav(path, seconds=0.6, sr=8000)
     assert src.identity() != ident
+
+
+def _write_rows(path, header, rows, bom=False):
+    with open(path, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
+        f.write(",".join(header) + "\n")
+        for r in rows:
+            f.write(",".join(str(v) for v in r) + "\n")
+    return str(path)
+
+
+def test_evar_metadata_csv_with_index_column_and_audio_dir(tmp_path):
+    # EVAR's evar/metadata/<task>.csv: a leading unnamed pandas index, `file_name` relative to
+    # the task's audio folder (work/16k/<task>/), extra columns; the CSV lives elsewhere.
+    audio_dir = tmp_path / "work" / "16k" / "cremad"
+    files = [_wav(str(audio_dir / f"spk{i % 3}" / f"{i}.wav"), seed=i) for i in range(12)]
+    rel = [os.path.relpath(f, audio_dir) for f in files]
+    labels = ["ANG", "HAP"] * 6
+    splits = ["train"] * 6 + ["valid"] * 2 + ["test"] * 4
+    meta = tmp_path / "evar" / "metadata"
+    meta.mkdir(parents=True)
+    rows = [(i, *r, i % 3, s) for i, (*r, s) in enumerate(zip(rel, labels, splits, strict=True))]
+    path = _write_rows(meta / "cremad.csv", ["", "file_name", "label", "speaker_id", "split"], rows)
+    task = tasks.parse_task(f"csv:{path}", audio_dir=str(audio_dir))
+    assert [task.source.name(i) for i in range(12)] == files
+    assert task.class_names == ["ANG", "HAP"] and task.folds[0].sizes()["valid"] == 2
+    np.testing.assert_array_equal(task.y, [0, 1] * 6)
+    # Without audio_dir the paths are relative to the CSV's folder: the error names the
+    # column and the folder it looked in.
+    with pytest.raises(
+        tasks.TaskError, match=rf"12 audio file\(s\) of column 'file_name' .*{meta}"
+    ):
+        tasks.parse_task(f"csv:{path}")
+    with pytest.raises(tasks.TaskError, match="audio_dir .*nowhere is not a folder"):
+        tasks.parse_task(f"csv:{path}", audio_dir=str(tmp_path / "nowhere"))
+
+
+def test_csv_file_column_choice_and_errors(tmp_path):
+    files = _files(tmp_path, 6)
+    labels, splits = ["a", "b"] * 3, ["train"] * 4 + ["test"] * 2
+    both = [(f, "/missing.wav", y, s) for f, y, s in zip(files, labels, splits, strict=True)]
+    path = _write_rows(tmp_path / "both.csv", ["file", "file_name", "label", "split"], both)
+    assert tasks.parse_task(f"csv:{path}").source.name(0) == files[0]  # `file` first
+    with pytest.raises(tasks.TaskError, match=r"file_name' not found .*missing\.wav"):
+        tasks.parse_task(f"csv:{path}", file_column="file_name")
+    rows = list(zip(files, labels, splits, strict=True))
+    path = _write_rows(tmp_path / "path.csv", ["path", "label", "split"], rows)
+    assert tasks.parse_task(f"csv:{path}", file_column="path").source.name(5) == files[5]
+    with pytest.raises(
+        tasks.TaskError,
+        match=r"path\.csv: no file column \(looked for \['file', 'file_name'\].*"
+        r"columns: \['path', 'label', 'split'\]",
+    ):
+        tasks.parse_task(f"csv:{path}")
+    with pytest.raises(tasks.TaskError, match=r"no file column 'wav'; available columns: \['path'"):
+        tasks.parse_task(f"csv:{path}", file_column="wav")
+    with pytest.raises(tasks.TaskError, match="apply to csv: tasks only"):
+        tasks.parse_task("synthetic:12", audio_dir=str(tmp_path))
+
+
+def test_csv_with_utf8_byte_order_mark(tmp_path):
+    files = _files(tmp_path, 6)
+    rows = list(zip(files, ["é", "ü"] * 3, ["train"] * 4 + ["test"] * 2, strict=True))
+    path = _write_rows(tmp_path / "bom.csv", ["file", "label", "split"], rows, bom=True)
+    with open(path, "rb") as f:
+        assert f.read(3) == b"\xef\xbb\xbf"
+    task = tasks.parse_task(f"csv:{path}")  # the header's first column is `file`, not BOM+file
+    assert task.class_names == ["é", "ü"] and len(task) == 6
+
+
+def test_a_single_class_is_an_error_naming_task_and_class(tmp_path):
+    files = _files(tmp_path, 6)
+    path = tasks.write_csv(
+        str(tmp_path / "one.csv"), files, ["dog"] * 6, splits=["train"] * 4 + ["test"] * 2
+    )
+    with pytest.raises(
+        tasks.TaskError, match=rf"task csv:{path} has the class 'dog' \(label 'label'\)"
+    ):
+        tasks.parse_task(f"csv:{path}")
+    root = tmp_path / "folder"
+    for i in range(10):
+        _wav(str(root / "cow" / f"{i}.wav"), seed=i)
+    with pytest.raises(tasks.TaskError, match=rf"task folder:{root} has the class 'cow'"):
+        tasks.parse_task(f"folder:{root}")

@@ -1,5 +1,6 @@
 """The small training set-up shared by the trainer tests (in-process and multi-process)."""
 
+import glob
 import json
 import os
 
@@ -32,3 +33,32 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def final_params(workdir: str, step: int):
     return checkpoints.load_state_numpy(workdir, step)[0]["params"]
+
+
+def read_tensorboard(workdir: str) -> tuple[dict, dict]:
+    """(scalars {tag: {step: value}}, images {tag: {step: (plugin, [width, height, png])}}) of
+    the event files in WORKDIR/tb, read back with TF core only, as TensorBoard shows them: a
+    SessionLog START event after the first drops the events read so far from its step on."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    scalars, images, plugins = {}, {}, {}
+    started = False
+    for path in sorted(glob.glob(os.path.join(workdir, "tb", "events.out.tfevents.*"))):
+        for rec in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            ev = event_pb2.Event.FromString(rec)
+            if ev.session_log.status == event_pb2.SessionLog.START:
+                if started:  # a restart: later steps of the earlier run are orphaned
+                    for by_step in (*scalars.values(), *images.values()):
+                        for s in [s for s in by_step if s >= ev.step]:
+                            del by_step[s]
+                started = True
+            for v in ev.summary.value:
+                if v.metadata.plugin_data.plugin_name:  # sent with a tag's first event
+                    plugins[v.tag] = v.metadata.plugin_data.plugin_name
+                value = tf.make_ndarray(v.tensor)
+                if value.dtype == object:  # string tensors: images
+                    images.setdefault(v.tag, {})[ev.step] = (plugins[v.tag], list(value))
+                else:
+                    scalars.setdefault(v.tag, {})[ev.step] = float(value)
+    return scalars, images

@@ -1,6 +1,6 @@
 """The end-to-end demo behind `make demo`: pre-train, export, probe, compare with baselines.
 
-    python -m msm_mae_jax.demo --workdir runs/demo [--steps N] [--config configs/msm_mae.py:tiny]
+    msm-mae demo --workdir runs/demo [--steps N] [--config configs/msm_mae.py:tiny]
 
 1. pre-trains the tiny MSM-MAE on the built-in synthetic audio (unlabelled use),
 2. exports the encoder artifact,
@@ -17,37 +17,44 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from msm_mae_jax.cli import common
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", default="runs/demo")
-    p.add_argument("--config", default="demo", help="config spec: [path.py:]variant")
+def parse_args(argv: Sequence[str] | None = None, prog: str = "msm-mae demo") -> argparse.Namespace:
+    p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--workdir", default="runs/demo", help="default: runs/demo")
+    p.add_argument("--config", default="demo", help="config spec: [path.py:]variant (demo)")
     p.add_argument("--steps", type=int, default=0, help="pre-training steps (0: the config's)")
     p.add_argument("--task", default="synthetic:1800", help="labelled task for the probe")
-    p.add_argument("--seeds", type=int, default=3, help="classifier seeds")
+    p.add_argument("--seeds", type=int, default=3, help="classifier seeds (default: 3)")
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "msm-mae demo") -> int:
+    return common.run_command(prog, _demo, argv)
+
+
+def _demo(argv: list[str], prog: str) -> int:
+    args = parse_args(argv, prog)
     from msm_mae_jax.core.config_files import load_config
-    from msm_mae_jax.evaluation import linear, tasks
-    from msm_mae_jax.train import export, loop
 
     t_start = time.time()
     work = os.path.abspath(args.workdir)
     train_dir, export_dir = os.path.join(work, "train"), os.path.join(work, "export")
     spec = args.config if ":" in args.config else f"configs/msm_mae.py:{args.config}"
-    config = load_config(args.config)
+    config = load_config(args.config)  # a bad spec fails here, before jax starts
+    from msm_mae_jax.evaluation import linear, tasks
+    from msm_mae_jax.train import export, loop
+
     if args.steps > 0:
         config.total_steps = args.steps
         config.ckpt_every_steps = max(1, args.steps // 2)
         config.figure_every_steps = max(1, args.steps // 3)
         config.probe.every_steps = max(1, args.steps // 3)
     steps = int(config.total_steps)
+    print(f"[demo] {common.backend_line()}", flush=True)
 
     print(f"[demo] 1/3 pre-training {spec} for {steps} steps in {train_dir}", flush=True)
     t0 = time.time()
@@ -59,7 +66,7 @@ def main(argv=None) -> int:
 
     print(f"[demo] 3/3 linear probe on {args.task}: model vs baselines", flush=True)
     task = tasks.parse_task(args.task)
-    common = dict(
+    shared = dict(
         seeds=tuple(range(args.seeds)),
         progress=False,
         cache_dir=None,
@@ -70,7 +77,7 @@ def main(argv=None) -> int:
         "random init (same encoder)": dict(baseline="random", config=spec),
         "logmel baseline": dict(baseline="logmel"),
     }
-    results = {name: linear.evaluate(task, **kw, **common) for name, kw in runs.items()}
+    results = {name: linear.evaluate(task, **kw, **shared) for name, kw in runs.items()}
 
     rows = [f"{'model':<28} {'accuracy (%)':>16}  feature dim"]
     for name, r in results.items():

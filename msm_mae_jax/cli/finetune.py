@@ -1,138 +1,77 @@
-"""Fine-tune a pre-trained MSM-MAE encoder on a labelled task and score it on the test split.
+"""`msm-mae finetune`: fine-tune a pre-trained encoder + a linear head on a labelled task.
 
-    python finetune.py --checkpoint DIR --task SPEC [--label L] --out FILE.json
+    msm-mae finetune --checkpoint DIR --task SPEC [--label L] --out FILE.json
         [--workdir DIR] [--config configs/finetune.py:VARIANT] [--config.KEY=VALUE ...]
-    python finetune.py --random-init configs/msm_mae.py:VARIANT --task SPEC --out FILE.json
+    msm-mae finetune --random-init configs/msm_mae.py:VARIANT --task SPEC --out FILE.json
 
 --checkpoint: a training workdir, an exported model or converted official weights;
 --random-init: the encoder of a model config with random weights (the baseline).
---task: csv:FILE | folder:DIR | tfds:NAME | synthetic[:N] (as evaluate.py). Every fold and
+--task: csv:FILE | folder:DIR | tfds:NAME | synthetic[:N] (as `msm-mae eval`). Every fold and
 config.num_seeds seeds are fine-tuned; the results (mean ± std of the test accuracy, or mAP
 for multi-label tasks) are printed and written to --out. Runs live in --workdir (default: the
 --out path without .json, plus `_finetune`); the same command again resumes them.
 Exit status: 0 done, 2 a mistake in the arguments or data (one line on stderr), 3 stopped by
-SIGTERM (state saved; run the same command again to continue).
+SIGTERM (state saved; run the same command again to continue). The logic lives in
+msm_mae_jax/evaluation/finetune/.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Sequence
 
-from msm_mae_jax.core.errors import ConfigError, UserError
+from msm_mae_jax.cli import common
+from msm_mae_jax.core.errors import ConfigError
 
 CONFIG_FILE = "configs/finetune.py"
 DEFAULT_CONFIG = f"{CONFIG_FILE}:base"
-EXIT_USER_ERROR, EXIT_PREEMPTED = 2, 3
+EXIT_PREEMPTED = 3
 
 
-class _Parser(argparse.ArgumentParser):
-    """Argument mistakes as one-line errors, like every other user mistake."""
-
-    def error(self, message: str):
-        raise UserError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="finetune",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def build_parser(prog: str) -> common.Parser:
+    p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
+    add = p.add_argument
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="training workdir, export or converted weights")
+    src.add_argument("--checkpoint", metavar="DIR", help="training workdir, export or converted")
     src.add_argument(
         "--random-init",
-        "--random_init",
-        dest="random_init",
         metavar="MODEL_CONFIG",
-        help="a randomly initialised encoder of this model config instead (a baseline), "
-        "e.g. configs/msm_mae.py:fsdd_small",
+        help="fine-tune a randomly initialised encoder of this model config instead (a "
+        "baseline), e.g. configs/msm_mae.py:fsdd_small",
     )
-    p.add_argument("--task", required=True, help="csv:FILE | folder:DIR | tfds:NAME | synthetic")
-    p.add_argument("--label", default="label", help="label column (csv) or feature (tfds)")
-    p.add_argument("--out", help="results JSON")
-    p.add_argument("--workdir", help="run directory (default: from --out)")
-    p.add_argument(
-        "--config", default=DEFAULT_CONFIG, help="[FILE][:VARIANT] of configs/finetune.py"
+    add("--task", required=True, metavar="SPEC", help="csv:FILE | folder:DIR | tfds:NAME")
+    add("--label", default="label", metavar="NAME", help="label column (csv) or feature (tfds)")
+    add("--file-column", metavar="NAME", help="file column of a csv task (default: 'file')")
+    add("--audio-dir", metavar="DIR", help="folder a csv task's relative paths start from")
+    add("--audio-key", default="audio", metavar="NAME", help="audio feature of a tfds task")
+    add("--tfds-data-dir", metavar="DIR", help="TensorFlow Datasets data_dir")
+    add("--split-seed", type=int, default=0, metavar="N", help="seed of generated splits")
+    add("--out", metavar="FILE", help="write the results as JSON here")
+    add("--workdir", metavar="DIR", help="run directory (default: from --out)")
+    add(
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="PATH[:VARIANT]",
+        help=f"fine-tuning config (default: {DEFAULT_CONFIG}; variants base, frozen, fsdd, "
+        "tiny); any key: --config.KEY=VALUE, e.g. --config.epochs=20",
     )
-    p.add_argument("--audio-key", "--audio_key", dest="audio_key", default="audio")
-    p.add_argument("--tfds-data-dir", "--tfds_data_dir", dest="tfds_data_dir", default=None)
-    p.add_argument("--split-seed", "--split_seed", dest="split_seed", type=int, default=0)
-    p.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true")
-    p.epilog = "Any config key: --config.KEY=VALUE (e.g. --config.epochs=20)."
+    add("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
-def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Separates `--config.KEY=VALUE` / `--config.KEY VALUE` from the other arguments."""
-    rest, overrides = [], {}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith("--config."):
-            key, eq, value = a[len("--config.") :].partition("=")
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise ConfigError(f"--config.{key} needs a value")
-                value, i = argv[i + 1], i + 1
-            overrides[key] = value
-        else:
-            rest.append(a)
-        i += 1
-    return rest, overrides
+def load_config(spec: str, extras: Sequence[str]):
+    """The fine-tuning config of `spec` with the `--config.KEY=VALUE` overrides applied."""
+    from msm_mae_jax.cli import config_args
 
-
-def parse_value(key: str, raw: str, current: Any) -> Any:
-    """A command-line string -> the type of the config's current value."""
-    try:
-        if isinstance(current, bool):
-            low = raw.strip().lower()
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return low in ("true", "1", "yes")
-        if isinstance(current, int):
-            return int(raw)
-        if isinstance(current, float):
-            return float(raw)
-        if isinstance(current, str):
-            return raw
-        value = ast.literal_eval(raw)
-        return tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
-    except (ValueError, SyntaxError):
-        kind = type(current).__name__
-        raise ConfigError(f"--config.{key}={raw!r}: expected a {kind}") from None
-
-
-def load_config(spec: str, overrides: dict[str, str]):
-    """The fine-tuning config of `spec` with typed overrides (declared keys only)."""
-    from msm_mae_jax.core import config_files
-
-    # The bundled file by its path: a bare 'finetune.py' in the project root is this command.
-    path, variant = config_files.resolve(spec, default_file=CONFIG_FILE)
-    try:
-        config = config_files.load_file(path, variant)
+    try:  # a bare VARIANT names configs/finetune.py, not this command's finetune.py
+        return config_args.parse_config(spec, extras, default_file=CONFIG_FILE)
     except AttributeError:
         raise ConfigError(
-            f"--config {spec}: {path} defines no get_config(); the fine-tuning configs are "
-            f"{CONFIG_FILE}:VARIANT"
+            f"--config {spec}: not a config file (no get_config()); the fine-tuning configs "
+            f"are {CONFIG_FILE}:VARIANT"
         ) from None
-    typed = {}
-    for key, raw in overrides.items():
-        node = config
-        for part in key.split("."):
-            if not hasattr(node, "keys") or part not in node:
-                raise ConfigError(
-                    f"unknown config key {key!r} (--config.{key}); every key is declared in "
-                    "configs/finetune.py"
-                )
-            node = node[part]
-        typed[key] = parse_value(key, raw, node)
-    return config_files.apply_overrides(config, typed, path)
 
 
 def default_workdir(out: str | None) -> str:
@@ -141,46 +80,43 @@ def default_workdir(out: str | None) -> str:
     return os.path.splitext(os.path.abspath(out))[0] + "_finetune"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = build_parser()
-    try:
-        rest, overrides = split_overrides(argv)
-        args = parser.parse_args(rest)
-        config = load_config(args.config, overrides)
-        workdir = args.workdir or default_workdir(args.out)
-        from msm_mae_jax.evaluation import tasks
-        from msm_mae_jax.evaluation.finetune import results, run
+def main(argv: Sequence[str] | None = None, prog: str = "msm-mae finetune") -> int:
+    return common.run_command(prog, _finetune, argv)
 
-        task = tasks.parse_task(
-            args.task,
-            label=args.label,
-            seed=args.split_seed,
-            audio_key=args.audio_key,
-            tfds_data_dir=args.tfds_data_dir,
-        )
-        encoder = (
-            run.random_init(args.random_init, int(config.seed))
-            if args.random_init
-            else run.load_pretrained(args.checkpoint)
-        )
-        result = run.finetune(
-            task,
-            encoder,
-            config,
-            workdir,
-            log=lambda m: print(m, file=sys.stderr, flush=True),
-            progress=not args.no_progress,
-        )
-    except UserError as e:
-        print(f"finetune: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+
+def _finetune(argv: list[str], prog: str) -> int:
+    args, extras = build_parser(prog).parse_known_args(argv)
+    config = load_config(args.config, extras)
+    workdir = args.workdir or default_workdir(args.out)
+    if args.checkpoint and not os.path.exists(args.checkpoint):
+        raise ConfigError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
+    from msm_mae_jax.evaluation import linear, tasks
+    from msm_mae_jax.evaluation.finetune import results, run
+
+    if args.random_init:
+        linear.load_model_config(args.random_init)  # a bad spec fails before start-up
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    task = tasks.parse_task(
+        args.task,
+        label=args.label,
+        file_column=args.file_column,
+        audio_dir=args.audio_dir,
+        seed=args.split_seed,
+        audio_key=args.audio_key,
+        tfds_data_dir=args.tfds_data_dir,
+    )
+    log(f"{prog}: {common.backend_line()}")
+    encoder = (
+        run.random_init(args.random_init, int(config.seed))
+        if args.random_init
+        else run.load_pretrained(args.checkpoint)
+    )
+    result = run.finetune(task, encoder, config, workdir, log=log, progress=not args.no_progress)
     if result is None:
-        print(
-            f"finetune: stopped by SIGTERM; state saved in {workdir}: run the same command "
-            "again to continue",
-            file=sys.stderr,
+        log(
+            f"{prog}: stopped by SIGTERM; state saved in {workdir}: run the same command "
+            "again to continue"
         )
         return EXIT_PREEMPTED
     print(results.format_table(result))

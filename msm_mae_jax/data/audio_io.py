@@ -1,9 +1,10 @@
 """Audio file reading: any soundfile format, rate and channel count -> mono float32 at 16 kHz.
 
-Every failure (missing, unreadable, empty, corrupt, non-audio, too short, NaN/Inf samples) is
-an `AudioError` whose message starts with the file's path, so callers can skip and count bad
-files. Long files are never loaded whole when `max_seconds` is given: only a window is read
-(seek + read), which keeps one-hour recordings cheap in every tf.data worker.
+Every failure (missing, unreadable, empty, corrupt, non-audio, too short, NaN/Inf samples,
+float samples far outside [-1, 1]) is an `AudioError` whose message starts with the file's
+path, so callers can skip and count bad files. Long files are never loaded whole when
+`max_seconds` is given: only a window is read (seek + read), which keeps one-hour recordings
+cheap in every tf.data worker.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
 
 # Shorter clips cannot fill a single hop of the STFT; they are treated as broken files.
 MIN_SECONDS = HOP_LENGTH / SAMPLE_RATE
+# Float-format files store samples as they are; full scale is [-1, 1] (integer PCM is read
+# scaled into it and cannot exceed it). Beyond this peak a file is mis-scaled (integer values
+# written as float, say): using it would silently distort the normalisation statistics and
+# everything learnt from them, so it is refused like a corrupt file. Real recordings that
+# clip a little after processing stay far below.
+MAX_ABS_SAMPLE = 16.0
 
 # What opening/reading a file can raise: libsndfile errors (RuntimeError subclasses), OS errors
 # (missing, permission, I/O), and ValueError/TypeError/EOFError from odd headers.
@@ -137,6 +144,12 @@ def load_audio(
     if not np.isfinite(wav_S).all():
         bad = int(np.count_nonzero(~np.isfinite(data_SC)))
         raise AudioError(f"{name}: {bad} NaN/Inf sample value(s)")
+    peak = float(np.max(np.abs(data_SC)))
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(
+            f"{name}: sample values reach {peak:.3g}, far outside [-1, 1] (limit "
+            f"{MAX_ABS_SAMPLE:g}): a float file holding unscaled integer values? Rescale it"
+        )
     wav_S = resample(np.ascontiguousarray(wav_S), sr_in, sr)
     return wav_S
 

@@ -1,4 +1,10 @@
-"""Log-mel normalisation statistics: one scalar mean and std, as the official recipe."""
+"""Log-mel normalisation statistics: one scalar mean and std, as the official recipe.
+
+`NormAccumulator` computes them in one streaming pass over chunks of values (float64 count,
+mean and sum of squared deviations, merged with Chan et al.'s parallel update), so a corpus
+never has to fit in memory and per-shard statistics combine exactly. `NormStats.normalize`
+is the one place `(lms - mean) / std` is written for host code.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -21,20 +28,17 @@ class NormStats:
         if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
             raise ValueError(f"invalid normalisation statistics mean={self.mean} std={self.std}")
 
+    def normalize(self, lms: Any) -> Any:
+        """(lms - mean) / std for numpy arrays, jax arrays and tf tensors (dtype kept)."""
+        # Python floats are weakly typed in numpy, jax and tf: a float32 input stays float32.
+        return (lms - float(self.mean)) / float(self.std)
+
     def to_dict(self) -> dict[str, float]:
         return {"mean": float(self.mean), "std": float(self.std)}
 
     @classmethod
-    def from_dict(cls, d) -> NormStats:
+    def from_dict(cls, d: dict) -> NormStats:
         return cls(mean=float(d["mean"]), std=float(d["std"]))
-
-    @classmethod
-    def from_values(cls, values) -> NormStats:
-        """Statistics of an array (or list of arrays) of log-mel values."""
-        if isinstance(values, (list, tuple)):
-            values = np.concatenate([np.asarray(v, np.float64).ravel() for v in values])
-        v = np.asarray(values, np.float64)
-        return cls(mean=float(v.mean()), std=float(v.std()))
 
     def save(self, path: str) -> None:
         tmp = f"{path}.tmp"
@@ -48,6 +52,47 @@ class NormStats:
             return cls.from_dict(json.load(f))
 
 
-def normalize(lms, stats: NormStats):
-    """(lms - mean) / std; works on numpy, jax and tf tensors."""
-    return (lms - stats.mean) / stats.std
+@dataclasses.dataclass
+class NormAccumulator:
+    """Streaming mean/std of values: `add` chunks, `merge` other accumulators, `stats()`.
+
+    State: the number of values, their mean and the sum of squared deviations from it (m2),
+    all float64. A chunk's own (n, mean, m2) is computed in two passes over the chunk, then
+    merged (Chan, Golub & LeVeque), which stays accurate where sum / sum-of-squares cancels.
+    """
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, values: Any) -> NormAccumulator:
+        """Adds every element of `values` (any shape); returns self."""
+        x = np.asarray(values, np.float64).ravel()
+        if x.size:
+            mean_b = float(x.mean())
+            self.merge(NormAccumulator(int(x.size), mean_b, float(np.square(x - mean_b).sum())))
+        return self
+
+    def merge(self, other: NormAccumulator) -> NormAccumulator:
+        """Adds the values another accumulator has seen; returns self."""
+        if other.count == 0:
+            return self
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean += delta * other.count / total
+        self.m2 += other.m2 + delta * delta * self.count * other.count / total
+        self.count = total
+        return self
+
+    def stats(self) -> NormStats:
+        """Mean and population std (ddof=0) of everything added; ValueError when empty."""
+        if self.count == 0:
+            raise ValueError("no values to compute normalisation statistics from")
+        return NormStats(float(self.mean), math.sqrt(max(self.m2, 0.0) / self.count))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": int(self.count), "mean": float(self.mean), "m2": float(self.m2)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NormAccumulator:
+        return cls(int(d["count"]), float(d["mean"]), float(d["m2"]))

@@ -17,34 +17,29 @@ Record features: `lms` (raw bytes of float16/float32 [80, frames], C order), `fr
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing
 import os
-import sys
 from typing import Any
 
 import numpy as np
 
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio_io
-from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.data.pipeline import MANIFEST, Source, list_audio_files, parse_source
+from msm_mae_jax.data.file_scan import list_audio_files
+from msm_mae_jax.data.lms_shards import DTYPES, MANIFEST, serialize_record, shard_name
+from msm_mae_jax.data.normalization import NormAccumulator
+from msm_mae_jax.data.source_base import SourceSpec, parse_spec
 from msm_mae_jax.data.tf_setup import tensorflow
 
 log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
-DTYPES = ("float16", "float32")
 
 
-def shard_name(k: int, n: int) -> str:
-    return f"lms-{k:05d}-of-{n:05d}.tfrecord"
-
-
-def _source_of(src: str, pattern: str) -> tuple[Source, str]:
-    """(files Source, corpus root for relative paths) from a dir, a glob or a files: spec."""
-    source = parse_source(src if src.startswith("files:") else f"files:{src}", pattern)
+def _source_of(src: str, pattern: str) -> tuple[SourceSpec, str]:
+    """(files spec, corpus root for relative paths) from a dir, a glob or a files: spec."""
+    source = parse_spec(src if src.startswith("files:") else f"files:{src}", pattern)
     root = source.path
     if not os.path.isdir(root):
         root = os.path.dirname(root.split("*")[0].split("?")[0].split("[")[0]) or "."
@@ -75,7 +70,7 @@ def _write_shard(job: tuple) -> dict[str, Any]:
 
     tf = tensorflow()
     records, skipped = [], []
-    count, mean, m2 = 0, 0.0, 0.0
+    acc = NormAccumulator()
     tmp = os.path.join(out, f".{name}.tmp")
     with tf.io.TFRecordWriter(tmp) as writer:
         for rel in rel_files:
@@ -89,28 +84,9 @@ def _write_shard(job: tuple) -> dict[str, Any]:
                 skipped.append({"path": rel, "reason": str(e)})
                 continue
             stored = lms_FT.astype(dtype)
-            ex = tf.train.Example(
-                features=tf.train.Features(
-                    feature={
-                        "lms": _bytes(stored.tobytes()),
-                        "frames": tf.train.Feature(
-                            int64_list=tf.train.Int64List(value=[stored.shape[1]])
-                        ),
-                        "path": _bytes(rel.encode()),
-                    }
-                )
-            )
-            writer.write(ex.SerializeToString())
+            writer.write(serialize_record(stored, rel))
             records.append({"path": rel, "frames": int(stored.shape[1])})
-            # Chan et al. parallel update of (count, mean, M2), over the values as stored.
-            x = stored.astype(np.float64).ravel()
-            n_b, mean_b = x.size, float(x.mean())
-            m2_b = float(np.square(x - mean_b).sum())
-            delta = mean_b - mean
-            tot = count + n_b
-            mean += delta * n_b / tot
-            m2 += m2_b + delta * delta * count * n_b / tot
-            count = tot
+            acc.add(stored)  # the statistics of the values as stored
     final = os.path.join(out, name)
     os.replace(tmp, final)
     marker = {
@@ -118,9 +94,7 @@ def _write_shard(job: tuple) -> dict[str, Any]:
         "files": rel_files,
         "records": records,
         "skipped": skipped,
-        "count": count,
-        "mean": mean,
-        "m2": m2,
+        **acc.to_dict(),  # count, mean, m2: merged exactly into the corpus statistics
         "bytes": os.path.getsize(final),
     }
     mtmp = _marker_path(out, name) + ".tmp"
@@ -128,11 +102,6 @@ def _write_shard(job: tuple) -> dict[str, Any]:
         json.dump(marker, f)
     os.replace(mtmp, _marker_path(out, name))
     return marker
-
-
-def _bytes(b: bytes):  # noqa: ANN202
-    tf = tensorflow()
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))
 
 
 def prepare(
@@ -213,7 +182,7 @@ def prepare(
 
 def _manifest(src, root, dtype, shard_size, plan, markers) -> dict[str, Any]:  # noqa: ANN001
     files, shards, skipped = [], [], []
-    count, mean, m2 = 0, 0.0, 0.0
+    acc = NormAccumulator()
     for name, _ in plan:
         m = markers[name]
         skipped += m["skipped"]
@@ -227,12 +196,8 @@ def _manifest(src, root, dtype, shard_size, plan, markers) -> dict[str, Any]:  #
             }
         )
         files += [dict(r, shard=name) for r in m["records"]]
-        n_b, mean_b, m2_b = m["count"], m["mean"], m["m2"]
-        delta, tot = mean_b - mean, count + n_b
-        mean += delta * n_b / tot
-        m2 += m2_b + delta * delta * count * n_b / tot
-        count = tot
-    stats = NormStats(mean, float(np.sqrt(m2 / count))).to_dict() if count else None
+        acc.merge(NormAccumulator.from_dict(m))
+    stats = acc.stats().to_dict() if acc.count else None
     return {
         "version": MANIFEST_VERSION,
         "source": os.path.abspath(src) if not src.startswith("files:") else src,
@@ -247,47 +212,3 @@ def _manifest(src, root, dtype, shard_size, plan, markers) -> dict[str, Any]:  #
         "files": files,
         "skipped": skipped,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m msm_mae_jax.prepare",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("src", help="audio directory, glob, or files: spec")
-    p.add_argument("out", help="output directory (created; re-run to resume)")
-    p.add_argument("--shard-size", type=int, default=1024, help="files per shard")
-    p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
-    p.add_argument("--dtype", choices=DTYPES, default="float16")
-    p.add_argument("--pattern", default="*", help="comma-separated globs below a directory")
-    p.add_argument(
-        "--max-seconds",
-        type=float,
-        default=0.0,
-        help="keep only the first N seconds of each file (0: whole files)",
-    )
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        m = prepare(
-            args.src,
-            args.out,
-            shard_size=args.shard_size,
-            workers=args.workers or None,
-            dtype=args.dtype,
-            pattern=args.pattern,
-            max_seconds=args.max_seconds,
-        )
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(
-        f"{m['num_records']} clips in {len(m['shards'])} shard(s), {len(m['skipped'])} "
-        f"skipped; mean {m['norm_stats']['mean']:.4f} std {m['norm_stats']['std']:.4f}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,8 @@ the part of the file name before the first '_', as in FSDD's `7_jackson_32.wav`)
 Unusable files are skipped with a warning. Build it once, then read it like any TFDS dataset:
 
     build_audio_folder(root, data_dir)                # download_and_prepare, no network
-    input_pipeline config: data.source = 'tfds:audio_folder:train', data.tfds_data_dir = data_dir
+    training config: data.source = 'tfds:audio_folder:train', data.tfds_data_dir = data_dir
+    evaluation task: parse_task('tfds:audio_folder', tfds_data_dir=data_dir)
 """
 
 from __future__ import annotations

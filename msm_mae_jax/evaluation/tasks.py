@@ -2,10 +2,12 @@
 
 Task specs (the `--task` of evaluate.py):
 
-- `csv:FILE` — a CSV with a `file` column (paths relative to the CSV's folder, or absolute),
-  the label column (`label` unless another is named) and either a `split` column
-  (`train` / `valid` / `test`; `val` and `validation` are accepted for `valid`) or a `fold`
-  column (leave-one-fold-out: one evaluation per fold value, with that fold as test).
+- `csv:FILE` — a CSV with a file column (`file`, else `file_name` as in EVAR's metadata CSVs,
+  unless another is named), the label column (`label` unless another is named) and either a
+  `split` column (`train` / `valid` / `test`; `val` and `validation` are accepted for `valid`)
+  or a `fold` column (leave-one-fold-out: one evaluation per fold value, with that fold as
+  test). Relative paths are below `audio_dir` (default: the CSV's folder); other columns (an
+  unnamed pandas index, speaker ids) are ignored; a UTF-8 byte-order mark is accepted.
   A label containing `;` makes the task multi-label (`a;b` = both classes).
 - `folder:DIR` — one sub-folder per class (audio files found recursively below it); each class
   is split 70/10/20 % into train/valid/test with a seeded shuffle.
@@ -15,8 +17,9 @@ Task specs (the `--task` of evaluate.py):
 - `synthetic` or `synthetic:N` — N clips (default 600) of the built-in generator of
   `msm_mae_jax.synthetic`, split 70/10/20 % per class.
 
-Whenever there is no validation split, a seeded, stratified 10 % of the training clips is held
-out as validation (EVAR's choice). A class that occurs in valid/test but never in train, an
+Clips are read through the data sources (`msm_mae_jax.data.sources`). Whenever there is no
+validation split, a seeded, stratified 10 % of the training clips is held out as validation
+(EVAR's choice). A single class, a class that occurs in valid/test but never in train, an
 empty split, a missing file or an unknown column is an error that names it.
 """
 
@@ -26,16 +29,23 @@ import csv
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from msm_mae_jax.core.errors import TaskError
+from msm_mae_jax.core.errors import DataError, TaskError
 from msm_mae_jax.data import audio_io, synthetic
-from msm_mae_jax.data.audio import SAMPLE_RATE
-from msm_mae_jax.data.tf_setup import tensorflow
+from msm_mae_jax.data.sources import AudioSource, FileSource, SyntheticSource, TfdsSource
+from msm_mae_jax.evaluation.splits import (
+    SPLIT_NAMES,
+    Fold,
+    strata_of,
+    stratified_split,
+    valid_from_train,
+)
 
-SPLIT_NAMES = ("train", "valid", "test")
+__all__ = ["SPLIT_NAMES", "Fold", "Task", "TaskError", "parse_task", "stratified_split"]
+
 _SPLIT_ALIASES = {
     "train": "train",
     "valid": "valid",
@@ -43,155 +53,11 @@ _SPLIT_ALIASES = {
     "validation": "valid",
     "test": "test",
 }
+FILE_COLUMNS = ("file", "file_name")  # the file column when none is named, in this order
 FOLDER_RATIOS = (0.7, 0.1, 0.2)
-VALID_FRACTION = 0.1
 SYNTHETIC_CLIPS = 600
 SYNTHETIC_SECONDS = 2.0
 _SYNTHETIC_SEED = 1_000_003  # fixed: evaluation clips are not the training generator's clips
-
-
-# ---------------------------------------------------------------------------------------------
-# Audio sources: clip i of a task as a 16 kHz mono float32 waveform.
-
-
-class FileSource:
-    """Audio files, read with `audio_io.load_audio`."""
-
-    def __init__(self, paths: Sequence[str]):
-        self.paths = [os.path.abspath(p) for p in paths]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def name(self, i: int) -> str:
-        return self.paths[i]
-
-    def iterate(
-        self, indices: Sequence[int], max_seconds: float | None = None
-    ) -> Iterator[np.ndarray]:
-        for i in indices:
-            yield audio_io.load_audio(self.paths[i], SAMPLE_RATE, max_seconds=max_seconds)
-
-    def durations(self) -> np.ndarray:
-        return np.array([audio_io.audio_info(p).seconds for p in self.paths])
-
-    def identity(self) -> str:
-        """Paths, sizes and modification times: a changed file invalidates cached embeddings."""
-        h = hashlib.sha256()
-        for p in self.paths:
-            st = os.stat(p)
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return "files:" + h.hexdigest()
-
-
-class SyntheticSource:
-    """Clips of the built-in generator (deterministic in (seed, index))."""
-
-    def __init__(self, n: int, seed: int = _SYNTHETIC_SEED, seconds: float = SYNTHETIC_SECONDS):
-        self.n, self.seed, self.seconds = int(n), int(seed), float(seconds)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def name(self, i: int) -> str:
-        return f"synthetic clip {i} (seed {self.seed})"
-
-    def iterate(
-        self, indices: Sequence[int], max_seconds: float | None = None
-    ) -> Iterator[np.ndarray]:
-        for i in indices:
-            wav, _ = synthetic.make_clip(int(i), self.seed, self.seconds)
-            yield wav if max_seconds is None else wav[: int(round(max_seconds * SAMPLE_RATE))]
-
-    def durations(self) -> np.ndarray:
-        return np.full(self.n, self.seconds)
-
-    def labels(self) -> np.ndarray:
-        return np.array([synthetic.label_of(i) for i in range(self.n)], np.int64)
-
-    def identity(self) -> str:
-        return f"synthetic:{self.n}:{self.seed}:{self.seconds}"
-
-
-class TfdsSource:
-    """The audio feature of a TFDS dataset's splits, concatenated in split order."""
-
-    def __init__(
-        self,
-        name: str,
-        splits: Sequence[str],
-        counts: Sequence[int],
-        audio_key: str,
-        sample_rate: int,
-        data_dir: str | None,
-    ):
-        self.dataset, self.splits, self.counts = name, list(splits), [int(c) for c in counts]
-        self.audio_key, self.sample_rate, self.data_dir = audio_key, int(sample_rate), data_dir
-
-    def __len__(self) -> int:
-        return sum(self.counts)
-
-    def name(self, i: int) -> str:
-        for split, count in zip(self.splits, self.counts, strict=True):
-            if i < count:
-                return f"tfds:{self.dataset} {split}[{i}]"
-            i -= count
-        return f"tfds:{self.dataset} [{i}]"
-
-    def _waves(self) -> Iterator[np.ndarray]:
-        import tensorflow_datasets as tfds
-
-        for split in self.splits:
-            ds = tfds.load(self.dataset, split=split, data_dir=self.data_dir, shuffle_files=False)
-            for ex in tfds.as_numpy(ds.map(lambda e: e[self.audio_key])):
-                wav = np.asarray(ex)
-                if np.issubdtype(wav.dtype, np.integer):  # int16 PCM -> [-1, 1]
-                    wav = wav.astype(np.float32) / np.iinfo(wav.dtype).max
-                if wav.ndim == 2:  # [S, channels]
-                    wav = wav.mean(axis=1)
-                yield wav.astype(np.float32)
-
-    def iterate(
-        self, indices: Sequence[int], max_seconds: float | None = None
-    ) -> Iterator[np.ndarray]:
-        wanted = np.asarray(indices)
-        if np.any(np.diff(wanted) <= 0):
-            raise ValueError("TfdsSource.iterate needs increasing indices (one pass in order)")
-        pos = 0
-        for i, wav in enumerate(self._waves()):
-            if pos == len(wanted):
-                return
-            if i != wanted[pos]:
-                continue
-            pos += 1
-            if max_seconds is not None:
-                wav = wav[: int(round(max_seconds * self.sample_rate))]
-            if not np.all(np.isfinite(wav)) or wav.size == 0:
-                raise audio_io.AudioError(f"{self.name(i)}: empty or non-finite audio")
-            yield audio_io.resample(wav, self.sample_rate, SAMPLE_RATE)
-
-    def durations(self) -> np.ndarray:
-        return np.array([len(w) / self.sample_rate for w in self._waves()])
-
-    def identity(self) -> str:
-        return f"tfds:{self.dataset}:{','.join(self.splits)}:{self.data_dir or ''}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Tasks.
-
-
-@dataclasses.dataclass(frozen=True)
-class Fold:
-    """One train/valid/test assignment: indices into the task's clips."""
-
-    name: str
-    train: np.ndarray
-    valid: np.ndarray
-    test: np.ndarray
-
-    def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
 
 
 @dataclasses.dataclass
@@ -199,7 +65,7 @@ class Task:
     """Clips, labels (class ids [N], or multi-hot [N, C] when multi-label) and folds."""
 
     spec: str
-    source: FileSource | SyntheticSource | TfdsSource
+    source: AudioSource
     y: np.ndarray
     class_names: list[str]
     multilabel: bool
@@ -218,6 +84,17 @@ class Task:
         """Clips used for training in at least one fold (all clips of a fold task)."""
         return np.unique(np.concatenate([f.train for f in self.folds]))
 
+    def without(self, indices: Sequence[int]) -> Task:
+        """The task with the given clips in no split of any fold (clips that could not be
+        read); checked again, so a class left only outside training is a TaskError."""
+        drop = np.asarray(sorted({int(i) for i in indices}), np.int64)
+        if len(drop) == 0:
+            return self
+        keep = lambda idx: idx[~np.isin(idx, drop)]  # noqa: E731 (order kept)
+        folds = [Fold(f.name, keep(f.train), keep(f.valid), keep(f.test)) for f in self.folds]
+        where = f"{self.spec} without {len(drop)} unreadable clip(s)"
+        return _check_task(dataclasses.replace(self, folds=folds), where)
+
     def fingerprint(self) -> str:
         """Identity of the clips (not labels/splits: embeddings depend on the audio only)."""
         return hashlib.sha256(self.source.identity().encode()).hexdigest()[:16]
@@ -231,43 +108,6 @@ class Task:
             "label": self.label,
             "folds": {f.name: f.sizes() for f in self.folds},
         }
-
-
-def stratified_split(strata: Sequence, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
-    """Splits positions 0..N-1 into len(fractions)+1 parts, stratified, with a seeded shuffle.
-
-    Part k gets round(fractions[k] * N) items in all, shared among the strata in proportion
-    to their sizes (largest remainders); the last part (training) gets the rest, and every
-    stratum keeps at least one item there.
-    """
-    strata = np.asarray(strata)
-    rng = np.random.default_rng(seed)
-    keys = sorted(set(strata.tolist()), key=str)
-    members = [np.flatnonzero(strata == s) for s in keys]
-    members = [idx[rng.permutation(len(idx))] for idx in members]
-    sizes = np.array([len(m) for m in members])
-    left = sizes - 1  # items each stratum can still give away
-    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
-    start = np.zeros(len(keys), np.int64)
-    for k, frac in enumerate(fractions):
-        quota = frac * sizes
-        take = np.minimum(np.floor(quota).astype(np.int64), left)
-        extra = int(round(frac * len(strata))) - int(take.sum())
-        # hand the remaining items to the largest remainders (random tie-break)
-        order = np.lexsort((rng.random(len(keys)), -(quota - np.floor(quota))))
-        for j in order:
-            if extra <= 0:
-                break
-            if take[j] < left[j]:
-                take[j] += 1
-                extra -= 1
-        for j, idx in enumerate(members):
-            parts[k].extend(idx[start[j] : start[j] + take[j]].tolist())
-        start += take
-        left -= take
-    for j, idx in enumerate(members):
-        parts[-1].extend(idx[start[j] :].tolist())
-    return [np.sort(np.asarray(p, np.int64)) for p in parts]
 
 
 def _encode_labels(raw: Sequence[str], where: str) -> tuple[np.ndarray, list[str], bool]:
@@ -297,7 +137,15 @@ def _classes_present(task: Task, idx: np.ndarray) -> set[int]:
     return set(task.y[idx].tolist())
 
 
-def _check_folds(task: Task, where: str) -> Task:
+def _check_task(task: Task, where: str) -> Task:
+    """Two classes or more, no empty split, every valid/test class seen in training."""
+    present = sorted(_classes_present(task, np.arange(len(task.y))))
+    if len(present) < 2:
+        names = [task.class_names[k] for k in present]
+        raise TaskError(
+            f"{where}: every clip of task {task.spec} has the class {names[0]!r} "
+            f"(label {task.label!r}); a classification task needs two classes or more"
+        )
     for fold in task.folds:
         for split in SPLIT_NAMES:
             if len(getattr(fold, split)) == 0:
@@ -314,46 +162,35 @@ def _check_folds(task: Task, where: str) -> Task:
     return task
 
 
-def _valid_from_train(
-    train: np.ndarray, strata: np.ndarray, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    # at least one validation clip: early stopping needs a validation score
-    frac = max(VALID_FRACTION, 1.0 / len(train)) if len(train) >= 2 else 0.0
-    valid, rest = stratified_split(strata[train], [frac], seed)
-    return train[rest], train[valid]
-
-
-def _strata(y: np.ndarray, multilabel: bool) -> np.ndarray:
-    # Multi-label clips are stratified by their full label set.
-    if multilabel:
-        return np.array([";".join(map(str, np.flatnonzero(r))) for r in y])
-    return y
-
-
-def load_csv_task(path: str, label: str = "label", seed: int = 0) -> Task:
+def _read_csv(path: str) -> tuple[list[dict], list[str]]:
+    """(rows, columns); a byte-order mark (Excel's UTF-8 CSVs) is not part of the header."""
     if not os.path.isfile(path):
         raise TaskError(f"task CSV not found: {path}")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-        columns = list(rows[0].keys()) if rows else []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = list(reader.fieldnames or [])
     if not rows:
         raise TaskError(f"{path}: no data rows")
-    for col in ("file", label):
-        if col not in columns:
-            what = "label column" if col == label else "column"
-            raise TaskError(f"{path}: no {what} {col!r}; available columns: {columns}")
-    if "split" not in columns and "fold" not in columns:
-        raise TaskError(
-            f"{path}: needs a 'split' (train/valid/test) or a 'fold' column; "
-            f"available columns: {columns}"
-        )
-    base = os.path.dirname(os.path.abspath(path))
-    files = [os.path.join(base, r["file"]) for r in rows]
-    missing = [f for f in files if not os.path.isfile(f)]
-    if missing:
-        raise TaskError(f"{path}: {len(missing)} audio file(s) not found, e.g. {missing[:3]}")
-    y, names, multilabel = _encode_labels([r[label] for r in rows], f"{path} column {label!r}")
-    strata = _strata(y, multilabel)
+    return rows, columns
+
+
+def _file_column(path: str, columns: list[str], file_column: str | None) -> str:
+    if file_column is not None:
+        if file_column not in columns:
+            raise TaskError(f"{path}: no file column {file_column!r}; available columns: {columns}")
+        return file_column
+    for col in FILE_COLUMNS:
+        if col in columns:
+            return col
+    raise TaskError(
+        f"{path}: no file column (looked for {list(FILE_COLUMNS)}; name another with "
+        f"file_column); available columns: {columns}"
+    )
+
+
+def _csv_folds(path: str, rows: list[dict], columns: list[str], strata, seed: int) -> list[Fold]:  # noqa: ANN001
+    """The single split of a `split` column, or one fold per value of a `fold` column."""
     if "split" in columns:
         splits = []
         for i, r in enumerate(rows):
@@ -368,26 +205,58 @@ def load_csv_task(path: str, label: str = "label", seed: int = 0) -> Task:
         train, valid = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "valid")
         test = np.flatnonzero(splits == "test")
         if len(valid) == 0 and len(train) > 0:
-            train, valid = _valid_from_train(train, strata, seed)
-        folds = [Fold("split", train, valid, test)]
-    else:
-        fold_ids = [str(r["fold"]).strip() for r in rows]
-        order = sorted(
-            set(fold_ids), key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v)
+            train, valid = valid_from_train(train, strata, seed)
+        return [Fold("split", train, valid, test)]
+    fold_ids = [str(r["fold"]).strip() for r in rows]
+    order = sorted(set(fold_ids), key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+    if len(order) < 2:
+        raise TaskError(
+            f"{path}: column 'fold' has a single value {order}; leave-one-fold-"
+            "out needs at least two folds"
         )
-        if len(order) < 2:
-            raise TaskError(
-                f"{path}: column 'fold' has a single value {order}; leave-one-fold-"
-                "out needs at least two folds"
-            )
-        fold_ids = np.array(fold_ids)
-        folds = []
-        for k, fv in enumerate(order):
-            test = np.flatnonzero(fold_ids == fv)
-            train, valid = _valid_from_train(np.flatnonzero(fold_ids != fv), strata, seed + k)
-            folds.append(Fold(f"fold{fv}", train, valid, test))
-    task = Task(f"csv:{path}", FileSource(files), y, names, multilabel, folds, label)
-    return _check_folds(task, path)
+    fold_ids = np.array(fold_ids)
+    folds = []
+    for k, fv in enumerate(order):
+        test = np.flatnonzero(fold_ids == fv)
+        train, valid = valid_from_train(np.flatnonzero(fold_ids != fv), strata, seed + k)
+        folds.append(Fold(f"fold{fv}", train, valid, test))
+    return folds
+
+
+def load_csv_task(
+    path: str,
+    label: str = "label",
+    seed: int = 0,
+    file_column: str | None = None,
+    audio_dir: str | None = None,
+) -> Task:
+    rows, columns = _read_csv(path)
+    file_column = _file_column(path, columns, file_column)
+    if label not in columns:
+        raise TaskError(f"{path}: no label column {label!r}; available columns: {columns}")
+    if "split" not in columns and "fold" not in columns:
+        raise TaskError(
+            f"{path}: needs a 'split' (train/valid/test) or a 'fold' column; "
+            f"available columns: {columns}"
+        )
+    if audio_dir is not None and not os.path.isdir(audio_dir):
+        raise TaskError(f"{path}: audio_dir {audio_dir} is not a folder")
+    base = (
+        os.path.abspath(audio_dir)
+        if audio_dir is not None
+        else os.path.dirname(os.path.abspath(path))
+    )
+    files = [os.path.abspath(os.path.join(base, r[file_column])) for r in rows]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise TaskError(
+            f"{path}: {len(missing)} audio file(s) of column {file_column!r} not found below "
+            f"{base}, e.g. {missing[:3]}"
+        )
+    y, names, multilabel = _encode_labels([r[label] for r in rows], f"{path} column {label!r}")
+    folds = _csv_folds(path, rows, columns, strata_of(y, multilabel), seed)
+    source = FileSource(files, spec=f"csv:{path}")
+    return _check_task(Task(f"csv:{path}", source, y, names, multilabel, folds, label), path)
 
 
 def load_folder_task(root: str, seed: int = 0) -> Task:
@@ -413,27 +282,20 @@ def load_folder_task(root: str, seed: int = 0) -> Task:
         labels += [k] * len(found)
     y = np.array(labels, np.int64)
     valid, test, train = stratified_split(y, [FOLDER_RATIOS[1], FOLDER_RATIOS[2]], seed)
-    task = Task(
-        f"folder:{root}", FileSource(files), y, classes, False, [Fold("split", train, valid, test)]
-    )
-    return _check_folds(task, root)
+    source = FileSource([os.path.abspath(f) for f in files], spec=f"folder:{root}")
+    task = Task(f"folder:{root}", source, y, classes, False, [Fold("split", train, valid, test)])
+    return _check_task(task, root)
 
 
 def load_synthetic_task(
     n: int = SYNTHETIC_CLIPS, seed: int = 0, seconds: float = SYNTHETIC_SECONDS
 ) -> Task:
-    src = SyntheticSource(n, seconds=seconds)
-    y = src.labels()
+    source = SyntheticSource(n, _SYNTHETIC_SEED, seconds, spec=f"synthetic:{n}")
+    y = source.labels()
     valid, test, train = stratified_split(y, [FOLDER_RATIOS[1], FOLDER_RATIOS[2]], seed)
-    task = Task(
-        f"synthetic:{n}",
-        src,
-        y,
-        list(synthetic.CLASS_NAMES),
-        False,
-        [Fold("split", train, valid, test)],
-    )
-    return _check_folds(task, "synthetic")
+    names = list(synthetic.CLASS_NAMES)
+    task = Task(f"synthetic:{n}", source, y, names, False, [Fold("split", train, valid, test)])
+    return _check_task(task, "synthetic")
 
 
 def load_tfds_task(
@@ -443,69 +305,58 @@ def load_tfds_task(
     seed: int = 0,
     data_dir: str | None = None,
 ) -> Task:
-    import tensorflow_datasets as tfds
-
-    tensorflow()
+    where = f"tfds:{name}"
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # tfds raises several types for unknown names
-        raise TaskError(f"tfds:{name}: cannot open the dataset ({e})") from e
-    info = builder.info
-    features = info.features
-    for key, what in ((audio_key, "audio feature"), (label, "label feature")):
-        if key not in features:
-            raise TaskError(f"tfds:{name}: no {what} {key!r}; features: {sorted(features)}")
-    split_names = list(info.splits)
-    if "train" not in split_names or "test" not in split_names:
-        raise TaskError(f"tfds:{name}: needs 'train' and 'test' splits; has {split_names}")
-    valid_name = next((s for s in ("validation", "valid", "val") if s in split_names), None)
-    splits = ["train"] + ([valid_name] if valid_name else []) + ["test"]
-    raw, counts = [], []
-    for s in splits:
-        ds = tfds.load(
-            name,
-            split=s,
-            data_dir=data_dir,
-            shuffle_files=False,
-            decoders={audio_key: tfds.decode.SkipDecoding()},
-        )
-        values = [np.asarray(v).item() for v in tfds.as_numpy(ds.map(lambda e: e[label]))]
-        raw += values
-        counts.append(len(values))
-    feature = features[label]
-    if hasattr(feature, "names"):
-        names = list(feature.names)
-        y = np.array(raw, np.int64)
+        opened = TfdsSource(name, [], audio_key=audio_key, data_dir=data_dir, spec=where)
+        split_names = list(opened.info.splits)
+        if "train" not in split_names or "test" not in split_names:
+            raise TaskError(f"{where}: needs 'train' and 'test' splits; has {split_names}")
+        valid_name = next((s for s in ("validation", "valid", "val") if s in split_names), None)
+        splits = ["train"] + ([valid_name] if valid_name else []) + ["test"]
+        source = TfdsSource(name, splits, audio_key=audio_key, data_dir=data_dir, spec=where)
+        features = source.info.features
+        if label not in features:
+            raise TaskError(f"{where}: no label feature {label!r}; features: {sorted(features)}")
+        raw = source.feature_values(label)
+    except DataError as e:  # the source's message names the dataset, split or feature
+        raise TaskError(str(e)) from e
+    if hasattr(features[label], "names"):
+        names, y = list(features[label].names), np.array(raw, np.int64)
     else:
         y, names, _ = _encode_labels(
             [v.decode() if isinstance(v, bytes) else v for v in raw],
-            f"tfds:{name} feature {label!r}",
+            f"{where} feature {label!r}",
         )
-    sr = getattr(features[audio_key], "sample_rate", None) or SAMPLE_RATE
-    src = TfdsSource(name, splits, counts, audio_key, sr, data_dir)
-    offsets = np.cumsum([0] + counts)
+    offsets = np.cumsum([0] + source.counts)
     parts = {s: np.arange(offsets[k], offsets[k + 1]) for k, s in enumerate(splits)}
     train, test = parts["train"], parts["test"]
     if valid_name:
         valid = parts[valid_name]
     else:
-        train, valid = _valid_from_train(train, y, seed)
-    task = Task(f"tfds:{name}", src, y, names, False, [Fold("split", train, valid, test)], label)
-    return _check_folds(task, f"tfds:{name}")
+        train, valid = valid_from_train(train, y, seed)
+    task = Task(where, source, y, names, False, [Fold("split", train, valid, test)], label)
+    return _check_task(task, where)
 
 
 def parse_task(
     spec: str,
     *,
     label: str = "label",
+    file_column: str | None = None,
+    audio_dir: str | None = None,
     seed: int = 0,
     audio_key: str = "audio",
     tfds_data_dir: str | None = None,
 ) -> Task:
-    """Builds a Task from a spec (see the module docstring)."""
+    """Builds a Task from a spec (see the module docstring); `file_column` and `audio_dir`
+    apply to `csv:` tasks (EVAR's metadata CSVs: audio_dir=.../work/16k/<task>)."""
     kind, _, arg = spec.partition(":")
+    if kind != "csv" and (file_column is not None or audio_dir is not None):
+        raise TaskError(f"task {spec!r}: file_column and audio_dir apply to csv: tasks only")
     if kind == "csv" and arg:
-        return load_csv_task(arg, label=label, seed=seed)
+        return load_csv_task(
+            arg, label=label, seed=seed, file_column=file_column, audio_dir=audio_dir
+        )
     if kind == "folder" and arg:
         return load_folder_task(arg, seed=seed)
     if kind == "tfds" and arg:

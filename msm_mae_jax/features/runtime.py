@@ -3,6 +3,7 @@
     rt = Runtime.load("runs/base")               # workdir, exported dir or converted weights
     feats_BTD = rt.encode(wav_BS)                 # [B, T, F'*D], T = ceil(frames / pw)
     clip_BD = rt.scene_embeddings(wav_BS)         # mean over time
+    feats = rt.encode([wav_a, wav_b])             # clips of any lengths: a list of [T_i, F'*D]
 
 What `encode` computes, as the official feature extractor (nttcslab/msm-mae `runtime.py`):
 log-mel of the 16 kHz waveform (`audio.log_mel_jax`, on device) -> normalisation -> the
@@ -27,7 +28,6 @@ L layers.
 from __future__ import annotations
 
 import collections
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -41,12 +41,20 @@ from jax.sharding import PartitionSpec as P
 
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.features.clips import (  # noqa: F401 (MIN/MAX_SAMPLE_RATE: public here too)
+    LIST,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    SINGLE,
+    input_lengths,
+    is_clip_list,
+    prepare_clips,
+    to_numpy,
+)
 from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.model.frames import encode_frames
 from msm_mae_jax.model.mae import Encoder
 
-MIN_SAMPLE_RATE = 1000  # Hz; below this a waveform carries nothing a 50-8000 Hz front end uses
-MAX_SAMPLE_RATE = 1_000_000
 _MIN_BATCH_STD = 1e-5  # a silent batch has std 0: keep the normalised values finite (zeros)
 
 Normalization = str | tuple[float, float] | NormStats | None
@@ -63,15 +71,6 @@ def bucket_size(n: int) -> int:
         raise ValueError(f"bucket_size needs n >= 1, got {n}")
     p = 1 << (int(n) - 1).bit_length()  # power of two >= n
     return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    """numpy / jax / torch / TF tensors -> numpy, without importing torch or TF."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor
-        x = x.detach().cpu().numpy()
-    elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):  # tf.Tensor (eager)
-        x = x.numpy()
-    return np.asarray(x)
 
 
 def patch_timestamps_ms(
@@ -194,26 +193,34 @@ class Runtime:
         sample_rate: float = audio.SAMPLE_RATE,
         normalization: Normalization = "default",
         return_layers: bool = False,
-    ) -> np.ndarray:
+    ) -> np.ndarray | list[np.ndarray]:
         """Waveforms [B, S] (or [S]) -> features float32 [B, T, F'*D] (or [T, F'*D]).
 
+        A list (or tuple) of waveforms [S_i] of any lengths -> a list of [T_i, F'*D], each
+        equal to encoding that clip alone; the clips run as one batch padded to the longest
+        (group clips of similar length to save work: `features.embed` does).
         normalization: 'default' (the model's own choice: 'dataset', or 'batch' for official
         weights converted with per-batch normalisation), 'dataset' (the statistics stored with
         the model), 'batch' (mean and unbiased std of this call's log-mels, real frames only,
         as the official HEAR wrapper), or an explicit (mean, std) / NormStats.
         return_layers=True gives every block's output (the last one normalised) instead:
-        [L, B, T, F'*D].
+        [L, B, T, F'*D] (a list of [L, T_i, F'*D] for a list).
         """
-        wav_BS, squeeze = self._prepare_audio(audio_BS, sample_rate)
-        B, S = wav_BS.shape
-        frames = audio.num_frames(S)
-        units = bucket_size(-(-frames // self.unit_frames))
-        # Reflect-extend to the bucket's length: frames < `frames` then only see what the
-        # log-mel of the unpadded clip sees (its own reflect padding of 200 samples).
+        clips, layout = prepare_clips(audio_BS, sample_rate)
+        frames_B = [audio.num_frames(len(c)) for c in clips]
+        units = bucket_size(-(-max(frames_B) // self.unit_frames))
+        # Reflect-extend to the bucket's length: the real frames of a clip then only see what
+        # the log-mel of the unpadded clip sees (its own reflect padding of 200 samples).
         s_bucket = units * self.unit_frames * audio.HOP_LENGTH + audio.N_FFT // 2
-        wav_BS = np.pad(wav_BS, ((0, 0), (0, s_bucket - S)), mode="reflect")
-        out = self._run(True, wav_BS, frames, units, normalization, return_layers)
-        return out[..., 0, :, :] if squeeze else out
+        if layout == LIST:
+            wav_BS = np.stack([np.pad(c, (0, s_bucket - len(c)), mode="reflect") for c in clips])
+        else:
+            wav_BS = np.stack(clips)
+            wav_BS = np.pad(wav_BS, ((0, 0), (0, s_bucket - wav_BS.shape[1])), mode="reflect")
+        out = self._run(True, wav_BS, frames_B, units, normalization, return_layers)
+        if layout == LIST:  # copies: a view would keep the whole padded batch alive
+            return [out[..., i, : self.num_steps(f), :].copy() for i, f in enumerate(frames_B)]
+        return out[..., 0, :, :] if layout == SINGLE else out
 
     def encode_lms(
         self, lms_BFT: Any, normalization: Normalization = "default", return_layers: bool = False
@@ -240,7 +247,7 @@ class Runtime:
         frames = lms.shape[2]
         units = bucket_size(-(-frames // self.unit_frames))
         lms = np.pad(lms, ((0, 0), (0, 0), (0, units * self.unit_frames - frames)))
-        out = self._run(False, lms, frames, units, normalization, return_layers)
+        out = self._run(False, lms, [frames] * len(lms), units, normalization, return_layers)
         return out[..., 0, :, :] if squeeze else out
 
     def scene_embeddings(
@@ -249,58 +256,37 @@ class Runtime:
         sample_rate: float = audio.SAMPLE_RATE,
         normalization: Normalization = "default",
     ) -> np.ndarray:
-        """Clip embeddings float32 [B, F'*D]: the frame features averaged over time."""
-        return self.encode(audio_BS, sample_rate, normalization).mean(axis=-2)
+        """Clip embeddings float32 [B, F'*D] ([F'*D] for one waveform [S], [N, F'*D] for a
+        list of N clips): the frame features averaged over time."""
+        feats = self.encode(audio_BS, sample_rate, normalization)
+        if is_clip_list(audio_BS):
+            return np.stack([f.mean(axis=0) for f in feats])
+        return feats.mean(axis=-2)
 
     def timestamp_embeddings(
         self,
         audio_BS: Any,
         sample_rate: float = audio.SAMPLE_RATE,
         normalization: Normalization = "default",
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(features float32 [B, T, F'*D], timestamps float32 [B, T] in milliseconds).
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]:
+        """(features float32 [B, T, F'*D], timestamps float32 [B, T] in milliseconds); for a
+        list of clips, (list of [T_i, F'*D], list of [T_i]).
 
         Timestamps are evenly spaced by the patch period (160 ms) and lie inside the clip;
         see `patch_timestamps_ms`.
         """
         feats = self.encode(audio_BS, sample_rate, normalization)
-        num_samples = np.shape(to_numpy(audio_BS))[-1]
-        ts_T = patch_timestamps_ms(num_samples, sample_rate, feats.shape[-2], self.model_config)
+        lengths = input_lengths(audio_BS)
+        if is_clip_list(audio_BS):
+            ts = [
+                patch_timestamps_ms(n, sample_rate, f.shape[0], self.model_config)
+                for n, f in zip(lengths, feats, strict=True)
+            ]
+            return feats, ts
+        ts_T = patch_timestamps_ms(lengths[0], sample_rate, feats.shape[-2], self.model_config)
         return feats, np.broadcast_to(ts_T, feats.shape[:-1]).copy()
 
     # ---- host side ------------------------------------------------------------------------
-    def _prepare_audio(self, audio_BS: Any, sample_rate: float) -> tuple[np.ndarray, bool]:
-        wav = to_numpy(audio_BS)
-        if wav.ndim not in (1, 2):
-            raise ValueError(
-                f"audio has shape {wav.shape} ({wav.ndim}-D); expected waveforms "
-                "[batch, samples] or one waveform [samples]"
-            )
-        if wav.dtype.kind != "f":
-            raise ValueError(
-                f"audio has dtype {wav.dtype}; expected real float waveforms in "
-                "[-1, 1] (integer PCM: divide by its full scale, e.g. 32768 for "
-                "int16)"
-            )
-        squeeze = wav.ndim == 1
-        wav = np.asarray(wav[None] if squeeze else wav, np.float32)
-        if wav.shape[0] == 0 or wav.shape[1] == 0:
-            raise ValueError(f"audio has shape {wav.shape}: no waveform or no samples")
-        if not np.all(np.isfinite(wav)):
-            raise ValueError("audio contains NaN or Inf samples")
-        sr = _check_sample_rate(sample_rate)
-        if sr != audio.SAMPLE_RATE:
-            num_in = wav.shape[1]
-            from msm_mae_jax.data.audio_io import resample
-
-            wav = np.stack([resample(w, sr, audio.SAMPLE_RATE) for w in wav])
-            if wav.shape[1] == 0:
-                raise ValueError(
-                    f"audio of {num_in} samples at {sr} Hz is empty "
-                    f"after resampling to {audio.SAMPLE_RATE} Hz"
-                )
-        return wav, squeeze
-
     def resolve_normalization(self, normalization: Normalization) -> tuple[bool, float, float]:
         """Checks a `normalization` argument -> (use the batch's statistics, mean, std)."""
         if isinstance(normalization, str):
@@ -336,11 +322,13 @@ class Runtime:
         self,
         from_wav: bool,
         x: np.ndarray,
-        frames: int,
+        frames_B: Sequence[int],
         units: int,
         normalization: Normalization,
         return_layers: bool,
     ) -> np.ndarray:
+        """x: [B, ...] padded to `units`; frames_B: the real frames of each row.
+        -> [(L,) B, max T, F'*D] (rows past their own T hold padding outputs)."""
         batch_stats, mean, std = self.resolve_normalization(normalization)
         B = x.shape[0]
         n_dev = len(self._devices)
@@ -349,6 +337,7 @@ class Runtime:
         if sharded:
             b_bucket = -(-b_bucket // n_dev) * n_dev
         x = np.pad(x, ((0, b_bucket - B),) + ((0, 0),) * (x.ndim - 1))
+        frames_B = np.pad(np.asarray(frames_B, np.int32), (0, b_bucket - B))  # pad rows: 0
         if sharded:
             if self._params_sharded is None:
                 self._params_sharded = jax.device_put(self._params, NamedSharding(self._mesh, P()))
@@ -359,8 +348,7 @@ class Runtime:
         out = _features_jit(
             params,
             x,
-            np.int32(frames),
-            np.int32(B),
+            frames_B,
             np.float32(mean),
             np.float32(std),
             config=self.model_config,
@@ -369,7 +357,7 @@ class Runtime:
             batch_stats=batch_stats,
             return_layers=return_layers,
         )
-        T = self.num_steps(frames)
+        T = self.num_steps(int(frames_B.max()))
         return np.asarray(out)[..., :B, :T, :]
 
 
@@ -380,8 +368,7 @@ TRACE_COUNTS: collections.Counter = collections.Counter()  # ModelConfig -> trac
 def _features(
     params,
     x,
-    frames,
-    batch,
+    frames_B,
     mean,
     std,
     *,
@@ -391,15 +378,15 @@ def _features(
     batch_stats: bool,
     return_layers: bool,
 ):
-    """x: padded waveforms [B, S] (from_wav) or raw log-mels [B, F, U*fu]; frames and batch:
-    the real counts; mean/std: used unless batch_stats."""
+    """x: padded waveforms [B, S] (from_wav) or raw log-mels [B, F, U*fu]; frames_B: the real
+    frames of each row (0 for padding rows); mean/std: used unless batch_stats."""
     TRACE_COUNTS[config] += 1  # Python side effect: runs once per trace, not per call
     fu = config.input_size[1]
     lms_BFT = audio.log_mel_jax(x)[..., : units * fu] if from_wav else x
     B, F, T = lms_BFT.shape
-    valid_B1T = (jnp.arange(B) < batch)[:, None, None] & (jnp.arange(T) < frames)[None, None, :]
+    valid_B1T = jnp.arange(T)[None, None, :] < frames_B[:, None, None]
     if batch_stats:  # statistics of the real rows and frames only
-        count = batch.astype(jnp.float32) * frames.astype(jnp.float32) * F
+        count = jnp.sum(frames_B.astype(jnp.float32)) * F
         mean = jnp.sum(jnp.where(valid_B1T, lms_BFT, 0.0)) / count
         sq = jnp.where(valid_B1T, jnp.square(lms_BFT - mean), 0.0)
         std = jnp.sqrt(jnp.sum(sq) / jnp.maximum(count - 1.0, 1.0))  # unbiased, as torch
@@ -413,17 +400,3 @@ _features_jit = jax.jit(
     _features,
     static_argnames=("config", "units", "from_wav", "batch_stats", "return_layers"),
 )
-
-
-def _check_sample_rate(sample_rate: Any) -> int:
-    try:
-        sr = float(sample_rate)
-    except (TypeError, ValueError):
-        raise ValueError(f"sample_rate={sample_rate!r} is not a number") from None
-    if not math.isfinite(sr) or sr != int(sr) or not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
-        raise ValueError(
-            f"sample_rate={sample_rate!r}: expected an integer rate in Hz between "
-            f"{MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} (audio is resampled to "
-            f"{audio.SAMPLE_RATE} Hz)"
-        )
-    return int(sr)

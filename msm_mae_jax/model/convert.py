@@ -1,4 +1,4 @@
-"""Official MSM-MAE weights (PyTorch state dict) <-> Flax parameters, and the converter CLI.
+"""Official MSM-MAE weights (PyTorch state dict) <-> Flax parameters (command: `msm-mae convert`).
 
     python -m msm_mae_jax.convert SRC OUT_DIR [--input-size 80x208] [--patch-size 16x16]
         [--num-heads H] [--decoder-num-heads H] (--norm-mean M --norm-std S | --per-batch-norm)
@@ -27,11 +27,10 @@ LayerNorm `scale` -> `weight`; the patch embedding kernel [ph*pw, D] is the Conv
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 import warnings
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,6 +88,18 @@ def _strip_prefix(sd: Mapping[str, Any]) -> dict[str, np.ndarray]:
         k2 = k[len("module.") :] if k.startswith("module.") else k
         out[k2] = np.asarray(v, dtype=np.float32)
     return out
+
+
+def check_finite(sd: Mapping[str, np.ndarray]) -> None:
+    """ConversionError naming every tensor that holds NaN or Inf (it would make every
+    feature NaN)."""
+    bad = []
+    for name, a in sd.items():
+        nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+        if nan or inf:
+            bad.append(f"{name} ({nan} NaN, {inf} Inf of {a.size})")
+    if bad:
+        raise ConversionError(f"non-finite values in {len(bad)} tensor(s): {', '.join(bad)}")
 
 
 def infer_config(
@@ -208,6 +219,7 @@ def state_dict_to_params(
     Without decoder tensors (an encoder-only dict), 'decoder' is None.
     """
     sd = _strip_prefix(sd)
+    check_finite(sd)
     kw = infer_config(
         sd,
         input_size=input_size,
@@ -315,8 +327,7 @@ def load_state_dict(src: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(src):
         raise FileNotFoundError(f"{src}: no such checkpoint file")
     if src.endswith(".npz"):
-        with np.load(src) as z:
-            return {k: np.asarray(z[k], np.float32) for k in z.files}
+        return _load_npz(src)
     try:
         import torch
     except ImportError as e:
@@ -341,6 +352,24 @@ def load_state_dict(src: str) -> dict[str, np.ndarray]:
             raise ConversionError(f"{src}: entry {k!r} is a {type(v).__name__}, not a tensor")
         out[k] = v.detach().cpu().float().numpy()
     return out
+
+
+# What a malformed .npz raises: not a zip or cut short (BadZipFile, EOFError), a member that
+# is not an array or holds objects/strings (ValueError, TypeError), an unreadable file.
+_NPZ_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError, OSError)
+
+
+def _load_npz(src: str) -> dict[str, np.ndarray]:
+    try:
+        z = np.load(src)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy renamed
+            raise ConversionError(f"{src}: a single array, not a .npz of named tensors")
+        with z:
+            return {k: np.asarray(z[k], np.float32) for k in z.files}
+    except _NPZ_ERRORS as e:
+        raise ConversionError(
+            f"{src}: not a readable .npz of float tensors ({type(e).__name__}: {e})"
+        ) from None
 
 
 def sizes_from_path(src: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -422,60 +451,3 @@ def load_decoder_params(model_dir: str) -> dict[str, Any]:
                 node = node.setdefault(p, {})
             node[leaf] = np.asarray(z[k])
     return tree
-
-
-def _size(s: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d+)x(\d+)", s)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected AxB, e.g. 80x208")
-    return int(m.group(1)), int(m.group(2))
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m msm_mae_jax.convert", description=__doc__.split("\n\n")[0]
-    )
-    ap.add_argument("src", help="official .pth checkpoint or .npz of the same names")
-    ap.add_argument("out_dir", help="output encoder artifact directory")
-    ap.add_argument("--input-size", type=_size, help="FxT, e.g. 80x208 (default: run name)")
-    ap.add_argument("--patch-size", type=_size, help="phxpw, e.g. 16x16 (default: run name)")
-    ap.add_argument("--num-heads", type=int, help="encoder heads (default: width / 64)")
-    ap.add_argument("--decoder-num-heads", type=int, help="decoder heads (default: width / 64)")
-    ap.add_argument("--norm-mean", type=float, help="log-mel mean of your data")
-    ap.add_argument("--norm-std", type=float, help="log-mel std of your data")
-    ap.add_argument(
-        "--per-batch-norm",
-        action="store_true",
-        help="normalise each batch by its own statistics (official HEAR wrapper)",
-    )
-    ap.add_argument("--no-decoder", action="store_true", help="do not keep decoder params")
-    a = ap.parse_args(argv)
-    if (a.norm_mean is None) != (a.norm_std is None):
-        ap.error("--norm-mean and --norm-std go together")
-    stats = NormStats(a.norm_mean, a.norm_std) if a.norm_mean is not None else None
-    if (stats is None) == (not a.per_batch_norm):
-        ap.error(
-            "give --norm-mean/--norm-std (statistics of your data) or --per-batch-norm; "
-            "the official checkpoints carry no normalisation statistics"
-        )
-    try:
-        out = convert(
-            a.src,
-            a.out_dir,
-            input_size=a.input_size,
-            patch_size=a.patch_size,
-            num_heads=a.num_heads,
-            decoder_num_heads=a.decoder_num_heads,
-            norm_stats=stats,
-            per_batch_norm=a.per_batch_norm,
-            keep_decoder=not a.no_decoder,
-        )
-    except (ConversionError, ImportError, FileNotFoundError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

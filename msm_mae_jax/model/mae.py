@@ -33,7 +33,7 @@ import numpy as np
 from msm_mae_jax.model import posembed
 from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.model.losses import masked_mse
-from msm_mae_jax.model.masking import random_masking
+from msm_mae_jax.model.masking import masking_from_noise, random_masking
 
 LN_EPS = 1e-6
 _xavier = nn.initializers.xavier_uniform()
@@ -264,9 +264,26 @@ def num_keep_for(num_patches: int, mask_ratio: float) -> int:
     return num_keep
 
 
+def _masking(
+    key: jax.Array | None, noise_BN: jax.Array | None, B: int, N: int, num_keep: int, ratio: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Masks from the key's uniform draw, or from explicit noise (exactly one is given)."""
+    if noise_BN is None:
+        if key is None:
+            raise ValueError(f"mask_ratio={ratio} needs a PRNG key (or explicit noise_BN)")
+        return random_masking(key, B, N, num_keep)
+    if key is not None:
+        raise ValueError("give either a PRNG key or noise_BN for the masking, not both")
+    if tuple(noise_BN.shape) != (B, N):
+        raise ValueError(f"noise_BN has shape {tuple(noise_BN.shape)}; expected {(B, N)}")
+    return masking_from_noise(noise_BN, num_keep)
+
+
 class Encoder(nn.Module):
-    """MSM-MAE encoder. `key` is needed only when mask_ratio > 0; `drop_path_key` only when
-    drop_path_rate > 0 (stochastic depth for fine-tuning; 0, the default, adds nothing)."""
+    """MSM-MAE encoder. Masking (mask_ratio > 0) orders patches by uniform noise drawn from
+    `key`, or by the given `noise_BN` (the draw made explicit, e.g. to feed another
+    implementation the same masks; see `masking.masking_noise`). Stochastic depth
+    (drop_path_rate > 0, fine-tuning) needs `drop_path_key`; 0, the default, adds nothing."""
 
     config: ModelConfig
 
@@ -278,6 +295,7 @@ class Encoder(nn.Module):
         key: jax.Array | None = None,
         mask_ratio: float = 0.0,
         return_layers: bool = False,
+        noise_BN: jax.Array | None = None,
         drop_path_rate: float = 0.0,
         drop_path_key: jax.Array | None = None,
     ) -> EncoderOutput:
@@ -296,9 +314,9 @@ class Encoder(nn.Module):
 
         num_keep = num_keep_for(N, mask_ratio)
         if num_keep < N:
-            if key is None:
-                raise ValueError(f"mask_ratio={mask_ratio} needs a PRNG key")
-            ids_keep_BK, ids_restore_BN, mask_BN = random_masking(key, B, N, num_keep)
+            ids_keep_BK, ids_restore_BN, mask_BN = _masking(
+                key, noise_BN, B, N, num_keep, mask_ratio
+            )
             x_BKD = jnp.take_along_axis(x_BND, ids_keep_BK[:, :, None], axis=1)
         else:  # feature extraction: no gather at all
             x_BKD = x_BND
@@ -381,11 +399,17 @@ class MaskedAutoencoder(nn.Module):
         self.decoder = Decoder(self.config)
 
     def __call__(
-        self, lms_B1FT: jax.Array, key: jax.Array, mask_ratio: float | None = None
+        self,
+        lms_B1FT: jax.Array,
+        key: jax.Array | None = None,
+        mask_ratio: float | None = None,
+        *,
+        noise_BN: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Returns (loss, pred_BNP, mask_BN)."""
+        """Returns (loss, pred_BNP, mask_BN). The mask comes from `key`, or from explicit
+        uniform `noise_BN` [B, N] (exactly one of the two)."""
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        enc = self.encoder(lms_B1FT, key=key, mask_ratio=ratio)
+        enc = self.encoder(lms_B1FT, key=key, mask_ratio=ratio, noise_BN=noise_BN)
         pred_BNP = self.decoder(enc.x_BKD, enc.ids_restore_BN)
         target_BNP = patchify(lms_B1FT, self.config.patch_size)
         loss = masked_mse(pred_BNP, target_BNP, enc.mask_BN, self.config.norm_pix_loss)

@@ -3,23 +3,72 @@
 Each step directory holds two items: `state` (params, opt_state, step, rng: the train state
 pytree) and `meta` (JSON: model config, normalisation statistics, data position, config).
 Orbax writes into a temporary directory and renames it when complete, so a save killed
-half-way never replaces the latest good checkpoint.
+half-way never replaces the latest good checkpoint. A step damaged later (a truncated or
+overwritten file, a missing part) is found when it fails to restore: `restore_newest` falls
+back to the newest step that restores and moves the damaged ones to WORKDIR/damaged_checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-from typing import Any
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from msm_mae_jax.core.errors import ConfigError, UserError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model.config import ModelConfig
 
+log = logging.getLogger(__name__)
+
 CKPT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"  # beside CKPT_DIR: out of orbax's way, never deleted
+
+
+class CheckpointError(UserError):
+    """Checkpoints cannot be written, or none of a workdir's restores; the message says why
+    and which step is the newest usable one."""
+
+
+class Restored(NamedTuple):
+    step: int
+    state: Any
+    meta: dict
+    damaged: list[tuple[int, str, str]]  # (step, why, where it was moved)
+
+
+# Orbax warnings that say nothing to the user of a read-only load: the first comes with every
+# read-only CheckpointManager (reading is the point), the second when the train state item is
+# read on its own (orbax looks for the step's metadata file in the item directory).
+_READ_ONLY_NOTICES = ("Given directory is read only", "Metadata file does not exist")
+
+
+class _DropReadOnlyNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.WARNING
+            and isinstance(record.msg, str)
+            and record.msg.startswith(_READ_ONLY_NOTICES)
+        )
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notices() -> Iterator[None]:
+    """Drops `_READ_ONLY_NOTICES` from orbax's logger ('absl') while reading; others pass."""
+    logger, notices = logging.getLogger("absl"), _DropReadOnlyNotices()
+    logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notices)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -46,7 +95,8 @@ class Checkpointer:
                 cleanup_tmp_directories=True,  # leftovers of a save killed half-way
             )
         self.directory = checkpoint_dir(workdir)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet_read_only_notices() if read_only else contextlib.nullcontext():
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -54,16 +104,34 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write (disk full, a read-only or vanished file system), also one detected
+        late by an async save, becomes one CheckpointError that says what still exists."""
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
+            latest = self.manager.latest_step()
+            have = "none" if latest is None else f"step {latest}"
+            raise CheckpointError(
+                f"writing a checkpoint to {self.directory} failed ({describe_error(e)}); "
+                f"newest complete checkpoint: {have}. Fix the cause (space, permissions) and "
+                "run the same command to resume from it"
+            ) from e
+
     def save(self, step: int, state: Any, meta: dict, force: bool = True) -> bool:
         """Starts an (async) save; the state's device buffers are copied before returning,
         so the caller may donate them to the next step."""
-        return self.manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=force,
-        )
+        with self._writing():
+            return self.manager.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=force,
+            )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores into the shardings carried by `abstract_state` (jax.ShapeDtypeStruct
@@ -80,12 +148,116 @@ class Checkpointer:
         out = self.manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(out["meta"])
 
+    def restore_newest(
+        self, abstract_state: Any, check_meta: Callable[[int, dict], None]
+    ) -> Restored | None:
+        """The newest step that restores (state with finite values); None without checkpoints.
+
+        `check_meta(step, meta)` vets a step's meta before its state is read; its ConfigError
+        stops the search (a different run, not a damaged file). Steps that fail to restore
+        are moved to WORKDIR/damaged_checkpoints once an older step has restored (no step
+        restoring is more likely a file system problem: then nothing is moved and
+        CheckpointError names every step and why). Every process must call this."""
+        damaged: list[tuple[int, str]] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            why = _missing_parts(os.path.join(self.directory, str(step)))
+            state, meta = None, {}
+            if why is None:
+                try:
+                    check_meta(step, self.restore_meta(step))
+                    state, meta = self.restore(step, abstract_state)
+                    why = _non_finite(state)
+                except ConfigError:
+                    raise
+                except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
+                    why = describe_error(e)
+            why = _agreed(why)
+            if why is None:
+                return Restored(step, state, meta, self._move_aside(damaged))
+            log.warning("checkpoint step %d in %s is damaged: %s", step, self.directory, why)
+            damaged.append((step, why))
+        if damaged:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be restored: "
+                + "; ".join(f"step {s}: {why}" for s, why in damaged)
+                + ". Nothing was moved; check the file system, or move these step folders "
+                "out of the way to start over"
+            )
+        return None
+
+    def _move_aside(self, damaged: list[tuple[int, str]]) -> list[tuple[int, str, str]]:
+        """Renames damaged step folders into WORKDIR/damaged_checkpoints (process 0)."""
+        if not damaged:
+            return []
+        root = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+        out = []
+        for step, why in damaged:
+            dest, k = os.path.join(root, str(step)), 1
+            while os.path.exists(dest):
+                dest, k = os.path.join(root, f"{step}.{k}"), k + 1
+            if jax.process_index() == 0:
+                os.makedirs(root, exist_ok=True)
+                os.rename(os.path.join(self.directory, str(step)), dest)
+            out.append((step, why, dest))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            multihost_utils.sync_global_devices("msm_mae_jax damaged checkpoints moved")
+        self.manager.reload()
+        return out
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._writing():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+def describe_error(e: BaseException) -> str:
+    """The innermost cause of a failure, on one line (tensorstore specs left out)."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    text = re.sub(r"\s*\[tensorstore_spec=.*", "", str(e), flags=re.S)
+    text = re.sub(r"\s+", " ", text).strip()
+    if len(text) > 320:  # what failed comes first, why (the OS error) last: keep both ends
+        text = f"{text[:110]} ... {text[-200:]}"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _missing_parts(step_dir: str) -> str | None:
+    """A missing or empty part of a step folder (orbax reports these obscurely)."""
+    for part in ("meta/metadata", "state/_METADATA", "state/manifest.ocdbt"):
+        path = os.path.join(step_dir, part)
+        if part.endswith(".ocdbt") and not os.path.exists(path):
+            continue  # written only with OCDBT (orbax's default)
+        if not os.path.isfile(path):
+            return f"{part} is missing"
+        if os.path.getsize(path) == 0:
+            return f"{part} is empty"
+    return None
+
+
+def _non_finite(state: Any) -> str | None:
+    """Names the first parameter or optimizer array holding NaN/Inf, if any."""
+    flat = jax.tree_util.tree_flatten_with_path((state.params, state.opt_state))[0]
+    for path, x in flat:
+        if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.isfinite(x).all()):
+            return f"non-finite values in {jax.tree_util.keystr(path)}"
+    return None
+
+
+def _agreed(why: str | None) -> str | None:
+    """Multi-process: a step restores only if it restores on every process."""
+    if jax.process_count() == 1:
+        return why
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    ok = multihost_utils.process_allgather(np.int32(why is None))
+    return why if why is not None or bool(np.all(ok)) else "fails to restore on another process"
 
 
 def _is_meta_leaf(m) -> bool:
@@ -95,7 +267,7 @@ def _is_meta_leaf(m) -> bool:
 def _restore_numpy(state_dir: str, select) -> Any:
     """Reads the sub-tree `select(tree)` of a saved state as host numpy arrays, whatever
     devices or processes wrote it."""
-    with ocp.PyTreeCheckpointer() as ptc:
+    with _quiet_read_only_notices(), ocp.PyTreeCheckpointer() as ptc:
         tree_md = ptc.metadata(state_dir).item_metadata
         target = jax.tree.map(
             lambda m: np.zeros(m.shape, m.dtype), select(tree_md), is_leaf=_is_meta_leaf
@@ -110,7 +282,9 @@ def _restore_numpy(state_dir: str, select) -> Any:
     return jax.tree.map(np.asarray, out)
 
 
-def _resolve_step(workdir: str, step: int | None) -> tuple[str, int, dict]:
+def _read_checkpoint(workdir: str, step: int | None, select) -> tuple[Any, dict]:  # noqa: ANN001
+    """(`select(state tree)` as numpy, meta) of checkpoint `step`, or of the newest one that
+    reads (`step=None`: a damaged newer step is passed over with a warning, not moved)."""
     d = checkpoint_dir(workdir)
     if not os.path.isdir(d):
         raise FileNotFoundError(f"{workdir}: no training checkpoints (missing {d})")
@@ -119,19 +293,27 @@ def _resolve_step(workdir: str, step: int | None) -> tuple[str, int, dict]:
         steps = ckpt.all_steps()
         if not steps:
             raise FileNotFoundError(f"{d}: no complete checkpoint")
-        step = max(steps) if step is None else int(step)
-        if step not in steps:
+        if step is not None and int(step) not in steps:
             raise FileNotFoundError(f"{d}: no checkpoint for step {step}; have {sorted(steps)}")
-        meta = ckpt.restore_meta(step)
+        problems = []
+        for s in [int(step)] if step is not None else sorted(steps, reverse=True):
+            why = _missing_parts(os.path.join(d, str(s)))
+            if why is None:
+                try:
+                    meta = ckpt.restore_meta(s)
+                    return _restore_numpy(os.path.join(d, str(s), "state"), select), meta
+                except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
+                    why = describe_error(e)
+            log.warning("checkpoint step %d in %s cannot be read: %s", s, d, why)
+            problems.append(f"step {s}: {why}")
     finally:
         ckpt.close()
-    return os.path.join(d, str(step), "state"), step, meta
+    raise CheckpointError(f"no checkpoint in {d} can be read: {'; '.join(problems)}")
 
 
 def load_state_numpy(workdir: str, step: int | None = None) -> tuple[dict, dict]:
     """(state as a dict of numpy trees {params, opt_state, step, rng}, meta) of a checkpoint."""
-    state_dir, _, meta = _resolve_step(workdir, step)
-    return _restore_numpy(state_dir, lambda t: t), meta
+    return _read_checkpoint(workdir, step, lambda t: t)
 
 
 def load_encoder_from_workdir(
@@ -140,10 +322,11 @@ def load_encoder_from_workdir(
     """(ModelConfig, encoder params as a numpy tree, NormStats) of a training workdir.
 
     Only the encoder parameters are read from disk (orbax partial restore), not the decoder
-    or the optimizer state. `step=None` takes the latest checkpoint.
+    or the optimizer state. `step=None` takes the newest checkpoint that reads.
     """
-    state_dir, _, meta = _resolve_step(workdir, step)
-    out = _restore_numpy(state_dir, lambda t: {"params": {"encoder": t["params"]["encoder"]}})
+    out, meta = _read_checkpoint(
+        workdir, step, lambda t: {"params": {"encoder": t["params"]["encoder"]}}
+    )
     params = out["params"]["encoder"]
     return ModelConfig.from_dict(meta["model"]), params, NormStats.from_dict(meta["norm_stats"])
 

@@ -8,8 +8,10 @@ Must run before anything touches a jax device.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+from collections.abc import Sequence
 
 import jax
 
@@ -62,3 +64,13 @@ def initialize(config) -> tuple[int, int]:
             log.info("jax.distributed.initialize() for a %s cluster", cluster)
             jax.distributed.initialize()
     return jax.process_index(), jax.process_count()
+
+
+def describe_devices(devices: Sequence | None = None) -> str:
+    """'cpu backend, 8 devices' or 'gpu backend, 8 x NVIDIA H100 80GB HBM3' (all processes)."""
+    devices = list(jax.devices() if devices is None else devices)
+    backend = devices[0].platform
+    if backend == "cpu":
+        return f"cpu backend, {len(devices)} device{'s' if len(devices) != 1 else ''}"
+    kinds = collections.Counter(d.device_kind for d in devices)
+    return f"{backend} backend, " + ", ".join(f"{n} x {kind}" for kind, n in kinds.items())

@@ -7,9 +7,7 @@ state: the result is what `Runtime.load` and `msm_mae_jax.hear.load_model` need,
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 from msm_mae_jax.model import artifact
 from msm_mae_jax.train import checkpoints
@@ -35,26 +33,3 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
     return artifact.save_model_dir(
         out, cfg, params, stats, source=os.path.abspath(workdir), extra={"step": int(step)}
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m msm_mae_jax.export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--workdir", required=True, help="training run directory")
-    ap.add_argument("--out", required=True, help="directory to write the encoder artifact to")
-    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    args = ap.parse_args(argv)
-    try:
-        path = export(args.workdir, args.out, args.step)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"exported {args.workdir} -> {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

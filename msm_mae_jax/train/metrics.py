@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import struct
 import sys
 import time
 from typing import Any, TextIO
@@ -17,6 +19,14 @@ def _scalar(v: Any) -> float | int:
     return int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
 
 
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of PNG bytes, read from the IHDR chunk."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not PNG data")
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
@@ -26,11 +36,85 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class MetricWriter:
-    """Writes scalars to the console, WORKDIR/metrics.jsonl and WORKDIR/tb.
+def drop_rows_after(path: str, step: int) -> int:
+    """Rewrites a metrics.jsonl without the rows past `step` (and any unreadable line left by
+    a crash mid-write); returns how many rows were dropped. Atomic (temporary file + rename)."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):
+            pass
+    if len(keep) == len(lines) and all(line.endswith("\n") for line in lines):
+        return 0
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+    return len(lines) - len(keep)
 
-    Disabled writers (processes other than 0) accept calls and do nothing. Console output
-    is one plain line per call, so it reads the same in a terminal, a pipe or a log file.
+
+class _EventFile:
+    """A TensorBoard event file written record by record (the TFRecord framing of TF core).
+
+    It opens with a SessionLog START event at the run's first step: TensorBoard then drops the
+    events of an earlier run in the same folder from that step on (the steps a resumed run
+    replays), as it does for any restarted TensorFlow job."""
+
+    def __init__(self, directory: str, first_step: int):
+        from msm_mae_jax.data.tf_setup import tensorflow  # noqa: PLC0415 (heavy)
+
+        self._tf = tensorflow()  # set up (no GPUs for TF) before anything else of TF loads
+        from tensorflow.core.framework import summary_pb2  # noqa: PLC0415
+        from tensorflow.core.util import event_pb2  # noqa: PLC0415
+
+        self._summary_pb2, self._event_pb2 = summary_pb2, event_pb2
+        os.makedirs(directory, exist_ok=True)
+        host, pid = socket.gethostname(), os.getpid()
+        name = f"events.out.tfevents.{int(time.time()):010d}.{host}.{pid}.v2"
+        self._writer = self._tf.io.TFRecordWriter(os.path.join(directory, name))
+        self._tags_seen: set[str] = set()
+        self._write(self._event_pb2.Event(file_version="brain.Event:2"))
+        start = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
+        self._write(self._event_pb2.Event(step=int(first_step), session_log=start))
+        self._writer.flush()
+
+    def _write(self, event) -> None:  # noqa: ANN001
+        event.wall_time = time.time()
+        self._writer.write(event.SerializeToString())
+
+    def write(self, step: int, values: dict[str, tuple[Any, str]]) -> None:
+        """values: {tag: (numpy value, plugin name)}; the plugin goes with a tag's first value."""
+        summary = self._summary_pb2.Summary()
+        for tag, (value, plugin) in values.items():
+            v = summary.value.add(tag=tag)
+            v.tensor.CopyFrom(self._tf.make_tensor_proto(value))
+            if tag not in self._tags_seen:
+                self._tags_seen.add(tag)
+                v.metadata.plugin_data.plugin_name = plugin
+                if plugin == "images":  # content: ImagePluginData v0 = empty bytes
+                    v.metadata.data_class = self._summary_pb2.DATA_CLASS_BLOB_SEQUENCE
+        self._write(self._event_pb2.Event(step=int(step), summary=summary))
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MetricWriter:
+    """Writes scalars to the console, WORKDIR/metrics.jsonl and WORKDIR/tb (and PNG images
+    to WORKDIR/tb).
+
+    A run that resumes at `start_step` first drops the rows of metrics.jsonl past that step
+    (`dropped_rows` of them: logged by the interrupted run after its last checkpoint, and
+    logged again now), and tells TensorBoard to do the same. Disabled writers (processes
+    other than 0) accept calls and do nothing. Console output is one plain line per call, so
+    it reads the same in a terminal, a pipe or a log file.
     """
 
     def __init__(
@@ -39,26 +123,21 @@ class MetricWriter:
         enabled: bool = True,
         tensorboard: bool = True,
         stream: TextIO | None = None,
+        start_step: int = 0,
     ):
         self.enabled = enabled
         self.stream = stream or sys.stdout
-        self._tb = None
+        self._tb: _EventFile | None = None
         self._jsonl = None
+        self.dropped_rows = 0
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+        path = os.path.join(workdir, "metrics.jsonl")
+        self.dropped_rows = drop_rows_after(path, int(start_step))
+        self._jsonl = open(path, "a")  # noqa: SIM115
         if tensorboard:
-            from msm_mae_jax.data.tf_setup import tensorflow  # noqa: PLC0415 (heavy)
-
-            tf = tensorflow()
-            self._tf = tf
-            from tensorflow.core.framework import summary_pb2  # noqa: PLC0415
-
-            md = summary_pb2.SummaryMetadata()
-            md.plugin_data.plugin_name = "scalars"  # what TensorBoard's scalar dashboard reads
-            self._scalar_md = md.SerializeToString()
-            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+            self._tb = _EventFile(os.path.join(workdir, "tb"), int(start_step) + 1)
 
     def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
         if not self.enabled:
@@ -67,16 +146,17 @@ class MetricWriter:
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
-            tf = self._tf
-            with self._tb.as_default():
-                for k, v in row.items():
-                    if k != "step":
-                        # tf.summary.scalar lives in the tensorboard package; writing the
-                        # scalar-plugin summary directly needs only TF core.
-                        tf.summary.write(
-                            k, tf.constant(v, tf.float32), step=int(step), metadata=self._scalar_md
-                        )
-            self._tb.flush()
+            values = {k: (np.float32(v), "scalars") for k, v in row.items() if k != "step"}
+            self._tb.write(step, values)
+
+    def write_png(self, step: int, tag: str, png: bytes) -> None:
+        """One PNG image under `tag` in TensorBoard's image dashboard."""
+        if not self.enabled or self._tb is None:
+            return
+        width, height = png_size(png)
+        # The image plugin's layout: [width, height, png, ...] as one string tensor.
+        value = np.array([str(width).encode(), str(height).encode(), png], dtype=object)
+        self._tb.write(step, {tag: (value, "images")})
 
     def console(self, line: str) -> None:
         if self.enabled:

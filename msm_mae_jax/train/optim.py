@@ -12,10 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from msm_mae_jax.core.errors import ConfigError
-
-# Leaves never decayed besides every 1-D parameter (biases, LayerNorm scales): the learned
-# tokens, and fixed positional tables should a model keep them among its parameters.
-NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "decoder_pos_embed", "q_bias", "v_bias")
+from msm_mae_jax.model.convert import official_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,12 +92,20 @@ def _key_name(k) -> str:
     return str(k)
 
 
+def decays(official: str, ndim: int) -> bool:
+    """The official parameter groups (timm's `add_weight_decay`, used by MAE's
+    main_pretrain.py): no decay for 1-D tensors (LayerNorm weights, biases, q_bias/v_bias)
+    and names ending in `.bias`; every other trainable tensor is decayed, the [1, 1, D]
+    `cls_token` and `mask_token` included. (Fixed positional tables are not parameters.)"""
+    return ndim > 1 and not official.endswith(".bias")
+
+
 def weight_decay_mask(params: Any) -> Any:
-    """True where weight decay applies: every leaf of rank >= 2 not named in NO_DECAY_NAMES."""
+    """True where weight decay applies: `decays` of each leaf's official state-dict name."""
 
     def decay(path, x) -> bool:
-        names = [_key_name(k) for k in path]
-        return len(jnp.shape(x)) >= 2 and not any(n in NO_DECAY_NAMES for n in names)
+        names = tuple(_key_name(k) for k in path)
+        return decays(official_name(names) if names else "", len(jnp.shape(x)))
 
     return jax.tree_util.tree_map_with_path(decay, params)
 

@@ -206,11 +206,14 @@ def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | N
     total = setup.sched.total_steps
     eval_every = int(c.eval_every_steps) or setup.sched.steps_per_epoch
     ckpt = checkpoints.Checkpointer(run_dir, keep=int(c.keep_checkpoints))
-    writer = metrics.MetricWriter(run_dir, enabled=job.is_main, tensorboard=bool(c.tensorboard))
     tag = f"[{fold.name} seed {seed}]"
     metric = "mAP" if task.multilabel else "accuracy"
     state, finished = _restore(job, setup, ckpt, run_dir, seed)
     step = int(jax.device_get(state.step))
+    # Rows logged after the checkpoint resumed from are dropped: they are logged again.
+    writer = metrics.MetricWriter(
+        run_dir, enabled=job.is_main, tensorboard=bool(c.tensorboard), start_step=step
+    )
     patience = int(c.early_stop_patience)
     mixup = float(c.augment.mixup)  # (the draws are unused when 0)
 
@@ -291,7 +294,8 @@ def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | N
             if do_save:
                 save(step, finished)
             if not finished and preempt.reached(step):
-                save(step, False)
+                if not do_save:
+                    save(step, False)
                 writer.console(f"{tag} preemption signal: saved step {step}, stopping")
                 return None
         if pending is not None:

@@ -1,0 +1,170 @@
+"""`msm-mae eval`: linear evaluation (EVAR protocol) of an encoder on a labelled task.
+
+    msm-mae eval --checkpoint runs/base --task csv:data/esc50.csv --out results.json
+    msm-mae eval --baseline logmel --task folder:data/birds
+    msm-mae eval --baseline random --config configs/msm_mae.py:tiny --task synthetic
+
+Tasks: csv:FILE (file, label and split or fold columns), folder:DIR (class sub-folders),
+tfds:NAME, synthetic[:N]; see msm_mae_jax/evaluation/tasks.py. The logic lives in
+msm_mae_jax/evaluation/linear.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from msm_mae_jax.cli import common
+from msm_mae_jax.core.errors import UserError
+
+
+def build_parser(prog: str) -> common.Parser:
+    p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
+    add = p.add_argument
+    add("--checkpoint", metavar="DIR", help="training workdir, exported or converted model dir")
+    add("--baseline", choices=("logmel", "random"), help="evaluate a baseline instead")
+    add(
+        "--config",
+        metavar="PATH[:VARIANT]",
+        help="model config of the random baseline, e.g. configs/msm_mae.py:small_208 "
+        "(default: ViT-B 80x208p16x16)",
+    )
+    add(
+        "--task",
+        required=True,
+        metavar="SPEC",
+        help="csv:FILE | folder:DIR | tfds:NAME | synthetic[:N]",
+    )
+    add("--label", default="label", metavar="NAME", help="label column (csv) or feature (tfds)")
+    add(
+        "--file-column",
+        metavar="NAME",
+        help="file column of a csv task (default: 'file', else 'file_name' as EVAR's CSVs)",
+    )
+    add(
+        "--audio-dir",
+        metavar="DIR",
+        help="folder the csv task's relative paths start from (default: the CSV's folder)",
+    )
+    add("--audio-key", default="audio", metavar="NAME", help="audio feature of a tfds task")
+    add("--tfds-data-dir", metavar="DIR", help="TensorFlow Datasets data_dir")
+    add("--out", metavar="FILE", help="write the results as JSON here")
+    add("--layers", metavar="LIST", help="probe block outputs: 'all' or e.g. '4,8,12' (1-based)")
+    add(
+        "--layer-mode",
+        choices=("separate", "concat"),
+        default="separate",
+        help="probe each requested layer, or their concatenation (default: separate)",
+    )
+    add(
+        "--norm",
+        choices=("task", "checkpoint"),
+        default="task",
+        help="log-mel statistics: the task's training clips (EVAR, default) or the model's",
+    )
+    add(
+        "--unit-sec",
+        type=float,
+        metavar="SEC",
+        default=0.0,
+        help="clip length in seconds (pad/crop as EVAR); 0 (default): longest clip, <= 10 s",
+    )
+    add(
+        "--seeds",
+        type=int,
+        metavar="N",
+        default=3,
+        help="classifier seeds, mean ± std (default: 3)",
+    )
+    add(
+        "--split-seed",
+        type=int,
+        metavar="N",
+        default=0,
+        help="seed of generated splits (default: 0)",
+    )
+    add("--lr", type=float, default=3e-4, help="probe learning rate (default: 3e-4)")
+    add(
+        "--max-epochs",
+        type=int,
+        metavar="N",
+        default=200,
+        help="probe epochs at most (default: 200)",
+    )
+    add(
+        "--patience",
+        type=int,
+        metavar="N",
+        default=20,
+        help="early-stopping patience (default: 20)",
+    )
+    add(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        default=32,
+        help="clips per encoder call (default: 32)",
+    )
+    add(
+        "--cache-dir",
+        metavar="DIR",
+        help="embedding cache (default: ~/.cache/msm_mae_jax/embeddings)",
+    )
+    add("--no-cache", action="store_true", help="neither read nor write the cache")
+    add("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "msm-mae eval") -> int:
+    return common.run_command(prog, _evaluate, argv)
+
+
+def _evaluate(argv: list[str], prog: str) -> int:
+    p = build_parser(prog)
+    args = p.parse_args(argv)
+    if (args.checkpoint is None) == (args.baseline is None):
+        p.error("give exactly one of --checkpoint and --baseline")
+    if args.checkpoint and not os.path.exists(args.checkpoint):
+        raise UserError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
+    from msm_mae_jax.evaluation import linear, tasks
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)
+    try:
+        task = tasks.parse_task(
+            args.task,
+            label=args.label,
+            file_column=args.file_column,
+            audio_dir=args.audio_dir,
+            seed=args.split_seed,
+            audio_key=args.audio_key,
+            tfds_data_dir=args.tfds_data_dir,
+        )
+        log(f"{prog}: {common.backend_line()}")
+        result = linear.evaluate(
+            task,
+            checkpoint=args.checkpoint,
+            baseline=args.baseline,
+            config=args.config,
+            layers=args.layers,
+            layer_mode=args.layer_mode,
+            norm=args.norm,
+            unit_sec=args.unit_sec or None,
+            batch_size=args.batch_size,
+            cache_dir=None if args.no_cache else (args.cache_dir or linear.DEFAULT_CACHE_DIR),
+            progress=not args.no_progress,
+            seeds=tuple(range(args.seeds)),
+            probe_kw={"lr": args.lr, "max_epochs": args.max_epochs, "patience": args.patience},
+            log=log,
+        )
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError) as e:  # the library's checks of paths and values
+        raise UserError(str(e)) from None
+    print(linear.format_table(result))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0

@@ -1,0 +1,133 @@
+"""`msm-mae train`: pre-trains MSM-MAE.
+
+    msm-mae train --config configs/msm_mae.py[:VARIANT] --workdir DIR [--config.key=value ...]
+
+Restarting with the same --workdir resumes from its newest checkpoint that restores (damaged
+ones are moved to DIR/damaged_checkpoints), with the same config: changes to keys that define
+the run (batch size, seed, data, schedule, optimiser) are refused unless
+--allow-config-change. One trainer per workdir (DIR/train.lock). Multi-host: run the
+same command on every host (TPU pods and SLURM/Open MPI jobs are detected), or pass
+--config.coordinator_address=host:port --config.num_processes=N --config.process_id=I.
+The config, the data source and the paths are checked before jax or TensorFlow start.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+
+import ml_collections
+
+from msm_mae_jax.cli import common, config_args
+from msm_mae_jax.core.errors import ConfigError, DataError
+
+DEFAULT_CONFIG = "configs/msm_mae.py"
+
+
+def build_parser(prog: str, spec: str) -> common.Parser:
+    p = common.Parser(
+        prog=prog,
+        description=__doc__.split("\n\n", 2)[2],
+        epilog=config_args.help_epilog(spec),
+        usage=f"{prog} --config PATH[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]",
+    )
+    p.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="PATH[:VARIANT]",
+        help="config file and variant: a path, a bundled name (msm_mae.py) or just a "
+        f"variant (default: {DEFAULT_CONFIG}, its default variant)",
+    )
+    p.add_argument(
+        "--workdir", required=True, help="run directory: checkpoints, logs, figures (resumes)"
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume even though keys that define the run (batch size, seed, data source, "
+        "schedule, optimiser) differ from the checkpoint's config",
+    )
+    return p
+
+
+def _prescan_config(argv: Sequence[str]) -> str:
+    """The --config value before parsing, so that --help shows that config's defaults."""
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return DEFAULT_CONFIG
+
+
+def check_sources(config: ml_collections.ConfigDict) -> None:
+    """The data sources' kind and paths, without importing jax or TF; DataError otherwise."""
+    from msm_mae_jax.data import source_base
+
+    for key in ("source", "eval_source"):
+        spec = str(config.data.get(key, "") or "")
+        if not spec:
+            continue
+        try:
+            source = source_base.parse_spec(spec, config.data.file_pattern)
+        except DataError as e:
+            kind = spec.partition(":")[0]
+            close = difflib.get_close_matches(kind, source_base.SOURCE_KINDS, n=1)
+            hint = f" (did you mean {close[0]}:?)" if close and close[0] != kind else ""
+            raise DataError(f"{str(e).replace('data.source', f'data.{key}')}{hint}") from None
+        if source.kind in ("files", "lms"):
+            root = source.path
+            if glob.has_magic(root):  # the folder the glob starts from
+                root = root.split("*")[0].split("?")[0].split("[")[0]
+                root = os.path.dirname(root) if not root.endswith(os.sep) else root
+            if not os.path.exists(root or "."):
+                raise DataError(
+                    f"config.data.{key}={spec!r}: {root} does not exist (relative paths "
+                    f"start at {os.getcwd()})"
+                )
+
+
+def check_workdir(workdir: str) -> None:
+    """The workdir exists (created here) and takes files; ConfigError otherwise."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} exists and is not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:  # read-only file system, permissions
+        raise ConfigError(
+            f"--workdir {workdir} is not writable ({e.strerror or e}); training writes its "
+            "checkpoints and logs there"
+        ) from None
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "msm-mae train") -> int:
+    return common.run_command(prog, _train, argv)
+
+
+def _train(argv: list[str], prog: str) -> int:
+    args, extras = build_parser(prog, _prescan_config(argv)).parse_known_args(argv)
+    config = config_args.parse_config(args.config, extras)
+    check_sources(config)
+    check_workdir(args.workdir)
+    common.setup_logging()
+
+    import jax
+
+    from msm_mae_jax.train import distributed, loop
+
+    # The multi-process set-up must come before anything touches a device.
+    line = common.backend_line(init=lambda: distributed.initialize(config))
+    if jax.process_index() == 0:
+        print(f"{prog}: {line}", flush=True)
+    result = loop.train_and_evaluate(
+        config, args.workdir, allow_config_change=args.allow_config_change
+    )
+    if jax.process_index() == 0:
+        print(json.dumps({"final": result}, default=float), flush=True)
+    return 0

@@ -1,0 +1,178 @@
+"""Users' common mistakes through the real commands: one line on stderr naming the bad value,
+exit status 2, no traceback; most of them before jax or TensorFlow start."""
+
+import concurrent.futures
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from msm_mae_jax.cli import common, config_args
+from msm_mae_jax.core import config_files
+from msm_mae_jax.core.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+TRAIN_M = [PY, "-m", "msm_mae_jax", "train"]
+TRAIN_PY = [PY, os.path.join(ROOT, "train.py")]
+EVAL_PY = [PY, os.path.join(ROOT, "evaluate.py")]
+# A platform this machine cannot start: cuda, unless it has an NVIDIA GPU.
+MISSING_PLATFORM = "tpu" if glob.glob("/dev/nvidia[0-9]*") else "cuda"
+
+
+def _cases(tmp):
+    wd = ["--workdir", str(tmp / "run")]
+    empty = tmp / "no_audio"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not audio")
+    return {
+        "unknown variant": (TRAIN_M + ["--config", "configs/msm_mae.py:tinny", *wd], "tinny", {}),
+        "missing files path": (
+            TRAIN_PY + ["--config", "tiny", "--config.data.source=files:/nope", *wd],
+            "/nope",
+            {},
+        ),
+        "unknown source kind": (
+            TRAIN_M + ["--config", "tiny", "--config.data.source=file:/x", *wd],
+            "file:/x",
+            {},
+        ),
+        "bad int value": (
+            TRAIN_PY + ["--config", "tiny", "--config.batch_size=abc", *wd],
+            "abc",
+            {},
+        ),
+        "unknown key": (
+            TRAIN_M + ["--config", "tiny", "--config.batchsize=8", *wd],
+            "batchsize",
+            {},
+        ),
+        "missing workdir": (TRAIN_PY + ["--config", "configs/msm_mae.py:tiny"], "--workdir", {}),
+        "missing platform": (
+            TRAIN_M + ["--config", "tiny", *wd],
+            MISSING_PLATFORM,
+            {"JAX_PLATFORMS": MISSING_PLATFORM},
+        ),
+        # A UserError raised inside train_and_evaluate, after jax started.
+        "no audio mid-start": (
+            TRAIN_M
+            + ["--config", "tiny", f"--config.data.source=files:{empty}"]
+            + ["--config.total_steps=0", *wd],
+            str(empty),
+            {},
+        ),
+        "eval missing csv": (
+            EVAL_PY + ["--baseline", "logmel", "--task", f"csv:{tmp / 'missing.csv'}"],
+            "missing.csv",
+            {},
+        ),
+        "eval bad float": (
+            EVAL_PY + ["--baseline", "logmel", "--task", "synthetic", "--unit_sec", "abc"],
+            "abc",
+            {},
+        ),
+        "eval missing checkpoint": (
+            EVAL_PY + ["--checkpoint", str(tmp / "nope_ckpt"), "--task", "synthetic"],
+            "nope_ckpt",
+            {},
+        ),
+        "embed missing input": (
+            [PY, "-m", "msm_mae_jax", "embed", "--checkpoint", ROOT, "--out", str(tmp / "e.npz")]
+            + [str(tmp / "nope.wav")],
+            "nope.wav",
+            {},
+        ),
+        "unknown command": ([PY, "-m", "msm_mae_jax", "trian"], "trian", {}),
+    }
+
+
+def _run(cmd, env_extra, cwd):
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", **env_extra}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=180)
+
+
+def test_mistakes_are_one_line_errors(tmp_path):
+    cases = _cases(tmp_path)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = {
+            name: pool.submit(_run, cmd, env, tmp_path) for name, (cmd, _, env) in cases.items()
+        }
+        results = {name: f.result() for name, f in futures.items()}
+    for name, (_, bad, _) in cases.items():
+        r = results[name]
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2, (name, r.returncode, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr, (name, r.stderr[-2000:])
+        assert len(lines) == 1, (name, lines)
+        assert bad in lines[0] and ": error: " in lines[0], (name, lines[0])
+    assert "did you mean 'batch_size'" in results["unknown key"].stderr
+    assert "tiny" in results["unknown variant"].stderr  # the known variants are listed
+    for kind in ("synthetic", "files:", "tfds:", "lms:"):
+        assert kind in results["unknown source kind"].stderr
+    assert "available: cpu" in results["missing platform"].stderr
+    assert "backend cpu" in results["no audio mid-start"].stdout  # the start-up line
+
+
+def test_override_values_follow_config_flags():
+    extras = [
+        "--config.batch_size=8",
+        "--config.mesh=(('data',1),('fsdp',2),('tensor',1))",
+        "--config.model.remat",
+        "--config.optim.blr",
+        "2e-4",
+        "--config.model.input_size=(80,96)",
+        "--noconfig.model.use_cls_token",
+        "--config.data.source=files:a b",
+    ]
+    c = config_args.parse_config("tiny", extras)
+    assert c.batch_size == 8 and c.mesh == (("data", 1), ("fsdp", 2), ("tensor", 1))
+    assert c.model.remat is True and c.optim.blr == 2e-4 and c.model.input_size == (80, 96)
+    assert c.model.use_cls_token is False and c.data.source == "files:a b"
+    assert c.variant == "tiny" and c.is_locked
+    with pytest.raises(ConfigError, match=r"bad value '3.5' for config key batch_size \(int"):
+        config_args.parse_config("tiny", ["--config.batch_size=3.5"])
+    with pytest.raises(ConfigError, match="optim.blrr.*did you mean 'optim.blr'"):
+        config_args.parse_config("tiny", ["--config.optim.blrr=1"])
+    with pytest.raises(ConfigError, match="model is a group of keys"):
+        config_args.parse_config("tiny", ["--config.model=3"])
+    with pytest.raises(ConfigError, match="needs a value"):
+        config_args.parse_config("tiny", ["--config.seed"])
+    with pytest.raises(ConfigError, match="unrecognized argument '--bogus'"):
+        config_args.parse_config("tiny", ["--bogus"])
+
+
+def test_train_help_lists_variants_and_common_keys(capsys):
+    from msm_mae_jax.cli import train
+
+    with pytest.raises(SystemExit) as e:
+        train.main(["--config", "tiny", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    path, _ = config_files.resolve("tiny")
+    for variant in config_files.file_variants(path):
+        assert variant in out
+    tiny = config_files.load_config("tiny")
+    for key in config_args.COMMON_KEYS:
+        value = config_args.flatten(tiny)[key]
+        assert f"  {key} " in out and repr(value) in out, key
+    assert "batch_size          16" in out  # tiny's own value, not the default variant's
+
+
+def test_underscore_flags_are_hidden_aliases(capsys):
+    p = common.Parser(prog="x")
+    p.add_argument("--unit-sec", type=float, default=0.0)
+    p.add_argument("--no-cache", action="store_true")
+    a = p.parse_args(["--unit_sec=1.5", "--no_cache"])
+    assert a.unit_sec == 1.5 and a.no_cache
+    assert common.hyphenate(["--config.batch_size=1", "--out=a_b", "--", "--x_y"]) == [
+        "--config.batch_size=1",
+        "--out=a_b",
+        "--",
+        "--x_y",
+    ]
+    p.print_help()
+    assert "--unit_sec" not in capsys.readouterr().out
+    with pytest.raises(common.UsageError, match="unrecognized arguments: --nope"):
+        p.parse_args(["--nope"])
