@@ -24,6 +24,11 @@ def encoder_dir(tmp_path_factory):
     return write_encoder(str(tmp_path_factory.mktemp("enc") / "encoder"))
 
 
+@pytest.fixture(scope="module")
+def task_csv(tmp_path_factory):
+    return synthetic_csv(str(tmp_path_factory.mktemp("task")))
+
+
 # ---- data -----------------------------------------------------------------------------------
 def test_log_mels_equal_the_log_mel_of_each_clip():
     rng = np.random.default_rng(0)
@@ -342,9 +347,9 @@ def _no_test_csv(root):
         ("stray_argument", "unrecognized argument '--epochs=3'"),
     ],
 )
-def test_cli_mistakes_are_one_line_errors(case, match, tmp_path, encoder_dir, capsys):
-    root = str(tmp_path / "t")
-    csv = {"one_class": _one_class_csv, "empty_split": _no_test_csv}.get(case, synthetic_csv)(root)
+def test_cli_mistakes_are_one_line_errors(case, match, tmp_path, encoder_dir, task_csv, capsys):
+    edit = {"one_class": _one_class_csv, "empty_split": _no_test_csv}.get(case)
+    csv = edit(str(tmp_path / "t")) if edit else task_csv
     argv = ["--checkpoint", encoder_dir, "--task", f"csv:{csv}", "--out", str(tmp_path / "o.json")]
     argv += ["--config", "configs/finetune.py:tiny", "--no-progress"]
     if case == "unknown_label":
@@ -373,8 +378,8 @@ def test_cli_mistakes_are_one_line_errors(case, match, tmp_path, encoder_dir, ca
     assert re.search(match, err[-1]), err[-1]
 
 
-def test_cli_refuses_another_jobs_workdir(tmp_path, encoder_dir, capsys):
-    csv = synthetic_csv(str(tmp_path / "t"))
+def test_cli_refuses_another_jobs_workdir(tmp_path, encoder_dir, task_csv, capsys):
+    csv = task_csv
     wd = tmp_path / "work"
     wd.mkdir()
     (wd / "job.json").write_text(json.dumps({"task": "csv:other.csv"}))

@@ -19,6 +19,7 @@ from msm_mae_jax.evaluation.finetune import model as ft_model
 from msm_mae_jax.train import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL_STEPS = 60  # 20 epochs of 3 steps; an evaluation and a checkpoint every 6 steps
 
 
 def _cmd(enc, csv, wd):
@@ -35,7 +36,7 @@ def _cmd(enc, csv, wd):
         os.path.join(wd, "result.json"),
         "--config",
         "configs/finetune.py:tiny",
-        "--config.epochs=40",  # 120 steps; an evaluation and a checkpoint every 6 steps
+        f"--config.epochs={TOTAL_STEPS // 3}",
         "--config.eval_every_steps=6",
         "--config.mesh=(('data',1),('fsdp',1),('tensor',1))",
         "--no-progress",
@@ -88,21 +89,22 @@ def test_sigterm_then_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 3 and "run the same command again" in err, (p.returncode, err[-2000:])
     saved = checkpoints.Checkpointer(run_dir).all_steps()
-    assert saved and max(saved) == max(_logged_steps(run_dir)) < 120  # saved where it stopped
+    # saved where it stopped
+    assert saved and max(saved) == max(_logged_steps(run_dir)) < TOTAL_STEPS
     p = subprocess.Popen(
         _cmd(enc, csv, wd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     _wait(p, run_dir, max(saved) + 5)  # past a checkpoint, before the end
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert max(_logged_steps(run_dir)) < 120, "finished before it could be killed"
+    assert max(_logged_steps(run_dir)) < TOTAL_STEPS, "finished before it could be killed"
     r = subprocess.run(_cmd(enc, csv, wd), env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed" in r.stderr and "accuracy (%)" in r.stdout
     r = subprocess.run(_cmd(enc, csv, ref), env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    a = checkpoints.load_state_numpy(run_dir, 120)[0]
-    b = checkpoints.load_state_numpy(os.path.join(ref, "split", "seed0"), 120)[0]
+    a = checkpoints.load_state_numpy(run_dir, TOTAL_STEPS)[0]
+    b = checkpoints.load_state_numpy(os.path.join(ref, "split", "seed0"), TOTAL_STEPS)[0]
     jax.tree.map(np.testing.assert_array_equal, a, b)  # params, best params, optimizer, counters
     ra, rb = (json.load(open(os.path.join(d, "result.json"))) for d in (wd, ref))
     assert ra["accuracy"] == rb["accuracy"] and ra["valid"] == rb["valid"]

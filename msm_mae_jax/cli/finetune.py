@@ -21,9 +21,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from msm_mae_jax.cli import common
 from msm_mae_jax.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from msm_mae_jax.model.config import ModelConfig
 
 CONFIG_FILE = "configs/finetune.py"
 DEFAULT_CONFIG = f"{CONFIG_FILE}:base"
@@ -41,7 +45,12 @@ def build_parser(prog: str) -> common.Parser:
         help="fine-tune a randomly initialised encoder of this model config instead (a "
         "baseline), e.g. configs/msm_mae.py:fsdd_small",
     )
-    add("--task", required=True, metavar="SPEC", help="csv:FILE | folder:DIR | tfds:NAME")
+    add(
+        "--task",
+        required=True,
+        metavar="SPEC",
+        help="csv:FILE | folder:DIR | tfds:NAME | synthetic[:N]",
+    )
     add("--label", default="label", metavar="NAME", help="label column (csv) or feature (tfds)")
     add("--file-column", metavar="NAME", help="file column of a csv task (default: 'file')")
     add("--audio-dir", metavar="DIR", help="folder a csv task's relative paths start from")
@@ -74,6 +83,14 @@ def load_config(spec: str, extras: Sequence[str]):
         ) from None
 
 
+def random_model_config(spec: str) -> ModelConfig:
+    """The model config `--random-init` names (read without starting jax)."""
+    from msm_mae_jax.core.config_files import load_config as load_model_file
+    from msm_mae_jax.model.config import ModelConfig
+
+    return ModelConfig.from_dict(load_model_file(spec).model)
+
+
 def default_workdir(out: str | None) -> str:
     if not out:
         raise ConfigError("give --workdir (or --out, which names the default workdir)")
@@ -90,13 +107,12 @@ def _finetune(argv: list[str], prog: str) -> int:
     workdir = args.workdir or default_workdir(args.out)
     if args.checkpoint and not os.path.exists(args.checkpoint):
         raise ConfigError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
-    from msm_mae_jax.evaluation import linear, tasks
-    from msm_mae_jax.evaluation.finetune import results, run
-
     if args.random_init:
-        linear.load_model_config(args.random_init)  # a bad spec fails before start-up
+        random_model_config(args.random_init)  # a bad spec fails before start-up
+    from msm_mae_jax.evaluation import tasks
 
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    # Before jax starts: a task's mistakes (one class, an empty split, no such label) are
+    # reported in a second, not after the accelerator and the model have been set up.
     task = tasks.parse_task(
         args.task,
         label=args.label,
@@ -106,6 +122,9 @@ def _finetune(argv: list[str], prog: str) -> int:
         audio_key=args.audio_key,
         tfds_data_dir=args.tfds_data_dir,
     )
+    from msm_mae_jax.evaluation.finetune import results, run
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     log(f"{prog}: {common.backend_line()}")
     encoder = (
         run.random_init(args.random_init, int(config.seed))

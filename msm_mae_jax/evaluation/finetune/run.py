@@ -189,7 +189,12 @@ def finetune(
         "runs_s": round(time.time() - t0, 1),
         "total_s": round(time.time() - t_start, 1),
     }
-    settings = {
+    return results.collect(task, encoder.name, runs, timing, _settings(config, workdir, stats))
+
+
+def _settings(config, workdir: str, stats: NormStats) -> dict:
+    """What the results record of how they were made."""
+    return {
         "config": f"{config.variant}",
         "workdir": workdir,
         "norm": str(config.data.norm),
@@ -199,7 +204,6 @@ def finetune(
         "seeds": [int(config.seed) + k for k in range(int(config.num_seeds))],
         "full_config": _jsonable(config.to_dict()),
     }
-    return results.collect(task, encoder.name, runs, timing, settings)
 
 
 def _setup(config, mc, head, task: Task, fold) -> Setup:
