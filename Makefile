@@ -31,8 +31,8 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check msm_mae_jax configs tests bench scripts train.py evaluate.py
-	$(BIN)/ruff format --check msm_mae_jax configs tests bench scripts train.py evaluate.py
+	$(BIN)/ruff check msm_mae_jax configs tests bench scripts train.py evaluate.py finetune.py
+	$(BIN)/ruff format --check msm_mae_jax configs tests bench scripts train.py evaluate.py finetune.py
 
 bench: $(STAMP)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet -r requirements-bench.txt

@@ -18,12 +18,32 @@ PY = sys.executable
 TRAIN_M = [PY, "-m", "msm_mae_jax", "train"]
 TRAIN_PY = [PY, os.path.join(ROOT, "train.py")]
 EVAL_PY = [PY, os.path.join(ROOT, "evaluate.py")]
+FINETUNE_PY = [PY, os.path.join(ROOT, "finetune.py"), "--random-init", "tiny"]
+FINETUNE_M = [PY, "-m", "msm_mae_jax", "finetune", "--random-init", "tiny"]
 # A platform this machine cannot start: cuda, unless it has an NVIDIA GPU.
 MISSING_PLATFORM = "tpu" if glob.glob("/dev/nvidia[0-9]*") else "cuda"
 
 
+def _task_csvs(tmp):
+    """Labelled tasks a classifier cannot learn (files exist, unread: caught before)."""
+    for i in range(6):
+        (tmp / f"c{i}.wav").write_bytes(b"")
+    rows = {
+        "one_class": "a,train a,train a,valid a,test",
+        "empty_split": "a,train b,train a,valid b,valid",
+        "unseen_class": "a,train b,train a,valid b,valid c,test a,test",
+    }
+    out = {}
+    for name, body in rows.items():
+        lines = [f"c{i}.wav,{r}" for i, r in enumerate(body.split())]
+        (tmp / f"{name}.csv").write_text("\n".join(["file,label,split", *lines]) + "\n")
+        out[name] = ["--task", f"csv:{tmp / name}.csv", "--out", str(tmp / f"{name}.json")]
+    return out
+
+
 def _cases(tmp):
     wd = ["--workdir", str(tmp / "run")]
+    ft = _task_csvs(tmp)
     empty = tmp / "no_audio"
     empty.mkdir()
     (empty / "notes.txt").write_text("not audio")
@@ -92,6 +112,14 @@ def _cases(tmp):
             {},
         ),
         "unknown command": ([PY, "-m", "msm_mae_jax", "trian"], "trian", {}),
+        "finetune one class": (FINETUNE_PY + ft["one_class"], "has the class 'a'", {}),
+        "finetune empty split": (FINETUNE_M + ft["empty_split"], "test split of split is", {}),
+        "finetune unseen class": (FINETUNE_PY + ft["unseen_class"], "['c'] occur in the test", {}),
+        "finetune unknown label": (
+            FINETUNE_M + ft["one_class"] + ["--label", "genre"],
+            "no label column 'genre'",
+            {},
+        ),
     }
 
 

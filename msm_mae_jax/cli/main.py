@@ -16,6 +16,7 @@ from msm_mae_jax.cli import common
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("msm_mae_jax.cli.train", "pre-train MSM-MAE (resumes in its --workdir)"),
     "eval": ("msm_mae_jax.cli.evaluate", "linear evaluation (EVAR protocol) on a labelled task"),
+    "finetune": ("msm_mae_jax.cli.finetune", "fine-tune an encoder + linear head on a task"),
     "embed": ("msm_mae_jax.cli.embed", "audio files -> scene (and frame) embeddings in a .npz"),
     "prepare": ("msm_mae_jax.cli.prepare", "precompute log-mel shards of a corpus (lms: source)"),
     "convert": ("msm_mae_jax.cli.convert", "official PyTorch weights -> an encoder artifact"),

@@ -30,11 +30,17 @@ def tokens_to_frames(x_BKD: jax.Array, config: ModelConfig, batch: int, units: i
 
 
 def encode_frames(
-    params: Any, x_BFT: jax.Array, config: ModelConfig, return_layers: bool = False
+    params: Any,
+    x_BFT: jax.Array,
+    config: ModelConfig,
+    return_layers: bool = False,
+    **encoder_kw: Any,
 ) -> jax.Array:
     """Normalised log-mels [B, F, U*fu] -> frame features [B, U*T', F'*D] (jittable).
 
     return_layers: every block's output instead (the last one normalised), [L, B, U*T', F'*D].
+    encoder_kw: further `Encoder.__call__` options (fine-tuning passes drop_path_rate and
+    drop_path_key); the unit rows of one clip are consecutive, example-major.
     """
     B, F, T = x_BFT.shape
     fu = config.input_size[1]
@@ -43,7 +49,7 @@ def encode_frames(
     units = T // fu
     x_UB1FT = x_BFT.reshape(B, F, units, fu).transpose(0, 2, 1, 3).reshape(B * units, 1, F, fu)
     out = Encoder(config).apply(
-        {"params": params}, x_UB1FT, mask_ratio=0.0, return_layers=return_layers
+        {"params": params}, x_UB1FT, mask_ratio=0.0, return_layers=return_layers, **encoder_kw
     )
     if return_layers:
         return jnp.stack([tokens_to_frames(y, config, B, units) for y in out.layers])

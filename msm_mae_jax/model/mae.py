@@ -163,23 +163,53 @@ class Mlp(nn.Module):
         return _dense(D, ("mlp", "embed"), self.dtype, "fc2")(h)
 
 
+def drop_path(x_BND: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Stochastic depth of one residual branch (timm's DropPath, scale_by_keep): each example's
+    branch is zeroed with probability `rate`, else scaled by 1 / (1 - rate)."""
+    keep = 1.0 - rate
+    keep_B = jax.random.bernoulli(key, keep, (x_BND.shape[0],))
+    scale_B = keep_B.astype(x_BND.dtype) / jnp.asarray(keep, x_BND.dtype)
+    return x_BND * scale_B[:, None, None]
+
+
 class Block(nn.Module):
-    """Pre-norm ViT block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm ViT block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+    drop_path > 0 (fine-tuning) drops each residual branch per example with that probability,
+    with independent draws for the two branches; it needs `drop_key`. At 0 (the default) the
+    block computes exactly what it computes without the option.
+    """
 
     num_heads: int
     mlp_ratio: float = 4.0
     dtype: Any = jnp.float32
+    drop_path: float = 0.0
 
     @nn.compact
-    def __call__(self, x_BND: jax.Array) -> jax.Array:
+    def __call__(self, x_BND: jax.Array, drop_key: jax.Array | None = None) -> jax.Array:
         D = x_BND.shape[-1]
-        x_BND = x_BND + Attention(self.num_heads, self.dtype, name="attn")(
+        attn_BND = Attention(self.num_heads, self.dtype, name="attn")(
             _layer_norm(self.dtype, "norm1")(x_BND)
         )
-        x_BND = x_BND + Mlp(int(D * self.mlp_ratio), self.dtype, name="mlp")(
+        if self.drop_path > 0:
+            attn_key, mlp_key = jax.random.split(drop_key)
+            attn_BND = drop_path(attn_BND, self.drop_path, attn_key)
+        x_BND = x_BND + attn_BND
+        mlp_BND = Mlp(int(D * self.mlp_ratio), self.dtype, name="mlp")(
             _layer_norm(self.dtype, "norm2")(x_BND)
         )
+        if self.drop_path > 0:
+            mlp_BND = drop_path(mlp_BND, self.drop_path, mlp_key)
+        x_BND = x_BND + mlp_BND
         return _constrain(x_BND, ("batch", "seq", "embed"))
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Per-block stochastic-depth rates rising linearly from 0 to `rate` (timm's
+    `torch.linspace(0, drop_path_rate, depth)`, as MAE/AudioMAE fine-tuning)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate={rate} must be in [0, 1)")
+    return [float(v) for v in np.linspace(0.0, rate, depth)]
 
 
 def _block_cls(config: ModelConfig) -> type[nn.Module]:
@@ -252,7 +282,8 @@ def _masking(
 class Encoder(nn.Module):
     """MSM-MAE encoder. Masking (mask_ratio > 0) orders patches by uniform noise drawn from
     `key`, or by the given `noise_BN` (the draw made explicit, e.g. to feed another
-    implementation the same masks; see `masking.masking_noise`)."""
+    implementation the same masks; see `masking.masking_noise`). Stochastic depth
+    (drop_path_rate > 0, fine-tuning) needs `drop_path_key`; 0, the default, adds nothing."""
 
     config: ModelConfig
 
@@ -265,6 +296,8 @@ class Encoder(nn.Module):
         mask_ratio: float = 0.0,
         return_layers: bool = False,
         noise_BN: jax.Array | None = None,
+        drop_path_rate: float = 0.0,
+        drop_path_key: jax.Array | None = None,
     ) -> EncoderOutput:
         c = self.config
         dtype = compute_dtype(c)
@@ -300,9 +333,17 @@ class Encoder(nn.Module):
         x_BKD = _constrain(x_BKD, ("batch", "seq", "embed"))
 
         block = _block_cls(c)
+        rates = drop_path_rates(drop_path_rate, c.depth)
+        if drop_path_rate > 0 and drop_path_key is None:
+            raise ValueError(f"drop_path_rate={drop_path_rate} needs a drop_path_key")
         layers = []
         for i in range(c.depth):
-            x_BKD = block(c.num_heads, c.mlp_ratio, dtype, name=f"blocks_{i}")(x_BKD)
+            name = f"blocks_{i}"
+            if rates[i] > 0:  # keyed per block: the same draws whatever the remat setting
+                blk = block(c.num_heads, c.mlp_ratio, dtype, drop_path=rates[i], name=name)
+                x_BKD = blk(x_BKD, jax.random.fold_in(drop_path_key, i))
+            else:
+                x_BKD = block(c.num_heads, c.mlp_ratio, dtype, name=name)(x_BKD)
             layers.append(x_BKD)
         x_BKD = _layer_norm(dtype, "norm")(x_BKD)
         layers[-1] = x_BKD
