@@ -10,7 +10,8 @@ official PyTorch state dict (see `msm_mae_jax.convert`):
              mlp/{fc1, fc2}}, norm
     decoder: decoder_embed, mask_token, decoder_blocks_{i}, decoder_norm, decoder_pred
 
-Positional tables are numpy constants (`posembed`), not parameters. Parameters are float32;
+The transformer blocks are in `vit.py`. Positional tables are numpy constants (`posembed`),
+not parameters. Parameters are float32;
 activations use `config.dtype`. Parameters carry logical axis names ('embed', 'mlp', 'qkv',
 'patch') and activations logical constraints ('batch', 'seq', 'embed', 'mlp', 'heads',
 'kv'); they only act under `nn.logical_axis_rules` with a mesh, otherwise they are no-ops.
@@ -22,7 +23,6 @@ D width, P pixels per patch, H heads, E head width.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -30,28 +30,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msm_mae_jax.model import posembed
+from msm_mae_jax.model import posembed, vit
 from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.model.losses import masked_mse
 from msm_mae_jax.model.masking import masking_from_noise, random_masking
-
-LN_EPS = 1e-6
-_xavier = nn.initializers.xavier_uniform()
-_zeros = nn.initializers.zeros_init()
-_ones = nn.initializers.ones_init()
-_token_init = nn.initializers.normal(stddev=0.02)
-
-
-def _logical(init: Callable, names: tuple[str | None, ...]) -> Callable:
-    return nn.with_logical_partitioning(init, names)
-
-
-def _constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
-    return nn.with_logical_constraint(x, names)
-
-
-def compute_dtype(config: ModelConfig) -> jnp.dtype:
-    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+from msm_mae_jax.model.vit import (  # noqa: F401  (names users of the model import from here)
+    LN_EPS,
+    Attention,
+    Block,
+    Mlp,
+    compute_dtype,
+    drop_path,
+    drop_path_rates,
+)
 
 
 # ---- patches -------------------------------------------------------------------------------
@@ -76,145 +67,6 @@ def unpatchify(x_BNP: jax.Array, config: ModelConfig) -> jax.Array:
     B = x_BNP.shape[0]
     x = x_BNP.reshape(B, gf, gt, ph, pw).transpose(0, 1, 3, 2, 4)
     return x.reshape(B, 1, gf * ph, gt * pw)
-
-
-# ---- transformer block ---------------------------------------------------------------------
-def _dense(
-    features: int,
-    names: tuple[str | None, str | None],
-    dtype: Any,
-    name: str,
-    use_bias: bool = True,
-) -> nn.Dense:
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=_logical(_xavier, names),
-        bias_init=_logical(_zeros, names[1:]),
-        name=name,
-    )
-
-
-def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=LN_EPS,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        scale_init=_logical(_ones, ("embed",)),
-        bias_init=_logical(_zeros, ("embed",)),
-        name=name,
-    )
-
-
-class Attention(nn.Module):
-    """BEiT-style multi-head self-attention: qkv without bias, learned q and v biases."""
-
-    num_heads: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x_BND: jax.Array) -> jax.Array:
-        B, N, D = x_BND.shape
-        H = self.num_heads
-        E = D // H
-        qkv_BN3D = _dense(3 * D, ("embed", "qkv"), self.dtype, "qkv", use_bias=False)(x_BND)
-        q_bias = self.param("q_bias", _logical(_zeros, ("qkv",)), (D,), jnp.float32)
-        v_bias = self.param("v_bias", _logical(_zeros, ("qkv",)), (D,), jnp.float32)
-        # The k bias is identically zero (softmax is invariant to it anyway).
-        bias_3D = jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(self.dtype)
-        if jax.default_backend() != "cpu":
-            # GPU/TPU: the fused attention entry point, so XLA can pick cuDNN / flash kernels.
-            qkv_BN3HE = (qkv_BN3D + bias_3D).reshape(B, N, 3, H, E)
-            names = ("batch", "seq", "heads", "kv")
-            q, k, v = (_constrain(qkv_BN3HE[:, :, i], names) for i in range(3))
-            o_BND = jax.nn.dot_product_attention(q, k, v).reshape(B, N, D)
-            o_BND = _constrain(o_BND, ("batch", "seq", "qkv"))
-            return _dense(D, ("qkv", "embed"), self.dtype, "proj")(o_BND)
-        # Channel order of the official qkv output: (3, heads, head width). One transpose
-        # puts q, k and v head-major ([3, B, H, N, E]) so both attention products are
-        # batched dots with leading batch dimensions: XLA then needs no further layout
-        # copies around them (jax.nn.dot_product_attention's 'BTNH' einsums cost several
-        # transposes per block in the forward and backward pass on CPU).
-        qkv_3BHNE = (qkv_BN3D + bias_3D).reshape(B, N, 3, H, E).transpose(2, 0, 3, 1, 4)
-        names = ("batch", "heads", "seq", "kv")
-        q_BHNE = _constrain(qkv_3BHNE[0], names) * jnp.asarray(E**-0.5, self.dtype)
-        k_BHNE = _constrain(qkv_3BHNE[1], names)
-        v_BHNE = _constrain(qkv_3BHNE[2], names)
-        # Logits and softmax in float32 also under bfloat16 compute.
-        s_BHNN = jnp.einsum("bhne,bhme->bhnm", q_BHNE, k_BHNE, preferred_element_type=jnp.float32)
-        p_BHNN = jax.nn.softmax(s_BHNN, axis=-1).astype(self.dtype)
-        o_BHNE = jnp.einsum("bhnm,bhme->bhne", p_BHNN, v_BHNE)
-        o_BND = o_BHNE.transpose(0, 2, 1, 3).reshape(B, N, D)
-        o_BND = _constrain(o_BND, ("batch", "seq", "qkv"))
-        return _dense(D, ("qkv", "embed"), self.dtype, "proj")(o_BND)
-
-
-class Mlp(nn.Module):
-    hidden: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x_BND: jax.Array) -> jax.Array:
-        D = x_BND.shape[-1]
-        h = _dense(self.hidden, ("embed", "mlp"), self.dtype, "fc1")(x_BND)
-        h = _constrain(nn.gelu(h, approximate=False), ("batch", "seq", "mlp"))  # exact erf
-        return _dense(D, ("mlp", "embed"), self.dtype, "fc2")(h)
-
-
-def drop_path(x_BND: jax.Array, rate: float, key: jax.Array) -> jax.Array:
-    """Stochastic depth of one residual branch (timm's DropPath, scale_by_keep): each example's
-    branch is zeroed with probability `rate`, else scaled by 1 / (1 - rate)."""
-    keep = 1.0 - rate
-    keep_B = jax.random.bernoulli(key, keep, (x_BND.shape[0],))
-    scale_B = keep_B.astype(x_BND.dtype) / jnp.asarray(keep, x_BND.dtype)
-    return x_BND * scale_B[:, None, None]
-
-
-class Block(nn.Module):
-    """Pre-norm ViT block: x + attn(norm1(x)), then x + mlp(norm2(x)).
-
-    drop_path > 0 (fine-tuning) drops each residual branch per example with that probability,
-    with independent draws for the two branches; it needs `drop_key`. At 0 (the default) the
-    block computes exactly what it computes without the option.
-    """
-
-    num_heads: int
-    mlp_ratio: float = 4.0
-    dtype: Any = jnp.float32
-    drop_path: float = 0.0
-
-    @nn.compact
-    def __call__(self, x_BND: jax.Array, drop_key: jax.Array | None = None) -> jax.Array:
-        D = x_BND.shape[-1]
-        attn_BND = Attention(self.num_heads, self.dtype, name="attn")(
-            _layer_norm(self.dtype, "norm1")(x_BND)
-        )
-        if self.drop_path > 0:
-            attn_key, mlp_key = jax.random.split(drop_key)
-            attn_BND = drop_path(attn_BND, self.drop_path, attn_key)
-        x_BND = x_BND + attn_BND
-        mlp_BND = Mlp(int(D * self.mlp_ratio), self.dtype, name="mlp")(
-            _layer_norm(self.dtype, "norm2")(x_BND)
-        )
-        if self.drop_path > 0:
-            mlp_BND = drop_path(mlp_BND, self.drop_path, mlp_key)
-        x_BND = x_BND + mlp_BND
-        return _constrain(x_BND, ("batch", "seq", "embed"))
-
-
-def drop_path_rates(rate: float, depth: int) -> list[float]:
-    """Per-block stochastic-depth rates rising linearly from 0 to `rate` (timm's
-    `torch.linspace(0, drop_path_rate, depth)`, as MAE/AudioMAE fine-tuning)."""
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"drop_path_rate={rate} must be in [0, 1)")
-    return [float(v) for v in np.linspace(0.0, rate, depth)]
-
-
-def _block_cls(config: ModelConfig) -> type[nn.Module]:
-    # Rematerialise each block in the backward pass: activation memory O(1 block).
-    return nn.remat(Block) if config.remat else Block
 
 
 # ---- encoder / decoder ---------------------------------------------------------------------
@@ -249,7 +101,7 @@ class PatchEmbed(nn.Module):
     @nn.compact
     def __call__(self, lms_B1FT: jax.Array) -> jax.Array:
         x_BNP = patchify(lms_B1FT, self.patch_size).astype(self.dtype)
-        return _dense(self.embed_dim, ("patch", "embed"), self.dtype, "proj")(x_BNP)
+        return vit.dense(self.embed_dim, ("patch", "embed"), self.dtype, "proj")(x_BNP)
 
 
 def num_keep_for(num_patches: int, mask_ratio: float) -> int:
@@ -310,7 +162,7 @@ class Encoder(nn.Module):
         B, N, D = lms_B1FT.shape[0], c.num_patches, c.embed_dim
         x_BND = PatchEmbed(D, c.patch_size, dtype, name="patch_embed")(lms_B1FT)
         pos_ND = posembed.encoder_table(D, c.grid_size, cls_token=False)
-        x_BND = _constrain(x_BND + jnp.asarray(pos_ND, dtype), ("batch", "seq", "embed"))
+        x_BND = vit.constrain(x_BND + jnp.asarray(pos_ND, dtype), ("batch", "seq", "embed"))
 
         num_keep = num_keep_for(N, mask_ratio)
         if num_keep < N:
@@ -325,14 +177,17 @@ class Encoder(nn.Module):
 
         if c.use_cls_token:  # its positional row is zero
             cls_11D = self.param(
-                "cls_token", _logical(_token_init, (None, None, "embed")), (1, 1, D), jnp.float32
+                "cls_token",
+                vit.logical_init(vit.TOKEN_INIT, (None, None, "embed")),
+                (1, 1, D),
+                jnp.float32,
             )
             x_BKD = jnp.concatenate(
                 [jnp.broadcast_to(cls_11D.astype(dtype), (B, 1, D)), x_BKD], axis=1
             )
-        x_BKD = _constrain(x_BKD, ("batch", "seq", "embed"))
+        x_BKD = vit.constrain(x_BKD, ("batch", "seq", "embed"))
 
-        block = _block_cls(c)
+        block = vit.block_cls(c)
         rates = drop_path_rates(drop_path_rate, c.depth)
         if drop_path_rate > 0 and drop_path_key is None:
             raise ValueError(f"drop_path_rate={drop_path_rate} needs a drop_path_key")
@@ -345,7 +200,7 @@ class Encoder(nn.Module):
             else:
                 x_BKD = block(c.num_heads, c.mlp_ratio, dtype, name=name)(x_BKD)
             layers.append(x_BKD)
-        x_BKD = _layer_norm(dtype, "norm")(x_BKD)
+        x_BKD = vit.layer_norm(dtype, "norm")(x_BKD)
         layers[-1] = x_BKD
         return EncoderOutput(
             x_BKD, mask_BN, ids_restore_BN, tuple(layers) if return_layers else None
@@ -363,9 +218,12 @@ class Decoder(nn.Module):
         c = self.config
         dtype = compute_dtype(c)
         Dd, N = c.decoder_embed_dim, c.num_patches
-        x_BKE = _dense(Dd, (None, "embed"), dtype, "decoder_embed")(x_BKD)
+        x_BKE = vit.dense(Dd, (None, "embed"), dtype, "decoder_embed")(x_BKD)
         mask_11E = self.param(
-            "mask_token", _logical(_token_init, (None, None, "embed")), (1, 1, Dd), jnp.float32
+            "mask_token",
+            vit.logical_init(vit.TOKEN_INIT, (None, None, "embed")),
+            (1, 1, Dd),
+            jnp.float32,
         )
         n_cls = 1 if c.use_cls_token else 0
         B, K = x_BKE.shape[0], x_BKE.shape[1] - n_cls
@@ -377,15 +235,15 @@ class Decoder(nn.Module):
         if n_cls:
             x_BNE = jnp.concatenate([x_BKE[:, :1], x_BNE], axis=1)
         pos = posembed.decoder_table(c.decoder_pos_embed, Dd, c.grid_size, c.use_cls_token)
-        x_BNE = _constrain(x_BNE + jnp.asarray(pos, dtype), ("batch", "seq", "embed"))
+        x_BNE = vit.constrain(x_BNE + jnp.asarray(pos, dtype), ("batch", "seq", "embed"))
 
-        block = _block_cls(c)
+        block = vit.block_cls(c)
         for i in range(c.decoder_depth):
             x_BNE = block(c.decoder_num_heads, c.mlp_ratio, dtype, name=f"decoder_blocks_{i}")(
                 x_BNE
             )
-        x_BNE = _layer_norm(dtype, "decoder_norm")(x_BNE)
-        pred = _dense(c.patch_dim, ("embed", "patch"), dtype, "decoder_pred")(x_BNE)
+        x_BNE = vit.layer_norm(dtype, "decoder_norm")(x_BNE)
+        pred = vit.dense(c.patch_dim, ("embed", "patch"), dtype, "decoder_pred")(x_BNE)
         return pred[:, n_cls:].astype(jnp.float32)
 
 
