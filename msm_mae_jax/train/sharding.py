@@ -7,8 +7,9 @@ axes and their sizes (one may be -1: all remaining devices).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -141,3 +142,10 @@ def param_shardings(boxed_abstract: Any, mesh: Mesh, rules: Rules) -> Any:
         shapes,
         is_leaf=lambda s: isinstance(s, P) or s is None,
     )
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Any) -> Iterator[None]:
+    """The mesh and the logical-axis rules, both active: for tracing and running the model."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield

@@ -145,7 +145,7 @@ class Setup:
 
     def activate(self):
         """Mesh + logical rules context for tracing/running the model."""
-        return _Both(jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules))
+        return sharding.activate(self.mesh, self.rules)
 
     def _init(self, seed_key: jax.Array) -> TrainState:
         param_key, mask_key, rng = jax.random.split(seed_key, 3)
@@ -260,17 +260,3 @@ class Setup:
     def replicated_input(self, x: np.ndarray) -> jax.Array:
         """An array every process holds in full (same values everywhere) -> replicated."""
         return jax.make_array_from_process_local_data(self.replicated, x, x.shape)
-
-
-class _Both:
-    def __init__(self, *cms):
-        self.cms = cms
-
-    def __enter__(self):
-        for cm in self.cms:
-            cm.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for cm in reversed(self.cms):
-            cm.__exit__(*exc)

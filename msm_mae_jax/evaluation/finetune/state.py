@@ -173,7 +173,7 @@ class Setup:
             )
 
     def activate(self):
-        return _Both(jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules))
+        return sharding.activate(self.mesh, self.rules)
 
     # ---- initial state ------------------------------------------------------------------------
     def _init(self, enc_params: Any, key: jax.Array) -> FinetuneState:
@@ -295,17 +295,3 @@ class Setup:
 
 
 _KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
-
-
-class _Both:
-    def __init__(self, *cms):
-        self.cms = cms
-
-    def __enter__(self):
-        for cm in self.cms:
-            cm.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for cm in reversed(self.cms):
-            cm.__exit__(*exc)
