@@ -29,20 +29,12 @@ import numpy as np
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio, audio_io
 from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.evaluation.task_audio import fit_length
 from msm_mae_jax.evaluation.tasks import Task
 from msm_mae_jax.features.runtime import bucket_size
 
 LOG_MEL_BATCH = 32
 _STREAM_ORDER, _STREAM_CROP = 1, 2  # independent numpy streams of one run seed
-
-
-def fit_length(wav_S: np.ndarray, samples: int) -> np.ndarray:
-    """EVAR's unit length: zero-pad both sides (the extra sample at the end), crop from start."""
-    n = len(wav_S)
-    if n < samples:
-        left = (samples - n) // 2
-        return np.pad(wav_S, (left, samples - n - left)).astype(np.float32)
-    return np.asarray(wav_S[:samples], np.float32)
 
 
 _log_mel = jax.jit(audio.log_mel_jax)
