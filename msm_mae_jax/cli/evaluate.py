@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from msm_mae_jax.cli import common
+from msm_mae_jax.cli import common, task_args
 from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import UserError
 
@@ -32,25 +32,7 @@ def build_parser(prog: str) -> common.Parser:
         help="model config of the random baseline, e.g. configs/msm_mae.py:small_208 "
         "(default: ViT-B 80x208p16x16)",
     )
-    add(
-        "--task",
-        required=True,
-        metavar="SPEC",
-        help="csv:FILE | folder:DIR | tfds:NAME | synthetic[:N]",
-    )
-    add("--label", default="label", metavar="NAME", help="label column (csv) or feature (tfds)")
-    add(
-        "--file-column",
-        metavar="NAME",
-        help="file column of a csv task (default: 'file', else 'file_name' as EVAR's CSVs)",
-    )
-    add(
-        "--audio-dir",
-        metavar="DIR",
-        help="folder the csv task's relative paths start from (default: the CSV's folder)",
-    )
-    add("--audio-key", default="audio", metavar="NAME", help="audio feature of a tfds task")
-    add("--tfds-data-dir", metavar="DIR", help="TensorFlow Datasets data_dir")
+    task_args.add_task_args(p)
     add("--out", metavar="FILE", help="write the results as JSON here")
     _add_probe_args(add)
     return p
@@ -84,13 +66,6 @@ def _add_probe_args(add: Any) -> None:
         metavar="N",
         default=3,
         help="classifier seeds, mean ± std (default: 3)",
-    )
-    add(
-        "--split-seed",
-        type=int,
-        metavar="N",
-        default=0,
-        help="seed of generated splits (default: 0)",
     )
     add("--lr", type=float, default=3e-4, help="probe learning rate (default: 3e-4)")
     add(
@@ -134,19 +109,11 @@ def _evaluate(argv: list[str], prog: str) -> int:
         p.error("give exactly one of --checkpoint and --baseline")
     if args.checkpoint and not fs.exists(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
-    from msm_mae_jax.evaluation import linear, tasks
+    from msm_mae_jax.evaluation import linear
 
     log = lambda m: print(m, file=sys.stderr, flush=True)
     try:
-        task = tasks.parse_task(
-            args.task,
-            label=args.label,
-            file_column=args.file_column,
-            audio_dir=args.audio_dir,
-            seed=args.split_seed,
-            audio_key=args.audio_key,
-            tfds_data_dir=args.tfds_data_dir,
-        )
+        task = task_args.parse_task(args)
         log(f"{prog}: {common.backend_line()}")
         result = linear.evaluate(
             task,

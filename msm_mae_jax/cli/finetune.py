@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from msm_mae_jax.cli import common
+from msm_mae_jax.cli import common, task_args
 from msm_mae_jax.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,18 +45,7 @@ def build_parser(prog: str) -> common.Parser:
         help="fine-tune a randomly initialised encoder of this model config instead (a "
         "baseline), e.g. configs/msm_mae.py:fsdd_small",
     )
-    add(
-        "--task",
-        required=True,
-        metavar="SPEC",
-        help="csv:FILE | folder:DIR | tfds:NAME | synthetic[:N]",
-    )
-    add("--label", default="label", metavar="NAME", help="label column (csv) or feature (tfds)")
-    add("--file-column", metavar="NAME", help="file column of a csv task (default: 'file')")
-    add("--audio-dir", metavar="DIR", help="folder a csv task's relative paths start from")
-    add("--audio-key", default="audio", metavar="NAME", help="audio feature of a tfds task")
-    add("--tfds-data-dir", metavar="DIR", help="TensorFlow Datasets data_dir")
-    add("--split-seed", type=int, default=0, metavar="N", help="seed of generated splits")
+    task_args.add_task_args(p)
     add("--out", metavar="FILE", help="write the results as JSON here")
     add("--workdir", metavar="DIR", help="run directory (default: from --out)")
     add(
@@ -109,19 +98,9 @@ def _finetune(argv: list[str], prog: str) -> int:
         raise ConfigError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
     if args.random_init:
         random_model_config(args.random_init)  # a bad spec fails before start-up
-    from msm_mae_jax.evaluation import tasks
-
     # Before jax starts: a task's mistakes (one class, an empty split, no such label) are
     # reported in a second, not after the accelerator and the model have been set up.
-    task = tasks.parse_task(
-        args.task,
-        label=args.label,
-        file_column=args.file_column,
-        audio_dir=args.audio_dir,
-        seed=args.split_seed,
-        audio_key=args.audio_key,
-        tfds_data_dir=args.tfds_data_dir,
-    )
+    task = task_args.parse_task(args)
     from msm_mae_jax.evaluation.finetune import results, run
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
