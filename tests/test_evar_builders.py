@@ -153,6 +153,17 @@ def test_voxforge_language_from_the_path_and_a_stable_archive_split(tmp_path):
     assert s.split.startswith("seeded: archive-disjoint 70/15/15")
 
 
+def test_list_files_follows_linked_folders_once(tmp_path):
+    _audio(tmp_path / "elsewhere", "a/1.wav", "a/2.WAV", "a/.hidden.wav")
+    _text(tmp_path / "elsewhere", "a/3.txt", "not audio")
+    os.makedirs(tmp_path / "root")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "root" / "audio")
+    os.symlink(tmp_path / "root", tmp_path / "elsewhere" / "loop")  # a cycle
+    _audio(tmp_path / "root", "top.wav")
+    expected = ["audio/a/1.wav", "audio/a/2.WAV", "top.wav"]
+    assert layout.list_files(str(tmp_path / "root")) == expected
+
+
 def test_seeded_split_proportions_and_independence():
     keys = [f"en/speaker{i}-2010-x" for i in range(4000)]
     splits = [layout.seeded_split(k, 42, (0.7, 0.15, 0.15)) for k in keys]

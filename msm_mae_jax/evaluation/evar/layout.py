@@ -62,9 +62,13 @@ def list_files(root: str, sub: str = "", exts: Iterable[str] = (".wav",)) -> lis
     paths relative to `root`; hidden files and folders are skipped."""
     exts = tuple(e.lower() for e in exts)
     top = os.path.join(root, sub) if sub else root
-    out = []
+    out, seen = [], set()
+    _first_visit(top, "", seen)
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        # symlinked folders are followed (datasets often live elsewhere), each folder once
+        dirnames[:] = [
+            d for d in dirnames if not d.startswith(".") and _first_visit(dirpath, d, seen)
+        ]
         rel = os.path.relpath(dirpath, root)
         prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
         out += [
@@ -73,6 +77,18 @@ def list_files(root: str, sub: str = "", exts: Iterable[str] = (".wav",)) -> lis
             if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts
         ]
     return sorted(out)
+
+
+def _first_visit(parent: str, name: str, seen: set[tuple[int, int]]) -> bool:
+    try:
+        st = os.stat(os.path.join(parent, name))
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 def read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
