@@ -66,12 +66,16 @@ def test_wheel_holds_every_package_and_the_configs(tmp_path):
     missing = {p for p in source_packages if f"{p}/__init__.py" not in names}
     assert not missing, f"sub-packages left out of pyproject's package list: {sorted(missing)}"
     assert "msm_mae_jax/configs/msm_mae.py" in names
+    data = {p.relative_to(src).as_posix() for p in (src / "msm_mae_jax").rglob("data/*.csv")}
+    assert data and data <= names, f"package data left out of the wheel: {sorted(data - names)}"
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
         "from msm_mae_jax.core.config_files import load_config; "
         "import msm_mae_jax; assert 'site' in msm_mae_jax.__file__; "
-        "print(load_config('configs/msm_mae.py:tiny').variant, load_config('tiny').variant)"
+        "print(load_config('configs/msm_mae.py:tiny').variant, load_config('tiny').variant); "
+        "from msm_mae_jax.evaluation.evar.layout import shipped_split; "
+        "print(len(shipped_split('surge_tone_splits.csv')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe],
@@ -82,4 +86,4 @@ def test_wheel_holds_every_package_and_the_configs(tmp_path):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["tiny", "tiny"]
+    assert out.stdout.split() == ["tiny", "tiny", "2084"]

@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("msm_mae_jax.cli.convert", "official PyTorch weights -> an encoder artifact"),
     "export": ("msm_mae_jax.cli.export", "a training run's encoder -> an encoder artifact"),
     "demo": ("msm_mae_jax.cli.demo", "pre-train, export and probe a small model end to end"),
+    "tasks": (
+        "msm_mae_jax.cli.tasks",
+        "the paper's EVAR tasks from downloaded datasets (list, make)",
+    ),
 }
 
 

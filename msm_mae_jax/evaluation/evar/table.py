@@ -58,9 +58,10 @@ TASKS: dict[str, TaskInfo] = {
         TaskInfo("vc1", 1, 8.2, 1_251, 153_516, published=_pub(49.7, 56.1)),
         TaskInfo("voxforge", 1, 5.8, 6, 176_428, published=_pub(95.6, 97.5)),
         TaskInfo("cremad", 1, 2.5, 6, 7_438, published=_pub(66.9, 70.1)),
-        TaskInfo("gtzan", 1, 30.0, 10, 930, published=_pub(75.9, 79.3)),
+        TaskInfo("gtzan", 1, 30.0, 10, 930, published=_pub(75.9, 79.3)),  # of 1,000 files
         TaskInfo("nsynth", 1, 4.0, 11, 305_979, published=_pub(76.5, 76.9)),
-        TaskInfo("surge", 1, 4.0, 88, None, published=_pub(37.8, 37.5)),
+        # 2,084 tones (EVAR's tone list) x 88 pitches, MIDI 21-108
+        TaskInfo("surge", 1, 4.0, 88, 183_392, published=_pub(37.8, 37.5)),
         TaskInfo("fsd50k", 1, 7.6358, 200, 51_197, multilabel=True),
     )
 }
