@@ -1,5 +1,6 @@
 # `make demo` and `make test` each set up .venv/ first (once; re-run when requirements change);
-# `make test` adds the PyTorch reference and TensorBoard of requirements-dev.txt (`make setup-dev`).
+# `make test` adds the PyTorch reference and TensorBoard of requirements-dev.txt and HEAR's tools
+# of requirements-hear.txt (`make setup-dev`; the tools without their outdated pins).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -20,8 +21,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup-dev: $(DEV_STAMP)
 
-$(DEV_STAMP): $(STAMP) requirements-dev.txt
+$(DEV_STAMP): $(STAMP) requirements-dev.txt requirements-hear.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-hear.txt
 	touch $(DEV_STAMP)
 
 demo: $(STAMP)

@@ -1,8 +1,10 @@
-"""HEAR 2021 API: a replay of the validator's checks on a tiny random encoder."""
+"""HEAR 2021 API: a replay of the validator's checks on a tiny random encoder (the tools
+themselves run in tests/test_hear_tools.py)."""
 
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.features import hear
@@ -31,7 +33,24 @@ def _white_noise(n, seconds, seed=0):
     return rng.uniform(-1, 1, (n, round(seconds * 16000))).astype(np.float32)
 
 
+def _tf_float32(x):
+    """The API's outputs are TF float32 tensors (hear-eval-kit calls `.numpy()` on them)."""
+    assert isinstance(x, tf.Tensor) and x.dtype == tf.float32, (type(x), x.dtype)
+    return x.numpy()
+
+
+def scene(audio, model):
+    return _tf_float32(hear.get_scene_embeddings(audio, model))
+
+
+def timestamps(audio, model):
+    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    return _tf_float32(emb), _tf_float32(ts)
+
+
 def test_model_attributes(model):
+    assert isinstance(model, tf.Module)  # what hear-validator and hear-eval-kit accept
+    assert model.variables == ()  # the weights live in the JAX runtime
     assert model.sample_rate == 16000
     assert isinstance(model.scene_embedding_size, int)
     assert isinstance(model.timestamp_embedding_size, int)
@@ -57,9 +76,8 @@ VALIDATOR_CASES = [(1.07, 7, 80.0), (1.98, 13, 60.0), (4.0, 26, 0.0)]
 @pytest.mark.parametrize("seconds,steps,first_ms", VALIDATOR_CASES)
 def test_timestamp_embeddings_validator(model, seconds, steps, first_ms):
     audio = _white_noise(2, seconds)
-    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    emb, ts = timestamps(audio, model)
     assert steps == int(np.ceil((1 + audio.shape[1] // 160) / 16))
-    assert emb.dtype == np.float32 and ts.dtype == np.float32
     assert emb.shape == (2, steps, model.timestamp_embedding_size) and ts.shape == (2, steps)
     assert np.isfinite(emb).all()
     gaps = np.diff(ts, axis=1)
@@ -72,11 +90,11 @@ def test_timestamp_embeddings_validator(model, seconds, steps, first_ms):
 
 def test_scene_embeddings_validator(model):
     audio = _white_noise(4, 2.74, seed=1)
-    emb = hear.get_scene_embeddings(audio, model)
-    assert emb.dtype == np.float32 and emb.shape == (4, model.scene_embedding_size)
+    emb = scene(audio, model)
+    assert emb.shape == (4, model.scene_embedding_size)
     assert np.isfinite(emb).all()
     # Dataset normalisation: a clip's embedding does not depend on its batch.
-    np.testing.assert_allclose(emb[1:2], hear.get_scene_embeddings(audio[1:2], model), atol=2e-5)
+    np.testing.assert_allclose(emb[1:2], scene(audio[1:2], model), atol=2e-5)
     # and the clips differ from one another
     assert np.abs(emb[0] - emb[1]).max() > 1e-4
 
@@ -84,23 +102,30 @@ def test_scene_embeddings_validator(model):
 def test_batch_normalization_option(saved_dir, model):
     audio = _white_noise(2, 1.0, seed=2) * np.array([[1.0], [0.01]], np.float32)
     batch_model = hear.load_model(saved_dir, normalization="batch")
-    got = hear.get_scene_embeddings(audio, batch_model)
+    got = scene(audio, batch_model)
     want = batch_model.runtime.scene_embeddings(audio, normalization="batch")
     np.testing.assert_allclose(got, want, atol=0)
-    assert np.abs(got - hear.get_scene_embeddings(audio, model)).max() > 1e-3
+    default = scene(audio, model)
+    assert np.abs(got - default).max() > 1e-3
+    # The numpy path: the runtime with the model's normalisation gives the same numbers.
+    np.testing.assert_array_equal(model.runtime.scene_embeddings(audio), default)
+    # hear-eval-kit's --model-options is JSON: (mean, std) arrives as a list.
+    stats_model = hear.load_model(saved_dir, normalization=[-6.0, 4.0])
+    np.testing.assert_array_equal(scene(audio, stats_model), default)
+    shifted = hear.load_model(saved_dir, normalization=[-5.0, 4.0])
+    assert np.abs(scene(audio, shifted) - default).max() > 1e-3
     with pytest.raises(ValueError, match="normalization"):
         hear.load_model(saved_dir, normalization="per-clip")
 
 
 def test_framework_tensors(model):
     audio = _white_noise(2, 0.5, seed=3)
-    want = hear.get_scene_embeddings(audio, model)
-    tf = pytest.importorskip("tensorflow")
-    np.testing.assert_allclose(hear.get_scene_embeddings(tf.constant(audio), model), want, atol=0)
+    want = scene(audio, model)
+    np.testing.assert_allclose(scene(tf.constant(audio), model), want, atol=0)
     torch = pytest.importorskip("torch")
-    emb, ts = hear.get_timestamp_embeddings(torch.from_numpy(audio), model)
-    assert isinstance(emb, np.ndarray) and emb.dtype == np.float32
+    emb, ts = timestamps(torch.from_numpy(audio), model)
     np.testing.assert_allclose(emb.mean(axis=1), want, atol=1e-6)
+    np.testing.assert_allclose(scene(torch.from_numpy(audio), model), want, atol=0)
 
 
 def test_wrong_rank(model):
