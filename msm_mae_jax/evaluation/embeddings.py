@@ -221,7 +221,7 @@ def _check_arguments(
         raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file or directory")
 
 
-def _model_identity(
+def model_identity(
     checkpoint: str | None, baseline: str | None, config: str | None, seed: int
 ) -> str | dict:
     if baseline == "logmel":
@@ -299,7 +299,7 @@ def extract(
         layers = None
     key = {
         "version": CACHE_VERSION,
-        "model": _model_identity(checkpoint, baseline, config, seed),
+        "model": model_identity(checkpoint, baseline, config, seed),
         "clips": task.fingerprint(),
         "roles": _roles(task, crop_seed),
         "fit": FIT,

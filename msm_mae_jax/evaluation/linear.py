@@ -145,6 +145,7 @@ def evaluate(
             "norm": info["norm"],
             "norm_stats": info.get("norm_stats"),
             "seeds": list(seeds),
+            "run_name_prefix": info.get("model"),  # the encoder's input and patch size
             "fit": "evar",  # end padding; random crop (train/valid), start crop (test)
             "crop_seed": info.get("crop_seed"),
             "layers": extract_kw.get("layers"),
