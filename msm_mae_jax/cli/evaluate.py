@@ -200,6 +200,7 @@ def _suite(args: Any, prog: str, p: common.Parser) -> int:
     for flag in ("unit_sec", "audio_dir", "file_column"):
         if getattr(args, flag):
             p.error(f"--{flag.replace('_', '-')} applies to --task; each suite task has its own")
+    from msm_mae_jax.evaluation.embeddings import check_arguments
     from msm_mae_jax.evaluation.evar import suite, summary
 
     only = (
@@ -208,7 +209,11 @@ def _suite(args: Any, prog: str, p: common.Parser) -> int:
     found = suite.discover(args.suite, args.suite_audio, only, log=_log)
     kw = _extract_kw(args)
     model = suite.Model(kw.pop("checkpoint"), kw.pop("baseline"), kw.pop("config"))
-    model.input_prefix()  # a bad --config of the random baseline: one line, before any work
+    try:  # mistakes every task would repeat: one line, before any work
+        check_arguments(model.checkpoint, model.baseline, kw["norm"], kw["layer_mode"])
+        model.input_prefix()
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
     out = args.out or model.default_out_dir()
     suite.check_out_dir(out, args.suite)
     protocol = suite.Protocol(

@@ -201,7 +201,7 @@ def checkpoint_identity(path: str) -> str:
 
 
 # ---- extraction ----------------------------------------------------------------------------------
-def _check_arguments(
+def check_arguments(
     checkpoint: str | None, baseline: str | None, norm: str, layer_mode: str
 ) -> None:
     if (checkpoint is None) == (baseline is None):
@@ -289,7 +289,7 @@ def extract(
     clips and the sample of the normalisation statistics. info["skipped"]: [{index, name,
     reason}] of clips that could not be decoded (their rows are zeros: leave them out of
     every split)."""
-    _check_arguments(checkpoint, baseline, norm, layer_mode)
+    check_arguments(checkpoint, baseline, norm, layer_mode)
     unreadable: dict[int, str] = {}
     if not unit_sec:
         durations, unreadable = clip_durations(task)
