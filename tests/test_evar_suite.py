@@ -198,3 +198,33 @@ def test_unreadable_clips_are_skipped_and_counted_by_eval_and_finetune(tmp_path)
     assert res["skipped"]["count"] == 3 and "skipped 3 clip(s)" in r.stdout
     sizes = res["clips"]
     assert sizes["train"] + sizes["valid"] + sizes["test"] == 33
+
+
+def test_suite_mistakes_are_one_line_before_any_work(tmp_path, capsys):
+    (tmp_path / "evar").mkdir()
+    (tmp_path / "evar" / "esc50.csv").write_text("file_name,label,fold\na.wav,dog,1\n")
+    base = ["--baseline", "logmel", "--no-progress"]
+    cases = {
+        "not a folder": [*base, "--suite", str(tmp_path / "nowhere")],
+        "give exactly one of --task and --suite": [*base, "--suite", "x", "--task", "synthetic"],
+        "--unit-sec applies to --task": [*base, "--suite", str(tmp_path), "--unit-sec", "1"],
+        "no tasks; expected NAME.json": [*base, "--suite", str(tmp_path)],
+        "give --suite-audio ROOT": [*base, "--suite", str(tmp_path / "evar")],
+        "--suite-tasks: us8k not in": [
+            *base,
+            *("--suite", str(tmp_path / "evar"), "--suite-audio", str(tmp_path)),
+            *("--suite-tasks", "us8k"),
+        ],
+        "whose NAME.json files it would replace": [
+            *("--baseline", "logmel", "--suite", str(tmp_path / "evar")),
+            *("--suite-audio", str(tmp_path), "--out", str(tmp_path / "evar")),
+        ],
+        "--norm checkpoint needs a --checkpoint": [
+            *("--baseline", "random", "--norm", "checkpoint", "--suite", str(tmp_path / "evar")),
+            *("--suite-audio", str(tmp_path)),
+        ],
+    }
+    for message, argv in cases.items():
+        assert evaluate.main(argv) == 2, message
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (message, err)
