@@ -46,18 +46,20 @@ def _synthetic_csv(tmp_path, n=48, seconds=0.5, folds=None):
     return tasks.write_csv(str(tmp_path / "t.csv"), files, labels, splits=splits)
 
 
-def test_fit_length_pads_both_sides_and_crops_from_start():
-    x = np.arange(1, 6, dtype=np.float32)
-    np.testing.assert_array_equal(linear.fit_length(x, 8), [0, 1, 2, 3, 4, 5, 0, 0])
-    np.testing.assert_array_equal(linear.fit_length(x, 3), [1, 2, 3])
-
-
 def test_norm_stats_and_logmel_features_match_numpy():
     task = tasks.parse_task("synthetic:12")
     clips = linear.Clips(task, unit_sec=0.5, progress=False)
     wavs = [linear.fit_length(w, 8000) for w in task.source.iterate(range(12), 0.5)]
     lms = np.stack([_lms(w) for w in wavs])
+    # statistics of the training fit: the 2 s clips cropped at their seeded random starts
+    crops = [
+        _lms(linear.fit_length(w, 8000, linear.random_crop_start(len(w), 8000, 0, i)))
+        for i, w in zip([0, 3, 5], task.source.iterate([0, 3, 5]), strict=True)
+    ]
     stats = linear.task_norm_stats(clips, [0, 3, 5], batch_size=2)
+    assert stats.mean == pytest.approx(np.mean(crops), rel=1e-5)
+    assert stats.std == pytest.approx(np.std(crops), rel=1e-4)
+    stats = linear.task_norm_stats(clips, [0, 3, 5], batch_size=2, view=linear.TEST)
     assert stats.mean == pytest.approx(lms[[0, 3, 5]].mean(), rel=1e-5)
     assert stats.std == pytest.approx(lms[[0, 3, 5]].std(), rel=1e-4)
     # clips exactly unit length: the per-band mean and std of the frames centred inside the
@@ -131,10 +133,15 @@ def test_random_tiny_encoder_full_path_on_fsdd(fsdd_dir, tmp_path):
         assert len(r["per_seed"]) == 2 and r["mean"] >= bar, (name, r, bar)
     assert res["accuracy"] == res["layers"]["layer2"]
     # The statistics normalising the encoder's input: those of the log-mels of the training
-    # clips (train and valid) fitted to the 1 s unit.
-    train = task.train_union
-    wavs = task.source.iterate(list(train), max_seconds=1.0)
-    lms = _lms(np.stack([linear.fit_length(w, 16000) for w in wavs]))
+    # clips (EVAR: the train split; valid is held out of it here) in their training fit to
+    # the 1 s unit (end padding, or the crop seeded by (first seed, clip index)).
+    train = task.folds[0].train
+    wavs = task.source.iterate(list(train), max_seconds=None)
+    fitted = [
+        linear.fit_length(w, 16000, linear.random_crop_start(len(w), 16000, 0, i))
+        for i, w in zip(train, wavs, strict=True)
+    ]
+    lms = _lms(np.stack(fitted))
     stats = res["settings"]["norm_stats"]
     assert stats["mean"] == pytest.approx(lms.mean(), rel=1e-4)
     assert stats["std"] == pytest.approx(lms.std(), rel=1e-4)
@@ -312,8 +319,14 @@ def test_checkpoint_path_with_task_and_checkpoint_norm(tmp_path):
     feats, info = linear.extract(
         task, **{k: v for k, v in kw.items() if k not in ("seeds", "probe_kw")}
     )
-    ref = rt.scene_embeddings(
-        np.stack([linear.fit_length(w, 8000) for w in task.source.iterate(range(24), 0.5)]),
-        normalization=tuple(info["norm_stats"].values()),
-    )
+    # 2 s clips, 0.5 s unit: test clips cropped from the start, the others (train and valid)
+    # at their random starts seeded by (crop seed 42, clip index)
+    test = set(task.folds[0].test.tolist())
+    fitted = [
+        linear.fit_length(
+            w, 8000, 0 if i in test else linear.random_crop_start(len(w), 8000, 42, i)
+        )
+        for i, w in enumerate(task.source.iterate(range(24)))
+    ]
+    ref = rt.scene_embeddings(np.stack(fitted), normalization=tuple(info["norm_stats"].values()))
     np.testing.assert_allclose(feats["final"], ref, rtol=1e-4, atol=1e-4)

@@ -1,12 +1,19 @@
-"""`msm-mae eval`: linear evaluation (EVAR protocol) of an encoder on a labelled task.
+"""`msm-mae eval`: linear evaluation (EVAR protocol) of an encoder on a labelled task, or on a
+whole folder of tasks (`--suite`).
 
     msm-mae eval --checkpoint runs/base --task csv:data/esc50.csv --out results.json
     msm-mae eval --baseline logmel --task folder:data/birds
     msm-mae eval --baseline random --config configs/msm_mae.py:tiny --task synthetic
+    msm-mae eval --checkpoint runs/base --suite tasks/ --out results/base
 
 Tasks: csv:FILE (file, label and split or fold columns), folder:DIR (class sub-folders),
-tfds:NAME, synthetic[:N]; see msm_mae_jax/evaluation/tasks.py. The logic lives in
-msm_mae_jax/evaluation/linear.py.
+tfds:NAME, synthetic[:N]; see msm_mae_jax/evaluation/tasks.py. --suite DIR runs every task of
+DIR (NAME.json + NAME.csv as `msm-mae tasks make` writes them, or EVAR's metadata CSVs such as
+esc50.csv with their audio in --suite-audio ROOT/<task>/), each with its own unit_sec, writes
+OUT/NAME.json per task as it completes and the table (OUT/summary.csv, Markdown on stdout);
+the same command again reuses the finished tasks. Exit status: 0, 1 when a task of the suite
+failed (the others complete), 2 a mistake in the arguments. The logic lives in
+msm_mae_jax/evaluation/linear.py and msm_mae_jax/evaluation/evar/suite.py.
 """
 
 from __future__ import annotations
@@ -32,8 +39,21 @@ def build_parser(prog: str) -> common.Parser:
         help="model config of the random baseline, e.g. configs/msm_mae.py:small_208 "
         "(default: ViT-B 80x208p16x16)",
     )
-    task_args.add_task_args(p)
-    add("--out", metavar="FILE", help="write the results as JSON here")
+    task_args.add_task_args(p, required=False)
+    add("--suite", metavar="DIR", help="evaluate every task of DIR instead of one --task")
+    add(
+        "--suite-audio",
+        metavar="ROOT",
+        help="audio of EVAR's metadata CSVs in --suite: ROOT/<task>/ (EVAR's work/16k; "
+        "default: DIR/../../work/16k)",
+    )
+    add("--suite-tasks", metavar="LIST", help="only these tasks of --suite, e.g. esc50,us8k")
+    add(
+        "--out",
+        metavar="PATH",
+        help="the results JSON (--task); the results folder (--suite; default: "
+        "evar-results/<model>)",
+    )
     _add_probe_args(add)
     return p
 
@@ -66,6 +86,14 @@ def _add_probe_args(add: Any) -> None:
         metavar="N",
         default=3,
         help="classifier seeds, mean ± std (default: 3)",
+    )
+    add(
+        "--first-seed",
+        type=int,
+        metavar="N",
+        default=42,
+        help="the seeds are N, N+1, ...; the first also draws the random crops of training "
+        "clips (default: 42, EVAR's 42, 43, 44)",
     )
     add("--lr", type=float, default=3e-4, help="probe learning rate (default: 3e-4)")
     add(
@@ -107,29 +135,26 @@ def _evaluate(argv: list[str], prog: str) -> int:
     args = p.parse_args(argv)
     if (args.checkpoint is None) == (args.baseline is None):
         p.error("give exactly one of --checkpoint and --baseline")
+    if (args.task is None) == (args.suite is None):
+        p.error("give exactly one of --task and --suite")
     if args.checkpoint and not fs.exists(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
+    if args.seeds < 1 or args.first_seed < 0:
+        p.error(f"--seeds {args.seeds} --first-seed {args.first_seed}: need >= 1 and >= 0")
+    if args.suite is not None:
+        return _suite(args, prog, p)
     from msm_mae_jax.evaluation import linear
 
-    log = lambda m: print(m, file=sys.stderr, flush=True)
     try:
         task = task_args.parse_task(args)
-        log(f"{prog}: {common.backend_line()}")
+        _log(f"{prog}: {common.backend_line()}")
         result = linear.evaluate(
             task,
-            checkpoint=args.checkpoint,
-            baseline=args.baseline,
-            config=args.config,
-            layers=args.layers,
-            layer_mode=args.layer_mode,
-            norm=args.norm,
+            **_extract_kw(args),
             unit_sec=args.unit_sec or None,
-            batch_size=args.batch_size,
-            cache_dir=None if args.no_cache else (args.cache_dir or linear.DEFAULT_CACHE_DIR),
-            progress=not args.no_progress,
-            seeds=tuple(range(args.seeds)),
-            probe_kw={"lr": args.lr, "max_epochs": args.max_epochs, "patience": args.patience},
-            log=log,
+            seeds=_seeds(args),
+            probe_kw=_probe_kw(args),
+            log=_log,
         )
     except UserError:
         raise
@@ -139,4 +164,80 @@ def _evaluate(argv: list[str], prog: str) -> int:
     if args.out:
         fs.makedirs(fs.dirname(fs.absolute(args.out)))
         fs.write_text(args.out, json.dumps(result, indent=2))
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _seeds(args: Any) -> tuple[int, ...]:
+    return tuple(range(args.first_seed, args.first_seed + args.seeds))
+
+
+def _probe_kw(args: Any) -> dict:
+    return {"lr": args.lr, "max_epochs": args.max_epochs, "patience": args.patience}
+
+
+def _extract_kw(args: Any) -> dict:
+    from msm_mae_jax.evaluation import linear
+
+    return {
+        "checkpoint": args.checkpoint,
+        "baseline": args.baseline,
+        "config": args.config,
+        "layers": args.layers,
+        "layer_mode": args.layer_mode,
+        "norm": args.norm,
+        "batch_size": args.batch_size,
+        "cache_dir": None if args.no_cache else (args.cache_dir or linear.DEFAULT_CACHE_DIR),
+        "progress": not args.no_progress,
+    }
+
+
+def _suite(args: Any, prog: str, p: common.Parser) -> int:
+    """--suite: every task of the folder, the table; 1 when a task failed."""
+    for flag in ("unit_sec", "audio_dir", "file_column"):
+        if getattr(args, flag):
+            p.error(f"--{flag.replace('_', '-')} applies to --task; each suite task has its own")
+    from msm_mae_jax.evaluation.embeddings import check_arguments
+    from msm_mae_jax.evaluation.evar import suite, summary
+
+    only = (
+        [t.strip() for t in args.suite_tasks.split(",") if t.strip()] if args.suite_tasks else None
+    )
+    found = suite.discover(args.suite, args.suite_audio, only, log=_log)
+    kw = _extract_kw(args)
+    model = suite.Model(kw.pop("checkpoint"), kw.pop("baseline"), kw.pop("config"))
+    try:  # mistakes every task would repeat: one line, before any work
+        check_arguments(model.checkpoint, model.baseline, kw["norm"], kw["layer_mode"])
+        model.input_prefix()
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    out = args.out or model.default_out_dir()
+    suite.check_out_dir(out, args.suite)
+    protocol = suite.Protocol(
+        seeds=_seeds(args),
+        norm=kw.pop("norm"),
+        layers=kw.pop("layers"),
+        layer_mode=kw.pop("layer_mode"),
+        probe_kw=_probe_kw(args),
+        label=args.label,
+        split_seed=args.split_seed,
+    )
+    _log(f"{prog}: {common.backend_line()}")
+    _log(
+        f"{prog}: {len(found)} task(s) ({', '.join(t.name for t in found)}), seeds "
+        f"{list(protocol.seeds)}, results in {out} (run the same command again to resume)"
+    )
+    outcomes = suite.run_suite(found, model, protocol, out, log=_log, **kw)
+    print(summary.write_summary(out, outcomes, model))
+    failed = [o.task.name for o in outcomes if o.status == "failed"]
+    if failed:
+        _log(
+            f"{prog}: {len(failed)} of {len(outcomes)} task(s) failed ({', '.join(failed)}); "
+            "the others are in the table. Fix them and run the same command again: finished "
+            "tasks are reused"
+        )
+        return 1
     return 0

@@ -6,12 +6,12 @@ import argparse
 from typing import Any
 
 
-def add_task_args(p: argparse.ArgumentParser) -> None:
+def add_task_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """--task and the flags that say how to read it."""
     add = p.add_argument
     add(
         "--task",
-        required=True,
+        required=required,
         metavar="SPEC",
         help="csv:FILE | folder:DIR | tfds:NAME | synthetic[:N]",
     )

@@ -1,20 +1,21 @@
 """Clip embeddings of a task for the linear evaluation: extractors, models, the cache.
 
-1. Clips are read once (`task_audio.Clips`), fitted to `unit_sec` as EVAR does. Default
-   `unit_sec`: the longest clip of the task, capped at 10 s. Clips that cannot be decoded are
-   skipped and reported (`info["skipped"]`).
+1. Clips are read once (`task_audio.Clips`) and fitted to `unit_sec` as EVAR does: end
+   padding; a longer clip cropped at a seeded random start when it trains or validates, from
+   its start when it is tested (a clip in both roles across folds is embedded in both fits).
+   Default `unit_sec`: the longest clip of the task, capped at 10 s. Clips that cannot be
+   decoded are skipped and reported (`info["skipped"]`).
 2. Normalisation of the log-mels ('task', EVAR's choice): one mean/std over the log-mel values
-   of the task's training clips (for fold tasks: all clips, since every clip trains some fold;
-   two scalars of label-free audio, so extraction runs once instead of once per fold);
-   'checkpoint': the statistics stored with the model.
+   of up to 5,120 training clips of the first fold (`task_audio.norm_stats_indices`), in their
+   training fit; 'checkpoint': the statistics stored with the model.
 3. Clip embedding = the runtime's frame features averaged over time (`Runtime.encode`);
    with `layers`, every requested block's output averaged over time, each probed separately
    (`layer_mode='separate'`) or concatenated into one feature (`'concat'`).
    Baselines: 'logmel' = per-band mean and std over time of the (unnormalised) log-mel, 160-d;
    'random' = the encoder of a model config with random initial weights and task statistics.
-4. Embeddings are cached as .npz under `cache_dir`, keyed by (model identity, clips, settings);
-   an unreadable entry (a truncated or corrupt file) is a miss: recomputed and replaced
-   atomically.
+4. Embeddings are cached as .npz under `cache_dir`, keyed by (model identity, clips, their
+   roles, fitting, settings); an entry that is unreadable or does not hold what the key
+   promises is a miss: recomputed and replaced atomically (`embedding_cache`).
 
 Shape letters: N clips, B batch, S samples, F mel bins, T frames, D width, L layers.
 """
@@ -22,12 +23,8 @@ Shape letters: N clips, B batch, S samples, F mel bins, T frames, D width, L lay
 from __future__ import annotations
 
 import hashlib
-import io
-import json
-import logging
 import os
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 
 import jax
@@ -38,40 +35,96 @@ from msm_mae_jax.core import fs
 from msm_mae_jax.core.config_files import load_config
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation.task_audio import Clips, default_unit_sec, log_mel, task_norm_stats
+from msm_mae_jax.evaluation import embedding_cache
+from msm_mae_jax.evaluation.embedding_cache import Features
+from msm_mae_jax.evaluation.task_audio import (
+    NORM_STATS_CLIPS,
+    TEST,
+    Clips,
+    Plan,
+    clip_durations,
+    default_unit_sec,
+    extraction_plan,
+    log_mel,
+    norm_stats_indices,
+    task_norm_stats,
+    task_views,
+)
 from msm_mae_jax.evaluation.tasks import Task
 from msm_mae_jax.model.config import ModelConfig
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "msm_mae_jax", "embeddings")
-CACHE_VERSION = 2  # 2: the skipped clips are part of an entry
+# 2: the skipped clips are part of an entry; 3: EVAR's fitting (end padding, random crops of
+# training clips), statistics of the first fold's training clips, training rows
+CACHE_VERSION = 3
+FIT = "evar"  # task_audio's fitting, named in the key
 BASELINES = ("logmel", "random")
 NORMS = ("task", "checkpoint")
 
 
 # ---- feature extractors: name -> features [N, D] per feature set --------------------------------
-def logmel_features(
-    clips: Clips, indices: Sequence[int], batch_size: int = 64
-) -> dict[str, np.ndarray]:
+def _as_plan(plan: Plan | Sequence[int] | np.ndarray) -> list:
+    """A plan, or clip indices (each in its test fit)."""
+    items = list(plan)
+    if items and not isinstance(items[0], tuple):
+        return [(int(i), (TEST,)) for i in sorted(items)]
+    return items
+
+
+def _embed(
+    clips: Clips,
+    plan: Plan | Sequence[int],
+    batch_size: int,
+    desc: str,
+    fn: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]],
+) -> Features:
+    """Features of every clip of the plan: `fn(wav_BS, samples_B)` -> {set: [B, D]} per
+    batch; a clip's test fit (or its only fit) goes to the main rows, the training fit of a
+    clip that also has a test fit to the training rows."""
+    test, _ = task_views(clips.task)
+    n = len(clips.task)
+    feats: dict[str, np.ndarray] = {}
+    alt: dict[int, dict[str, np.ndarray]] = {}
+    for keys, wav_BS, len_B in clips.plan_batches(_as_plan(plan), batch_size, desc):
+        out = fn(wav_BS, len_B)
+        for name, v in out.items():
+            if name not in feats:
+                feats[name] = np.zeros((n, v.shape[-1]), np.float32)
+        for r, (i, views) in enumerate(keys):
+            if TEST in views or not test[i]:
+                for name, v in out.items():
+                    feats[name][i] = v[r]
+            else:
+                alt[i] = {name: v[r] for name, v in out.items()}
+    index = np.array(sorted(alt), np.int64)
+    rows = {
+        name: np.stack([alt[i][name] for i in index]).astype(np.float32)
+        if len(index)
+        else np.zeros((0, x.shape[1]), np.float32)
+        for name, x in feats.items()
+    }
+    return Features(feats, index, rows)
+
+
+def logmel_features(clips: Clips, plan: Plan | Sequence[int], batch_size: int = 64) -> Features:
     """Per-band mean and std over time of the log-mel: [N, 2F].
 
     Statistics of the clip's own frames (those centred inside the audio), not of the zero
     padding that fits a short clip to unit length: silence padding would make the feature
     mostly a function of the clip's duration.
     """
-    out = np.zeros((len(indices), 2 * audio.N_MELS), np.float32)
-    for pos, wav_BS, len_B in clips.batches(indices, batch_size, "logmel features"):
-        lms_BFT = np.asarray(log_mel(jnp.asarray(wav_BS)), np.float64)[: len(pos)]
-        left_B = (clips.samples - len_B) // 2  # fit_length's left padding
+
+    def fn(wav_BS: np.ndarray, len_B: np.ndarray) -> dict[str, np.ndarray]:
+        lms_BFT = np.asarray(log_mel(jnp.asarray(wav_BS)), np.float64)[: len(len_B)]
         centre_T = np.arange(lms_BFT.shape[-1]) * audio.HOP_LENGTH
-        real_BT = (centre_T >= left_B[:, None]) & (centre_T < (left_B + len_B)[:, None])
+        real_BT = centre_T[None] < len_B[:, None]  # the audio starts each row (end padding)
         real_BT[~real_BT.any(1), 0] = True  # a clip shorter than one hop: its first frame
         w_B1T = real_BT[:, None, :] / real_BT.sum(1)[:, None, None]
         mean_BF = np.sum(lms_BFT * w_B1T, -1)
         std_BF = np.sqrt(np.sum(np.square(lms_BFT - mean_BF[..., None]) * w_B1T, -1))
-        out[pos] = np.concatenate([mean_BF, std_BF], axis=1)
-    return {"logmel": out}
+        return {"logmel": np.concatenate([mean_BF, std_BF], axis=1)}
+
+    return _embed(clips, plan, batch_size, "logmel features", fn)
 
 
 def parse_layers(spec: str | None, depth: int) -> list[int] | None:
@@ -97,32 +150,26 @@ def parse_layers(spec: str | None, depth: int) -> list[int] | None:
 def encoder_features(
     runtime,
     clips: Clips,
-    indices: Sequence[int],
+    plan: Plan | Sequence[int],
     normalization,
     layers: list[int] | None = None,
     layer_mode: str = "separate",
     batch_size: int = 32,
-) -> dict[str, np.ndarray]:
+) -> Features:
     """Runtime frame features averaged over time, for the final output or chosen blocks."""
-    feats: dict[str, np.ndarray] = {}
-    for pos, wav_BS, _ in clips.batches(indices, batch_size, "embeddings"):
+
+    def fn(wav_BS: np.ndarray, len_B: np.ndarray) -> dict[str, np.ndarray]:
+        b = len(len_B)
         out = runtime.encode(wav_BS, normalization=normalization, return_layers=layers is not None)
         out = np.asarray(out).mean(axis=-2)  # mean over time
         if layers is None:
-            parts = {"final": out[: len(pos)]}
-        elif layer_mode == "concat":
-            parts = {
-                "layers_" + "+".join(str(k + 1) for k in layers): np.concatenate(
-                    [out[k, : len(pos)] for k in layers], axis=-1
-                )
-            }
-        else:
-            parts = {f"layer{k + 1}": out[k, : len(pos)] for k in layers}
-        for name, v in parts.items():
-            if name not in feats:
-                feats[name] = np.zeros((len(indices), v.shape[-1]), np.float32)
-            feats[name][pos] = v
-    return feats
+            return {"final": out[:b]}
+        if layer_mode == "concat":
+            name = "layers_" + "+".join(str(k + 1) for k in layers)
+            return {name: np.concatenate([out[k, :b] for k in layers], axis=-1)}
+        return {f"layer{k + 1}": out[k, :b] for k in layers}
+
+    return _embed(clips, plan, batch_size, "embeddings", fn)
 
 
 # ---- models and their identities (for the cache) ----------------------------------------------
@@ -153,43 +200,8 @@ def checkpoint_identity(path: str) -> str:
     return h.hexdigest()
 
 
-# ---- the cache ---------------------------------------------------------------------------------
-def _cache_path(cache_dir: str, key: dict) -> str:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return fs.join(cache_dir, f"{digest}.npz")
-
-
-def _save_cache(path: str, feats: dict[str, np.ndarray], meta: dict) -> None:
-    """Writes an entry atomically (a reader never sees a partial file); a cache that cannot
-    be written is reported, not an error: the results do not depend on it."""
-    try:
-        fs.makedirs(fs.dirname(path))
-        with fs.atomic_write(path, "wb") as f:
-            np.savez(f, __meta__=np.array(json.dumps(meta)), **feats)
-    except OSError as e:
-        logger.warning("could not write the embedding cache entry %s: %s", path, e)
-
-
-# What a damaged entry raises: zip structure (truncated, overwritten), a cut member (EOF), bad
-# JSON or a missing member, an unreadable file.
-_CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
-
-
-def _load_cache(path: str) -> tuple[dict[str, np.ndarray], dict] | None:
-    """The entry at `path`, or None when there is none or it cannot be read (a miss)."""
-    if not fs.isfile(path):
-        return None
-    try:
-        with np.load(io.BytesIO(fs.read_bytes(path))) as z:
-            meta = json.loads(str(z["__meta__"]))
-            return {k: z[k] for k in z.files if k != "__meta__"}, meta
-    except _CACHE_READ_ERRORS as e:
-        logger.warning("embedding cache entry %s is unreadable (%s); recomputing", path, e)
-        return None
-
-
 # ---- extraction ----------------------------------------------------------------------------------
-def _check_arguments(
+def check_arguments(
     checkpoint: str | None, baseline: str | None, norm: str, layer_mode: str
 ) -> None:
     if (checkpoint is None) == (baseline is None):
@@ -209,7 +221,7 @@ def _check_arguments(
         raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file or directory")
 
 
-def _model_identity(
+def model_identity(
     checkpoint: str | None, baseline: str | None, config: str | None, seed: int
 ) -> str | dict:
     if baseline == "logmel":
@@ -232,7 +244,7 @@ def _encoder_runtime(
     """(runtime, the normalisation statistics to use); both recorded in `meta`."""
     stats = None
     if norm == "task" or baseline == "random":
-        stats = task_norm_stats(clips, task.train_union)
+        stats = task_norm_stats(clips, norm_stats_indices(task, clips.crop_seed))
     if baseline == "random":
         runtime = random_runtime(load_model_config(config), stats, seed)
     else:
@@ -243,6 +255,15 @@ def _encoder_runtime(
     meta["norm_stats"] = stats.to_dict()
     meta["model"] = runtime.model_config.run_name_prefix
     return runtime, stats
+
+
+def _roles(task: Task, crop_seed: int) -> str:
+    """Digest of what the splits decide about extraction: each clip's fits and the clips of
+    the normalisation statistics."""
+    test, train = task_views(task)
+    h = hashlib.sha256(np.packbits(test).tobytes() + np.packbits(train).tobytes())
+    h.update(norm_stats_indices(task, crop_seed).tobytes())
+    return h.hexdigest()[:16]
 
 
 def extract(
@@ -258,40 +279,57 @@ def extract(
     batch_size: int = 32,
     cache_dir: str | None = DEFAULT_CACHE_DIR,
     seed: int = 0,
+    crop_seed: int = 42,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> tuple[dict[str, np.ndarray], dict]:
-    """Clip embeddings of every clip of the task -> ({feature set: [N, D]}, info).
+) -> tuple[Features, dict]:
+    """Clip embeddings of every clip of the task -> (Features {feature set: [N, D]}, info).
 
-    info["skipped"]: [{index, name, reason}] of clips that could not be decoded (their rows
-    are zeros: leave them out of every split)."""
-    _check_arguments(checkpoint, baseline, norm, layer_mode)
-    unit_sec = float(unit_sec) if unit_sec else default_unit_sec(task)
+    `seed`: the random baseline's initialisation; `crop_seed`: the random crops of training
+    clips and the sample of the normalisation statistics. info["skipped"]: [{index, name,
+    reason}] of clips that could not be decoded (their rows are zeros: leave them out of
+    every split)."""
+    check_arguments(checkpoint, baseline, norm, layer_mode)
+    unreadable: dict[int, str] = {}
+    if not unit_sec:
+        durations, unreadable = clip_durations(task)
+        unit_sec = default_unit_sec(task, durations)
+    unit_sec = float(unit_sec)
     if baseline == "logmel":
         layers = None
     key = {
         "version": CACHE_VERSION,
-        "model": _model_identity(checkpoint, baseline, config, seed),
+        "model": model_identity(checkpoint, baseline, config, seed),
         "clips": task.fingerprint(),
+        "roles": _roles(task, crop_seed),
+        "fit": FIT,
+        "crop_seed": int(crop_seed),
         "unit_sec": unit_sec,
         "norm": norm if baseline != "logmel" else None,
+        "norm_clips": NORM_STATS_CLIPS,
         "layers": layers,
         "layer_mode": layer_mode if layers else None,
     }
-    info = {"unit_sec": unit_sec, "norm": key["norm"], "cache_hit": False, "cache_file": None}
+    info = {
+        "unit_sec": unit_sec,
+        "norm": key["norm"],
+        "crop_seed": int(crop_seed),
+        "cache_hit": False,
+        "cache_file": None,
+    }
     if cache_dir:
-        info["cache_file"] = _cache_path(cache_dir, key)
-        cached = _load_cache(info["cache_file"])
+        info["cache_file"] = embedding_cache.cache_path(cache_dir, key)
+        cached = embedding_cache.load(info["cache_file"], len(task))
         if cached is not None:
             feats, meta = cached
             log(f"embeddings from cache {info['cache_file']}")
             return feats, {**info, **meta, "cache_hit": True, "extraction_s": 0.0}
     t0 = time.time()
-    clips = Clips(task, unit_sec, progress)
-    everything = np.arange(len(task))
+    clips = Clips(task, unit_sec, progress, crop_seed, skipped=unreadable)
+    plan = extraction_plan(task)
     meta: dict = {}
     if baseline == "logmel":
-        feats = logmel_features(clips, everything)
+        feats = logmel_features(clips, plan)
     else:
         runtime, stats = _encoder_runtime(
             clips, task, checkpoint, baseline, config, norm, seed, meta
@@ -300,14 +338,16 @@ def extract(
         feats = encoder_features(
             runtime,
             clips,
-            everything,
+            plan,
             (stats.mean, stats.std),
             parse_layers(layers, depth),
             layer_mode,
             batch_size,
         )
+    if not feats:
+        raise ValueError(f"{task.spec}: none of its {len(task)} clips can be read")
     meta["skipped"] = clips.skipped_report()
     meta["extraction_s"] = time.time() - t0
     if cache_dir:
-        _save_cache(info["cache_file"], feats, meta)
+        embedding_cache.save(info["cache_file"], feats, meta)
     return feats, {**info, **meta}

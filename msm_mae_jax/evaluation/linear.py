@@ -1,10 +1,11 @@
 """Linear evaluation of a frozen encoder (EVAR protocol): embeddings, probes, results.
 
 `evaluate` = clip embeddings of the task (`embeddings.extract`: clips read once and fitted to
-`unit_sec`, task or checkpoint normalisation, final output or chosen blocks, baselines, the
-cache; clips that cannot be decoded are skipped, left out of every split and reported), then
-`probe.linear_probe` per fold and seed; mean ± std over seeds (single split) or over folds
-(fold tasks, each fold's score the mean of its seeds).
+`unit_sec` as EVAR, task or checkpoint normalisation, final output or chosen blocks,
+baselines, the cache; clips that cannot be decoded are skipped, left out of every split and
+reported), then `probe.linear_probe` per fold and seed (EVAR's 2-pass runs: seeds 42, 43, 44;
+the embeddings once, their random crops drawn with the first seed); mean ± std over seeds
+(single split) or over folds (fold tasks, each fold's score the mean of its seeds).
 
 Shape letters: N clips, D width.
 """
@@ -33,21 +34,25 @@ from msm_mae_jax.evaluation.embeddings import (  # noqa: F401 (the public names 
 from msm_mae_jax.evaluation.task_audio import (  # noqa: F401
     IN_MEMORY_BYTES,
     MAX_DEFAULT_UNIT_SEC,
+    TEST,
+    TRAIN,
     Clips,
     default_unit_sec,
     fit_length,
+    random_crop_start,
     task_norm_stats,
 )
 from msm_mae_jax.evaluation.tasks import Task
 
 MAX_NAMED_SKIPS = 5  # skipped clips named in the printed table (all are in the results)
+EVAR_SEEDS = (42, 43, 44)  # EVAR's 2pass_lineareval.py: seed 42, then 43 and 44
 
 
-def _fold_arrays(task: Task, fold, x_ND):
+def _fold_arrays(task: Task, fold, x_ND, x_train_ND):
     return (
-        x_ND[fold.train],
+        x_train_ND[fold.train],
         task.y[fold.train],
-        x_ND[fold.valid],
+        x_train_ND[fold.valid],
         task.y[fold.valid],
         x_ND[fold.test],
         task.y[fold.test],
@@ -55,13 +60,20 @@ def _fold_arrays(task: Task, fold, x_ND):
 
 
 def probe_features(
-    task: Task, x_ND: np.ndarray, seeds: Sequence[int] = (0, 1, 2), **probe_kw
+    task: Task,
+    x_ND: np.ndarray,
+    seeds: Sequence[int] = EVAR_SEEDS,
+    x_train_ND: np.ndarray | None = None,
+    **probe_kw,
 ) -> dict:
-    """EVAR linear probe on every fold and seed -> {mean, std, per_seed, per_fold, ...}."""
+    """EVAR linear probe on every fold and seed -> {mean, std, per_seed, per_fold, ...}.
+
+    `x_ND`: the clips' test fits; `x_train_ND` (default `x_ND`): their training fits."""
+    x_train_ND = x_ND if x_train_ND is None else x_train_ND
     per_fold, epochs = [], []
     for fold in task.folds:
         r = probe.linear_probe_seeds(
-            *_fold_arrays(task, fold, x_ND),
+            *_fold_arrays(task, fold, x_ND, x_train_ND),
             seeds=tuple(seeds),
             multilabel=task.multilabel,
             num_classes=None if task.multilabel else task.num_classes,
@@ -88,15 +100,17 @@ def probe_features(
 def evaluate(
     task: Task,
     *,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] = EVAR_SEEDS,
     probe_kw: dict | None = None,
     log: Callable[[str], None] = print,
     **extract_kw,
 ) -> dict:
     """Embeddings (cached) + linear probes -> the results dict written by evaluate.py.
 
-    Clips that could not be decoded are left out of every split; the results name them
-    (`skipped`: count and clips)."""
+    The random crops of training clips are drawn with the first seed (unless `crop_seed` is
+    given). Clips that could not be decoded are left out of every split; the results name
+    them (`skipped`: count and clips)."""
+    extract_kw.setdefault("crop_seed", int(seeds[0]))
     feats, info = extract(task, log=log, **extract_kw)
     skipped = info.get("skipped") or []
     if skipped:
@@ -104,8 +118,10 @@ def evaluate(
         task = task.without([s["index"] for s in skipped])
     t0 = time.time()
     metric = "mAP" if task.multilabel else "accuracy"
+    train_rows = getattr(feats, "train_rows", lambda name: feats[name])
     results = {
-        name: probe_features(task, x, seeds, **(probe_kw or {})) for name, x in feats.items()
+        name: probe_features(task, x, seeds, train_rows(name), **(probe_kw or {}))
+        for name, x in feats.items()
     }
     probe_s = time.time() - t0
     main = list(results)[-1]
@@ -129,6 +145,9 @@ def evaluate(
             "norm": info["norm"],
             "norm_stats": info.get("norm_stats"),
             "seeds": list(seeds),
+            "run_name_prefix": info.get("model"),  # the encoder's input and patch size
+            "fit": "evar",  # end padding; random crop (train/valid), start crop (test)
+            "crop_seed": info.get("crop_seed"),
             "layers": extract_kw.get("layers"),
             "cache_file": info["cache_file"],
             **(probe_kw or {}),

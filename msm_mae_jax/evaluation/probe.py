@@ -3,9 +3,10 @@
 `linear_probe`: the EVAR linear-evaluation protocol (Niizumi et al., EVAR / MSM-MAE papers):
 features standardised with training statistics, one linear layer trained with Adam
 (lr 3e-4, betas 0.9/0.999, L2 weight decay 1e-8), mini-batches of min(200, N), up to 200
-epochs, early stopping on validation accuracy (patience 20) with the best weights restored,
-then the test score. The whole run (all epochs, shuffling, validation, early stopping) is one
-jitted `lax.while_loop`, so a probe takes seconds.
+epochs, early stopping on validation accuracy (patience 20: 20 epochs in a row without a
+score >= the best so far; a tie counts as better, as EVAR's `EarlyStopping`) with the best
+weights restored, then the test score. The whole run (all epochs, shuffling, validation,
+early stopping) is one jitted `lax.while_loop`, so a probe takes seconds.
 
 The closed-form ridge probe of the in-training evaluation is `msm_mae_jax.train.fewshot`.
 
@@ -183,7 +184,7 @@ def _train(
 
         (params, opt_state), loss_M = jax.lax.scan(step, (params, opt_state), (perm, w_MB))
         score = valid_score(params)
-        improved = score > best_score  # strict: ties keep the earlier epoch
+        improved = score >= best_score  # EVAR's EarlyStopping: a tie moves to the later epoch
         best = jax.tree.map(lambda new, old: jnp.where(improved, new, old), params, best)
         best_score = jnp.where(improved, score, best_score)
         best_epoch = jnp.where(improved, e, best_epoch)
@@ -251,7 +252,8 @@ def linear_probe(
     Labels are integer class ids [N] or, with `multilabel`, multi-hot {0,1} arrays [N, C]
     (sigmoid + binary cross-entropy; validation and test scored by macro mAP over classes
     with positives). Early stopping: training stops once `patience` epochs pass without a
-    strictly better validation score; the best epoch's weights score the test set.
+    validation score >= the best so far; the best (latest of equal) epoch's weights score
+    the test set.
     """
     train_X, train_y = _check_split("train", train_X, train_y, multilabel)
     valid_X, valid_y = _check_split("valid", valid_X, valid_y, multilabel)

@@ -4,11 +4,13 @@ Task specs (the `--task` of evaluate.py):
 
 - `csv:FILE` — a CSV with a file column (`file`, else `file_name` as in EVAR's metadata CSVs,
   unless another is named), the label column (`label` unless another is named) and either a
-  `split` column (`train` / `valid` / `test`; `val` and `validation` are accepted for `valid`)
+  `split` column (`train` / `valid` / `test`; `val` and `validation` are accepted for `valid`;
+  a row with an empty split is left out, as EVAR does)
   or a `fold` column (leave-one-fold-out: one evaluation per fold value, with that fold as
   test). Relative paths are below `audio_dir` (default: the CSV's folder); other columns (an
   unnamed pandas index, speaker ids) are ignored; a UTF-8 byte-order mark is accepted.
-  A label containing `;` makes the task multi-label (`a;b` = both classes).
+  A label containing `,` (EVAR's format: `"a,b"` quoted in one field) or `;` makes the task
+  multi-label (`labels.py`).
 - `folder:DIR` — one sub-folder per class (audio files found recursively below it); each class
   is split 70/10/20 % into train/valid/test with a seeded shuffle.
 - `tfds:NAME` (or `tfds:NAME/CONFIG`) — a TensorFlow Datasets dataset with its `train` and
@@ -37,6 +39,7 @@ from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import DataError, TaskError
 from msm_mae_jax.data import audio_io, synthetic
 from msm_mae_jax.data.sources import AudioSource, FileSource, SyntheticSource, TfdsSource
+from msm_mae_jax.evaluation.labels import encode_labels
 from msm_mae_jax.evaluation.splits import (
     SPLIT_NAMES,
     Fold,
@@ -109,27 +112,6 @@ class Task:
             "label": self.label,
             "folds": {f.name: f.sizes() for f in self.folds},
         }
-
-
-def _encode_labels(raw: Sequence[str], where: str) -> tuple[np.ndarray, list[str], bool]:
-    raw = [str(r).strip() for r in raw]
-    empty = [i for i, r in enumerate(raw) if not r]
-    if empty:
-        raise TaskError(
-            f"{where}: empty label in {len(empty)} row(s), first at data row {empty[0] + 1}"
-        )
-    multilabel = any(";" in r for r in raw)
-    if multilabel:
-        sets = [[t.strip() for t in r.split(";") if t.strip()] for r in raw]
-        names = sorted({t for s in sets for t in s})
-        index = {n: k for k, n in enumerate(names)}
-        y = np.zeros((len(raw), len(names)), np.int32)
-        for i, s in enumerate(sets):
-            y[i, [index[t] for t in s]] = 1
-        return y, names, True
-    names = sorted(set(raw))
-    index = {n: k for k, n in enumerate(names)}
-    return np.array([index[r] for r in raw], np.int64), names, False
 
 
 def _classes_present(task: Task, idx: np.ndarray) -> set[int]:
@@ -240,6 +222,10 @@ def load_csv_task(
             f"{path}: needs a 'split' (train/valid/test) or a 'fold' column; "
             f"available columns: {columns}"
         )
+    if "split" in columns:  # EVAR's rule: a row without a split is in no split (gtzan's extras)
+        rows = [r for r in rows if str(r["split"] or "").strip()]
+        if not rows:
+            raise TaskError(f"{path}: every row has an empty 'split'")
     if audio_dir is not None and not fs.isdir(audio_dir):
         raise TaskError(f"{path}: audio_dir {audio_dir} is not a folder")
     base = fs.absolute(audio_dir) if audio_dir is not None else fs.dirname(fs.absolute(path))
@@ -250,7 +236,7 @@ def load_csv_task(
             f"{path}: {len(missing)} audio file(s) of column {file_column!r} not found below "
             f"{base}, e.g. {missing[:3]}"
         )
-    y, names, multilabel = _encode_labels([r[label] for r in rows], f"{path} column {label!r}")
+    y, names, multilabel = encode_labels([r[label] for r in rows], f"{path} column {label!r}")
     folds = _csv_folds(path, rows, columns, strata_of(y, multilabel), seed)
     source = FileSource(files, spec=f"csv:{path}")
     return _check_task(Task(f"csv:{path}", source, y, names, multilabel, folds, label), path)
@@ -323,7 +309,7 @@ def load_tfds_task(
     if hasattr(features[label], "names"):
         names, y = list(features[label].names), np.array(raw, np.int64)
     else:
-        y, names, _ = _encode_labels(
+        y, names, _ = encode_labels(
             [v.decode() if isinstance(v, bytes) else v for v in raw],
             f"{where} feature {label!r}",
         )

@@ -2,9 +2,11 @@
 
 Every clip is read once and turned into its log-mel (computed on the device, bucketed by
 length so a task of many lengths compiles a handful of programs); the store holds float32
-[F, T_i] per clip, about 32 KB per second of audio. Normalisation ('task': one mean and std
-over the frames of the clips that train some fold; 'checkpoint': the model's statistics) is
-applied on the host when a batch is built; padding is 0 after normalisation, as the runtime.
+[F, T_i] per clip, about 32 KB per second of audio. A clip that cannot be decoded is skipped
+and counted (`ClipStore.skipped`); the job leaves it out of every split. Normalisation
+('task': one mean and std over the frames of the clips that train some fold; 'checkpoint':
+the model's statistics) is applied on the host when a batch is built; padding is 0 after
+normalisation, as the runtime.
 
 Training batches (`TrainBatches`): a seeded order per epoch (a permutation, or class-balanced
 sampling with replacement), `crop_frames`-long crops at random offsets (time shift; a clip
@@ -27,9 +29,9 @@ import jax
 import numpy as np
 
 from msm_mae_jax.core.errors import DataError
-from msm_mae_jax.data import audio, audio_io
+from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation.task_audio import fit_length
+from msm_mae_jax.evaluation.task_audio import fit_length, read_clips
 from msm_mae_jax.evaluation.tasks import Task
 from msm_mae_jax.features.runtime import bucket_size
 
@@ -68,10 +70,12 @@ def log_mels(wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 @dataclasses.dataclass
 class ClipStore:
-    """Un-normalised log-mels of every clip of a task, [F, T_i] float32."""
+    """Un-normalised log-mels of every clip of a task, [F, T_i] float32 ([F, 0] for a clip
+    that could not be read: `skipped` holds its index and the reason)."""
 
     lms: list[np.ndarray]
     unit_sec: float  # 0: whole clips
+    skipped: dict[int, str] = dataclasses.field(default_factory=dict)
 
     def frames(self, i: int) -> int:
         return self.lms[i].shape[1]
@@ -87,6 +91,13 @@ class ClipStore:
         mean = total / count
         return NormStats(mean=float(mean), std=float(np.sqrt(max(total_sq / count - mean**2, 0))))
 
+    def skipped_report(self, task: Task) -> list[dict]:
+        """[{index, name, reason}] of the clips that could not be read, in index order."""
+        return [
+            {"index": i, "name": task.source.name(i), "reason": r}
+            for i, r in sorted(self.skipped.items())
+        ]
+
 
 def load_clips(
     task: Task,
@@ -94,22 +105,29 @@ def load_clips(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ClipStore:
-    """Reads every clip of the task (fitted to `unit_sec` as EVAR when > 0) -> ClipStore."""
+    """Reads every clip of the task (fitted to `unit_sec` as EVAR's test clips when > 0: end
+    padding, crop from the start) -> ClipStore. A clip that cannot be decoded is skipped
+    (warned about, recorded in `skipped`); none readable is a DataError."""
     from tqdm import tqdm
 
     n = len(task)
     max_seconds = unit_sec if unit_sec > 0 else None
     samples = int(round(unit_sec * audio.SAMPLE_RATE)) if unit_sec > 0 else 0
-    wavs = []
-    it = task.source.iterate(list(range(n)), max_seconds=max_seconds)
-    try:
-        for wav in tqdm(it, total=n, desc="reading audio", file=sys.stderr, disable=not progress):
-            wavs.append(fit_length(wav, samples) if samples else np.asarray(wav, np.float32))
-    except audio_io.AudioError as e:
-        raise DataError(f"{task.spec}: {e}") from e
-    seconds = sum(len(w) for w in wavs) / audio.SAMPLE_RATE
+    wavs: dict[int, np.ndarray] = {}
+    skipped: dict[int, str] = {}
+    with tqdm(total=n, desc="reading audio", file=sys.stderr, disable=not progress) as bar:
+        for i, wav in read_clips(task, range(n), max_seconds, skipped, bar):
+            wavs[i] = fit_length(wav, samples) if samples else np.asarray(wav, np.float32)
+    if not wavs:
+        raise DataError(f"{task.spec}: none of its {n} clips can be read")
+    seconds = sum(len(w) for w in wavs.values()) / audio.SAMPLE_RATE
     log(f"{n} clips, {seconds / 3600:.2f} h of audio -> log-mels ({seconds * 32e-3:.0f} MB)")
-    return ClipStore(log_mels(wavs), float(unit_sec))
+    if skipped:
+        log(f"skipped {len(skipped)} clip(s) that could not be decoded")
+    readable = sorted(wavs)
+    lms = dict(zip(readable, log_mels([wavs[i] for i in readable]), strict=True))
+    empty = np.zeros((audio.N_MELS, 0), np.float32)
+    return ClipStore([lms.get(i, empty) for i in range(n)], float(unit_sec), skipped)
 
 
 def targets(task: Task, indices: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
     {"task": Task.summary(), "model": checkpoint, "metric": "accuracy" | "mAP",
      METRIC: {"mean", "std", "per_seed"[, "per_fold"]},   # test scores of the best models
      "valid": {"mean", "per_seed"}, "clips": sizes, "runs": [one dict per (fold, seed)],
-     "timing": {...}, "settings": {...}}
+     "timing": {...}, "settings": {...}, "skipped": {"count", "clips"}}
 
 As the linear evaluation: single-split tasks report mean ± std over seeds; fold tasks the mean
 over folds and seeds, std over folds of each fold's seed mean.
@@ -75,6 +75,14 @@ def format_table(result: dict) -> str:
     v = result["valid"]
     per = " ".join(f"{100 * x:.2f}" for x in v["per_seed"])
     lines.append(f"{'valid (best)':<14}  {100 * v['mean']:>7.2f}          {per}")
+    skipped = result.get("skipped") or {"count": 0, "clips": []}
+    if skipped["count"]:
+        names = ", ".join(c["name"] for c in skipped["clips"][:5])
+        more = f" +{skipped['count'] - 5} more" if skipped["count"] > 5 else ""
+        lines.append(
+            f"skipped {skipped['count']} clip(s) that could not be decoded (in no split): "
+            f"{names}{more}"
+        )
     tm = result["timing"]
     lines.append(
         f"wall {tm['total_s']:.1f} s (reading and log-mels {tm['load_s']:.1f} s, "

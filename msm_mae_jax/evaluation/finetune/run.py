@@ -150,6 +150,7 @@ def finetune(
 
     t0 = time.time()
     store = data.load_clips(task, float(config.data.unit_sec), progress, log)
+    task = task.without(list(store.skipped))  # unreadable clips: in no split
     if config.data.norm == "checkpoint":
         stats = encoder.norm_stats
     else:
@@ -189,7 +190,10 @@ def finetune(
         "runs_s": round(time.time() - t0, 1),
         "total_s": round(time.time() - t_start, 1),
     }
-    return results.collect(task, encoder.name, runs, timing, _settings(config, workdir, stats))
+    out = results.collect(task, encoder.name, runs, timing, _settings(config, workdir, stats))
+    skipped = store.skipped_report(task)
+    out["skipped"] = {"count": len(skipped), "clips": skipped}
+    return out
 
 
 def _settings(config, workdir: str, stats: NormStats) -> dict:

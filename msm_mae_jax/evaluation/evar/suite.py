@@ -1,0 +1,348 @@
+"""The EVAR tasks of a folder in one run: each with its own settings, resumable, one results
+JSON per task, then the table (`summary`).
+
+    tasks = discover("tasks/")                      # or EVAR's metadata folder + audio root
+    outcomes = run_suite(tasks, Model(checkpoint="runs/base"), Protocol(), "evar-results/base")
+
+Tasks (`discover`), in EVAR's column order, then the others by name:
+- built tasks: `NAME.json` (`table.TaskSettings`) beside its CSV: unit_sec and the published
+  numbers from the settings, audio below the settings' `audio_dir`;
+- EVAR's metadata CSVs (`esc50.csv`, ... a name of `table.TASKS` without a `NAME.json`): the
+  settings from the table, audio in `AUDIO_ROOT/NAME/` (EVAR's `work/16k/NAME`).
+
+Each finished task is `OUT/NAME.json` (`linear.evaluate`'s results plus a `suite` block),
+written atomically when the task completes. Its `suite.key` is a digest of what decides the
+numbers: the model's identity, the task (CSV bytes, settings, the audio files' identity) and
+the protocol (fitting, unit_sec, seeds, normalisation, layers, probe). Run again, a task whose
+JSON holds the same key is reused; any other is computed (and its JSON replaced). A task that
+fails (missing audio, a bad CSV, an exception) is reported in one line, its traceback written
+to `OUT/NAME.error.txt`, and the suite goes on with the next task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+from msm_mae_jax.core import fs
+from msm_mae_jax.core.errors import TaskError, UserError
+from msm_mae_jax.core.names import path_component
+from msm_mae_jax.evaluation import linear, tasks
+from msm_mae_jax.evaluation.embeddings import (
+    CACHE_VERSION,
+    FIT,
+    load_model_config,
+    model_identity,
+)
+from msm_mae_jax.evaluation.evar.table import ORDER, TASKS, read_settings
+
+SUITE_VERSION = 1
+EVAR_AUDIO = os.path.join("..", "..", "work", "16k")  # from evar/metadata to work/16k
+DEFAULT_OUT_ROOT = "evar-results"
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteTask:
+    """One task of a suite: where its CSV and audio are, and its settings."""
+
+    name: str
+    csv: str
+    audio_dir: str
+    unit_sec: float
+    published: dict[str, float]
+    origin: str  # the settings file, or "EVAR table" for EVAR's own CSVs
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """What is evaluated: a checkpoint, or a baseline (with the random one's model config)."""
+
+    checkpoint: str | None = None
+    baseline: str | None = None
+    config: str | None = None
+
+    def label(self) -> str:
+        if self.checkpoint:
+            return self.checkpoint
+        return f"baseline {self.baseline}" + (f" ({self.config})" if self.config else "")
+
+    def identity(self) -> str | dict:
+        return model_identity(self.checkpoint, self.baseline, self.config, 0)
+
+    def input_prefix(self) -> str | None:
+        """The random baseline's input and patch size (a checkpoint's comes with results)."""
+        if self.baseline == "random":
+            return load_model_config(self.config).run_name_prefix
+        return None
+
+    def default_out_dir(self) -> str:
+        """evar-results/<a name of the model>: the basename of the checkpoint plus a digest of
+        its absolute path, or the baseline (and its config)."""
+        if self.checkpoint:
+            path = fs.absolute(self.checkpoint)
+            digest = hashlib.sha256(path.encode()).hexdigest()[:8]
+            name = f"{path_component(fs.basename(path.rstrip('/')) or 'model')}-{digest}"
+        else:
+            name = path_component("-".join(["baseline", self.baseline, self.config or ""]))
+        return os.path.join(DEFAULT_OUT_ROOT, name.strip("-"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """The evaluation settings every task shares (unit_sec comes from each task)."""
+
+    seeds: tuple[int, ...] = linear.EVAR_SEEDS
+    norm: str = "task"
+    layers: str | None = None
+    layer_mode: str = "separate"
+    probe_kw: dict = dataclasses.field(default_factory=dict)
+    label: str = "label"
+    split_seed: int = 0
+
+    def identity(self) -> dict:
+        return {
+            "fit": FIT,
+            "cache_version": CACHE_VERSION,
+            **{k: v for k, v in dataclasses.asdict(self).items() if k != "seeds"},
+            "seeds": list(self.seeds),
+        }
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How one task ended: 'done', 'reused' or 'failed' (with `error`)."""
+
+    task: SuiteTask
+    status: str
+    path: str
+    result: dict | None = None
+    error: str | None = None
+
+
+def check_out_dir(out_dir: str, suite_dir: str) -> None:
+    """The results folder must not be the tasks' folder (NAME.json would be overwritten)."""
+    if fs.absolute(out_dir).rstrip("/") == fs.absolute(suite_dir).rstrip("/"):
+        raise UserError(
+            f"--out {out_dir}: the results folder is the --suite folder, whose NAME.json "
+            "files it would replace; give another --out"
+        )
+    if fs.exists(out_dir) and not fs.isdir(out_dir):
+        raise UserError(f"--out {out_dir}: a file, not a folder (a suite writes a folder)")
+
+
+def default_audio_root(suite_dir: str) -> str:
+    return fs.join(fs.absolute(suite_dir), EVAR_AUDIO)
+
+
+def discover(
+    suite_dir: str,
+    audio_root: str | None = None,
+    only: Sequence[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[SuiteTask]:
+    """The tasks of `suite_dir` (see the module docstring); UserError naming what is wrong
+    when there is none, an asked-for task is missing, or EVAR CSVs have no audio root."""
+    if not fs.isdir(suite_dir):
+        raise UserError(f"--suite {suite_dir}: not a folder")
+    names = fs.listdir(suite_dir)
+    found: dict[str, SuiteTask] = {}
+    ignored = []
+    for n in (n for n in names if n.endswith(".json")):
+        path = fs.join(suite_dir, n)
+        try:
+            s = read_settings(path)
+        except TaskError:
+            ignored.append(n)
+            continue
+        audio_dir = s.audio_path(path)
+        audio_dir = audio_dir if fs.is_remote(audio_dir) else os.path.normpath(audio_dir)
+        found[s.name] = SuiteTask(
+            s.name, s.csv_path(path), audio_dir, float(s.unit_sec), s.published, path
+        )
+    used = {os.path.basename(t.csv) for t in found.values()}
+    evar = [n[:-4] for n in names if n.endswith(".csv") and n[:-4] in TASKS and n not in used]
+    evar = [t for t in evar if t not in found]
+    used |= {f"{t}.csv" for t in evar}
+    ignored += [n for n in names if n.endswith(".csv") and n not in used]
+    if evar:
+        root = audio_root or default_audio_root(suite_dir)
+        if not fs.isdir(root):
+            raise UserError(
+                f"--suite {suite_dir}: EVAR's metadata CSVs ({', '.join(evar)}) read their "
+                f"audio from ROOT/<task>/ (EVAR's work/16k); {root} is not a folder: give "
+                "--suite-audio ROOT"
+            )
+        for t in evar:
+            info = TASKS[t]
+            found[t] = SuiteTask(
+                t,
+                fs.join(suite_dir, f"{t}.csv"),
+                fs.join(root, t) if fs.is_remote(root) else os.path.normpath(fs.join(root, t)),
+                info.unit_sec,
+                dict(info.published),
+                "EVAR table",
+            )
+    if ignored:
+        log(f"suite: ignored in {suite_dir} (not a task): {', '.join(ignored)}")
+    if not found:
+        raise UserError(
+            f"--suite {suite_dir}: no tasks; expected NAME.json + NAME.csv (msm-mae tasks make) "
+            f"or EVAR's metadata CSVs named {', '.join(f'{t}.csv' for t in ORDER)}"
+        )
+    if only:
+        unknown = sorted(set(only) - found.keys())
+        if unknown:
+            raise UserError(
+                f"--suite-tasks: {', '.join(unknown)} not in {suite_dir}; it holds "
+                f"{', '.join(order(found))}"
+            )
+        found = {k: v for k, v in found.items() if k in set(only)}
+    return [found[k] for k in order(found)]
+
+
+def order(names) -> list[str]:  # noqa: ANN001 (any iterable of task names)
+    """EVAR's column order, then the other names sorted."""
+    names = set(names)
+    return [t for t in ORDER if t in names] + sorted(names - set(ORDER))
+
+
+def result_key(st: SuiteTask, task: tasks.Task, model: Model, protocol: Protocol) -> str:
+    """Digest of everything that decides a task's numbers (see the module docstring)."""
+    what = {
+        "version": SUITE_VERSION,
+        "model": model.identity(),
+        "task": {
+            "name": st.name,
+            "csv": hashlib.sha256(fs.read_bytes(st.csv)).hexdigest(),
+            "unit_sec": st.unit_sec,
+            "audio": task.fingerprint(),
+        },
+        "protocol": protocol.identity(),
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def result_path(out_dir: str, name: str) -> str:
+    return fs.join(out_dir, f"{path_component(name)}.json")
+
+
+def _finished(path: str, key: str) -> dict | None:
+    """The results at `path` when they were made with `key`."""
+    if not fs.isfile(path):
+        return None
+    try:
+        result = json.loads(fs.read_text(path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(result, dict) and (result.get("suite") or {}).get("key") == key:
+        return result
+    return None
+
+
+def run_task(
+    st: SuiteTask,
+    model: Model,
+    protocol: Protocol,
+    out_dir: str,
+    *,
+    batch_size: int = 32,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Outcome:
+    """One task: its finished results when the key matches, else evaluated and written."""
+    path = result_path(out_dir, st.name)
+    task = tasks.load_csv_task(
+        st.csv, label=protocol.label, seed=protocol.split_seed, audio_dir=st.audio_dir
+    )
+    key = result_key(st, task, model, protocol)
+    done = _finished(path, key)
+    if done is not None:
+        return Outcome(st, "reused", path, done)
+    result = linear.evaluate(
+        task,
+        checkpoint=model.checkpoint,
+        baseline=model.baseline,
+        config=model.config,
+        layers=protocol.layers,
+        layer_mode=protocol.layer_mode,
+        norm=protocol.norm,
+        unit_sec=st.unit_sec,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        progress=progress,
+        seeds=protocol.seeds,
+        probe_kw=dict(protocol.probe_kw),
+        log=log,
+    )
+    result["suite"] = {
+        "name": st.name,
+        "key": key,
+        "task_settings": st.origin,
+        "csv": st.csv,
+        "audio_dir": st.audio_dir,
+        "published": st.published,
+    }
+    fs.write_text(path, json.dumps(result, indent=2))  # atomic: only a finished task
+    return Outcome(st, "done", path, result)
+
+
+def run_suite(
+    suite_tasks: Sequence[SuiteTask],
+    model: Model,
+    protocol: Protocol,
+    out_dir: str,
+    *,
+    batch_size: int = 32,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[Outcome]:
+    """Every task in turn (see the module docstring); failures are outcomes, not raised."""
+    fs.makedirs(out_dir)
+    outcomes = []
+    for k, st in enumerate(suite_tasks, 1):
+        head = f"suite [{k}/{len(suite_tasks)}] {st.name}"
+        log(f"{head}: {st.csv} (audio {st.audio_dir}), unit_sec {st.unit_sec:g}")
+        t0 = time.time()
+        error_file = fs.join(out_dir, f"{path_component(st.name)}.error.txt")
+        try:
+            o = run_task(
+                st,
+                model,
+                protocol,
+                out_dir,
+                batch_size=batch_size,
+                cache_dir=cache_dir,
+                progress=progress,
+                log=log,
+            )
+        except Exception as e:  # noqa: BLE001 (a task's failure must not end a long suite)
+            message = _one_line(e)
+            fs.write_text(error_file, traceback.format_exc())
+            log(f"{head}: FAILED: {message} (details: {error_file})")
+            outcomes.append(Outcome(st, "failed", result_path(out_dir, st.name), error=message))
+            continue
+        if fs.exists(error_file):
+            fs.remove(error_file)
+        r = o.result
+        score = r[r["metric"]]
+        what = "reused" if o.status == "reused" else f"done in {time.time() - t0:.0f} s"
+        log(
+            f"{head}: {r['metric']} {100 * score['mean']:.2f} ± {100 * score['std']:.2f} % "
+            f"({what}) -> {o.path}"
+        )
+        outcomes.append(o)
+    return outcomes
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, (UserError, ValueError, FileNotFoundError)):
+        return text
+    return f"{type(e).__name__}: {text}"
