@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, json_files
+from msm_mae_jax.core.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,12 @@ class NormStats:
 
     @classmethod
     def load(cls, path: str) -> NormStats:
-        return cls.from_dict(json.loads(fs.read_text(path)))
+        """From a JSON file; a DataError naming it when damaged."""
+        d = json_files.read_object(path, "the normalisation statistics", ("mean", "std"))
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{path}: the normalisation statistics are damaged ({e})") from None
 
 
 @dataclasses.dataclass
