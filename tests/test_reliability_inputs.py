@@ -1,7 +1,8 @@
 """Bad inputs and places through the real commands (subprocesses with timeouts): names from a
 task's data that would escape the workdir, repeated and leaking task rows, outputs that
-cannot be written, a corpus that never decodes, damaged metadata and weight files. Each ends
-in one line on stderr (or, for the names, a run that stays inside its folders)."""
+cannot be written, a corpus that never decodes, damaged metadata, statistics, job, result and
+weight files. Each ends in one line on stderr (or, for the names, a run that stays inside its
+folders)."""
 
 import concurrent.futures
 import fractions
@@ -11,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ from msm_mae_jax.train import checkpoints
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300
 MSM = [sys.executable, "-m", "msm_mae_jax"]
-ESCAPE = "../../../../ESCAPED"  # from WORKDIR/fold<value>: three folders above the workdir
+ESCAPE = "../../../../ESCAPED"  # WORKDIR/fold<value> would be two folders above the workdir
 
 
 @pytest.fixture(scope="module")
@@ -96,27 +98,18 @@ def _independent_leaks(csv_path):
     return dup, per
 
 
-def test_names_from_task_data_stay_inside_the_workdir(tmp_path, env):
-    """Fold values `../../../../ESCAPED` and `..` (run folders WORKDIR/fold<value>/seed<k>),
-    labels that are paths, file names of dots: fine-tuning and evaluation write below their
-    workdir, --out and cache only, and finish; the repeated and leaking rows are counted,
-    warned about in one line and recorded in the results."""
-    csv_path = _escaping_task(tmp_path)
-    enc = write_encoder(str(tmp_path / "enc"))
-    before = _files(tmp_path)
-    ft_dir, ev_dir = tmp_path / "a" / "b" / "c" / "ft", tmp_path / "a" / "b" / "c" / "ev"
-    ft = _run(
-        MSM
-        + ["finetune", "--checkpoint", enc, "--task", f"csv:{csv_path}", "--workdir", str(ft_dir)]
-        + ["--out", str(ft_dir / "ft.json"), "--config", "tiny", "--no-progress"]
-        + [
-            "--config.batch_size=4",
-            "--config.epochs=1",
-            "--config.mesh=(('data',1),('fsdp',1),('tensor',1))",
-        ],
-        env,
-    )
-    assert ft.returncode == 0, ft.stderr[-3000:]
+@pytest.fixture(scope="module")
+def escaping_runs(tmp_path_factory, env):
+    """`finetune` and `eval` on the escaping task, each run once for the tests below."""
+    tmp = tmp_path_factory.mktemp("escape")
+    csv_path = _escaping_task(tmp)
+    enc = write_encoder(str(tmp / "enc"))
+    before = _files(tmp)
+    ft_dir, ev_dir = tmp / "a" / "b" / "c" / "ft", tmp / "a" / "b" / "c" / "ev"
+    ft_cmd = MSM + ["finetune", "--checkpoint", enc, "--task", f"csv:{csv_path}"]
+    ft_cmd += ["--config", "tiny", "--no-progress", "--config.batch_size=4", "--config.epochs=1"]
+    ft_cmd += ["--config.mesh=(('data',1),('fsdp',1),('tensor',1))"]
+    ft = _run(ft_cmd + ["--workdir", str(ft_dir), "--out", str(ft_dir / "ft.json")], env)
     ev = _run(
         MSM
         + ["eval", "--baseline", "logmel", "--task", f"csv:{csv_path}", "--no-progress"]
@@ -124,16 +117,36 @@ def test_names_from_task_data_stay_inside_the_workdir(tmp_path, env):
         + ["--seeds", "1", "--max-epochs", "3"],
         env,
     )
+    return types.SimpleNamespace(
+        tmp=tmp,
+        csv=csv_path,
+        before=before,
+        ft_dir=ft_dir,
+        ev_dir=ev_dir,
+        ft_cmd=ft_cmd,
+        ft=ft,
+        ev=ev,
+    )
+
+
+def test_names_from_task_data_stay_inside_the_workdir(escaping_runs):
+    """Fold values `../../../../ESCAPED` and `..` (run folders WORKDIR/fold<value>/seed<k>),
+    labels that are paths, file names of dots: fine-tuning and evaluation write below their
+    workdir, --out and cache only, and finish; the repeated and leaking rows are counted,
+    warned about in one line and recorded in the results."""
+    x = escaping_runs
+    ft, ev, ft_dir, ev_dir = x.ft, x.ev, x.ft_dir, x.ev_dir
+    assert ft.returncode == 0, ft.stderr[-3000:]
     assert ev.returncode == 0, ev.stderr[-3000:]
-    new = _files(tmp_path) - before
+    new = _files(x.tmp) - x.before
     outside = sorted(p for p in new if not p.startswith((str(ft_dir), str(ev_dir))))
-    assert outside == [] and not any(p.endswith("/ESCAPED") for p in _files(tmp_path.parent))
+    assert outside == [] and not any(p.endswith("/ESCAPED") for p in _files(x.tmp.parent))
     run_dirs = {d for d in os.listdir(ft_dir) if d.startswith("fold")}
     assert run_dirs == {path_component(f"fold{v}") for v in (ESCAPE, "..")}, run_dirs
     for d in run_dirs:
         assert (ft_dir / d / "seed0" / "export" / "msm_mae.json").is_file()
 
-    dup, per = _independent_leaks(csv_path)
+    dup, per = _independent_leaks(x.csv)
     assert dup == 5 and sorted(per.values()) == [1, 1]  # the CSV as built
     for r, out in ((ft, ft_dir / "ft.json"), (ev, ev_dir / "ev.json")):
         checks = json.loads(out.read_text())["task_checks"]
@@ -143,6 +156,32 @@ def test_names_from_task_data_stay_inside_the_workdir(tmp_path, env):
         assert len(warned) == 1, r.stderr[-2000:]
         assert "5 row(s) list a clip an earlier row lists" in warned[0]
         assert "2 test clip(s) are also training clips" in warned[0]
+
+
+def test_damaged_finetune_job_and_result_files_are_one_line(escaping_runs, tmp_path, env):
+    """The finished workdir copied twice: its job.json replaced by binary bytes, one run's
+    result.json by JSON whose score is not a number. Rerunning the command ends in one line
+    naming the file and what to do (the job file is read before any clip, the result
+    before that fold would be trained again), never a JSON decoder's message."""
+    x = escaping_runs
+    assert x.ft.returncode == 0, x.ft.stderr[-3000:]
+    fold = path_component(f"fold{ESCAPE}")
+    job, res = tmp_path / "job", tmp_path / "result"
+    for d in (job, res):
+        shutil.copytree(x.ft_dir, d)
+    (job / "job.json").write_bytes(b"\x89PNG\r\n\x1a\n\0\0")
+    (res / fold / "seed0" / "result.json").write_text('{"test": "0.9", "valid": 0.5}')
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = {d: pool.submit(_run, x.ft_cmd + ["--workdir", str(d)], env) for d in (job, res)}
+        lines = {d: _error_line(f.result()) for d, f in runs.items()}
+    assert (
+        f"{job / 'job.json'}: the job file is damaged (byte 0x89 at offset 0 is not text); use "
+        "a new --workdir, or delete the file to start over"
+    ) in lines[job], lines[job]
+    assert (
+        f"{res / fold / 'seed0' / 'result.json'}: a finished run's result is damaged ('test' is "
+        '"0.9", not a finite number); delete it to run this fold and seed again'
+    ) in lines[res], lines[res]
 
 
 def test_split_values_that_are_paths_are_refused(tmp_path, env):
@@ -243,18 +282,19 @@ def test_train_on_files_that_never_decode_is_one_line(tmp_path, env):
 
 # ---- damaged metadata and weight files ------------------------------------------------------
 def _checkpoint(wd, meta):
-    """A one-step checkpoint of a stand-in state with `meta` (what is read first)."""
+    """A one-step checkpoint of a stand-in state (an encoder of one array) with `meta`."""
     ck = checkpoints.Checkpointer(str(wd))
-    ck.save(1, {"w": np.zeros(3, np.float32)}, meta)
+    ck.save(1, {"params": {"encoder": {"w": np.zeros(3, np.float32)}}}, meta)
     ck.close()
     return wd
 
 
 def test_damaged_metadata_and_weights_are_one_line(tmp_path, env):
     """A model dir whose msm_mae.json is junk; a checkpoint whose metadata is JSON but not what
-    a save writes; a checkpoint of another model (only the keys that differ are named); a
-    .pth that is damaged, one that holds Python objects (never the advice to load it
-    unsafely), and the path named once."""
+    a save writes, one whose model config has a depth "x"; a checkpoint of another model (only
+    the keys that differ are named); a workdir whose saved normalisation statistics are
+    invalid; a .pth that is damaged, one that holds Python objects (never the advice to load
+    it unsafely), and the path named once."""
     junk = tmp_path / "junk_model"
     junk.mkdir()
     (junk / "msm_mae.json").write_text("not json {")
@@ -265,6 +305,13 @@ def test_damaged_metadata_and_weights_are_one_line(tmp_path, env):
     other_model = _checkpoint(
         tmp_path / "other", {"model": other, "norm_stats": {"mean": -9.0, "std": 4.0}}
     )
+    bad_depth = _checkpoint(
+        tmp_path / "bad_depth",
+        {"model": {**other, "depth": "x"}, "norm_stats": {"mean": -9.0, "std": 4.0}},
+    )
+    stats = tmp_path / "stats"  # a run stopped before its first checkpoint, statistics damaged
+    stats.mkdir()
+    (stats / "norm_stats.json").write_text('{"mean": -5.0, "std": 0}')
     wav = tmp_path / "x.wav"
     sf.write(wav, np.zeros(1600, np.float32), 16000)
     cases = {
@@ -276,9 +323,18 @@ def test_damaged_metadata_and_weights_are_one_line(tmp_path, env):
             ["export", "--workdir", str(garbage), "--out", str(tmp_path / "exp")],
             f"{garbage / 'checkpoints' / '1' / 'meta' / 'metadata'}: not a JSON object (got list)",
         ),
+        "model config of wrong types": (
+            ["embed", "--checkpoint", str(bad_depth), "--out", str(tmp_path / "d.npz"), str(wav)],
+            f"{bad_depth / 'checkpoints'}: the checkpoint's model config is damaged (",
+        ),
         "another model": (
             ["train", "--config", "tiny", "--workdir", str(other_model)],
             "is another model: model.depth 3 -> 2 (checkpoint -> config)",
+        ),
+        "damaged norm stats": (
+            ["train", "--config", "tiny", "--workdir", str(stats)],
+            f"{stats / 'norm_stats.json'}: the normalisation statistics are damaged (invalid "
+            "normalisation statistics mean=-5.0 std=0.0); delete it to estimate them again",
         ),
     }
     torch = None

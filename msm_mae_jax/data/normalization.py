@@ -47,13 +47,16 @@ class NormStats:
         fs.write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
-    def load(cls, path: str) -> NormStats:
-        """From a JSON file; a DataError naming it when damaged."""
-        d = json_files.read_object(path, "the normalisation statistics", ("mean", "std"))
+    def load(cls, path: str, hint: str = "") -> NormStats:
+        """From a JSON file; a DataError naming it (and `hint`: what to do) when damaged."""
+        d = json_files.read_object(path, "the normalisation statistics", ("mean", "std"), hint)
         try:
             return cls.from_dict(d)
         except (TypeError, ValueError) as e:
-            raise DataError(f"{path}: the normalisation statistics are damaged ({e})") from None
+            hint = f"; {hint}" if hint else ""
+            raise DataError(
+                f"{path}: the normalisation statistics are damaged ({e}){hint}"
+            ) from None
 
 
 @dataclasses.dataclass

@@ -15,6 +15,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.model.config import ModelConfig
+
 REQUIRED = ("model", "norm_stats")
 
 
@@ -57,3 +60,13 @@ def model_entries(meta: dict, where: str) -> tuple[dict, dict]:
     if missing:
         raise MetaError(f"{where}: no {' and no '.join(missing)} entry in the checkpoint metadata")
     return meta["model"], meta["norm_stats"]
+
+
+def model_objects(meta: dict, where: str) -> tuple[ModelConfig, NormStats]:
+    """(ModelConfig, NormStats) of a training checkpoint's meta; MetaError naming `where`
+    when an entry is missing or its values build neither (a depth "x", an unknown key)."""
+    model, stats = model_entries(meta, where)
+    try:
+        return ModelConfig.from_dict(model), NormStats.from_dict(stats)
+    except (KeyError, TypeError, ValueError) as e:
+        raise MetaError(f"{where}: the checkpoint's model config is damaged ({e})") from None

@@ -340,8 +340,8 @@ def load_encoder_from_workdir(
         workdir, step, lambda t: {"params": {"encoder": t["params"]["encoder"]}}
     )
     params = out["params"]["encoder"]
-    model, stats = checkpoint_meta.model_entries(meta, checkpoint_dir(workdir))
-    return ModelConfig.from_dict(model), params, NormStats.from_dict(stats)
+    model_config, norm_stats = checkpoint_meta.model_objects(meta, checkpoint_dir(workdir))
+    return model_config, params, norm_stats
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -52,8 +52,8 @@ def _norm_stats(config, workdir: str, ckpt_meta: dict | None, is_main: bool) -> 
     path = fs.join(workdir, "norm_stats.json")
     if ckpt_meta is not None:
         return NormStats.from_dict(ckpt_meta["norm_stats"])
-    if fs.isfile(path):
-        return NormStats.load(path)
+    if fs.isfile(path):  # the statistics of a run stopped before its first checkpoint
+        return NormStats.load(path, hint="delete it to estimate them again")
     if config.data.norm_std > 0:
         stats = NormStats(float(config.data.norm_mean), float(config.data.norm_std))
     else:

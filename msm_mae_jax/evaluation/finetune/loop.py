@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -26,7 +28,7 @@ import jax
 import numpy as np
 
 from msm_mae_jax.core import json_files
-from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.core.errors import ConfigError, DataError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.evaluation import probe
 from msm_mae_jax.evaluation.finetune import augment, data, export
@@ -171,13 +173,26 @@ def _finish(job, setup, fold, seed, state, run_dir, timing) -> dict:
     return result
 
 
+def _read_result(path: str) -> dict:
+    """A finished run's result.json; a DataError naming it when it is not what `_finish`
+    writes (its scores are averaged into the job's results)."""
+    hint = "delete it to run this fold and seed again"
+    result = json_files.read_object(path, "a finished run's result", ("test", "valid"), hint)
+    for key in ("test", "valid"):
+        v = result[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise DataError(
+                f"{path}: a finished run's result is damaged ({key!r} is {json.dumps(v)[:40]}, "
+                f"not a finite number); {hint}"
+            )
+    return result
+
+
 def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | None:
     """Fine-tunes one (fold, seed); returns its result, or None when preempted."""
     path = os.path.join(run_dir, RESULT_FILE)
     if os.path.isfile(path):
-        return json_files.read_object(
-            path, "a finished run's result", hint="delete it to run this fold and seed again"
-        )
+        return _read_result(path)
     c, task = job.config, job.task
     t_start = time.time()
     batches = _train_batches(job, setup, fold, seed)
