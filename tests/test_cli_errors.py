@@ -47,77 +47,195 @@ def _cases(tmp):
     empty = tmp / "no_audio"
     empty.mkdir()
     (empty / "notes.txt").write_text("not audio")
+    return (
+        {
+            "unknown variant": (
+                TRAIN_M + ["--config", "configs/msm_mae.py:tinny", *wd],
+                "tinny",
+                {},
+            ),
+            "missing files path": (
+                TRAIN_PY + ["--config", "tiny", "--config.data.source=files:/nope", *wd],
+                "/nope",
+                {},
+            ),
+            "unknown source kind": (
+                TRAIN_M + ["--config", "tiny", "--config.data.source=file:/x", *wd],
+                "file:/x",
+                {},
+            ),
+            "logmel on device from lms": (
+                TRAIN_M
+                + ["--config", "tiny", f"--config.data.source=lms:{tmp}"]
+                + ["--config.data.logmel_on_device", *wd],
+                "data.logmel_on_device needs an audio source",
+                {},
+            ),
+            "bad int value": (
+                TRAIN_PY + ["--config", "tiny", "--config.batch_size=abc", *wd],
+                "abc",
+                {},
+            ),
+            "unknown key": (
+                TRAIN_M + ["--config", "tiny", "--config.batchsize=8", *wd],
+                "batchsize",
+                {},
+            ),
+            "missing workdir": (
+                TRAIN_PY + ["--config", "configs/msm_mae.py:tiny"],
+                "--workdir",
+                {},
+            ),
+            "missing platform": (
+                TRAIN_M + ["--config", "tiny", *wd],
+                MISSING_PLATFORM,
+                {"JAX_PLATFORMS": MISSING_PLATFORM},
+            ),
+            # A UserError raised inside train_and_evaluate, after jax started.
+            "no audio mid-start": (
+                TRAIN_M
+                + ["--config", "tiny", f"--config.data.source=files:{empty}"]
+                + ["--config.total_steps=0", *wd],
+                str(empty),
+                {},
+            ),
+            "eval missing csv": (
+                EVAL_PY + ["--baseline", "logmel", "--task", f"csv:{tmp / 'missing.csv'}"],
+                "missing.csv",
+                {},
+            ),
+            "eval bad float": (
+                EVAL_PY + ["--baseline", "logmel", "--task", "synthetic", "--unit_sec", "abc"],
+                "abc",
+                {},
+            ),
+            "eval missing checkpoint": (
+                EVAL_PY + ["--checkpoint", str(tmp / "nope_ckpt"), "--task", "synthetic"],
+                "nope_ckpt",
+                {},
+            ),
+            "embed missing input": (
+                [
+                    PY,
+                    "-m",
+                    "msm_mae_jax",
+                    "embed",
+                    "--checkpoint",
+                    ROOT,
+                    "--out",
+                    str(tmp / "e.npz"),
+                ]
+                + [str(tmp / "nope.wav")],
+                "nope.wav",
+                {},
+            ),
+            "unknown command": ([PY, "-m", "msm_mae_jax", "trian"], "trian", {}),
+            "finetune one class": (FINETUNE_PY + ft["one_class"], "has the class 'a'", {}),
+            "finetune empty split": (FINETUNE_M + ft["empty_split"], "test split of split is", {}),
+            "finetune unseen class": (
+                FINETUNE_PY + ft["unseen_class"],
+                "['c'] occur in the test",
+                {},
+            ),
+            "finetune unknown label": (
+                FINETUNE_M + ft["one_class"] + ["--label", "genre"],
+                "no label column 'genre'",
+                {},
+            ),
+        }
+        | _value_cases(tmp, wd, ft)
+        | _output_cases(tmp)
+    )
+
+
+def _value_cases(tmp, wd, ft):
+    """Values that used to be reinterpreted silently or to fail deep inside: refused at once,
+    naming the key or flag (the config rules are tested key by key in test_config_rules.py)."""
+    (tmp / "binary.csv").write_bytes(bytes(range(256)) * 4)  # not UTF-8 text
+    bin_task = ["--task", f"csv:{tmp / 'binary.csv'}"]
     return {
-        "unknown variant": (TRAIN_M + ["--config", "configs/msm_mae.py:tinny", *wd], "tinny", {}),
-        "missing files path": (
-            TRAIN_PY + ["--config", "tiny", "--config.data.source=files:/nope", *wd],
-            "/nope",
+        "negative total_steps": (
+            TRAIN_M + ["--config", "tiny", "--config.total_steps=-5", *wd],
+            "config.total_steps=-5 must be >= 0",
             {},
         ),
-        "unknown source kind": (
-            TRAIN_M + ["--config", "tiny", "--config.data.source=file:/x", *wd],
-            "file:/x",
+        "negative lr": (
+            TRAIN_PY + ["--config", "tiny", "--config.optim.lr=-1", *wd],
+            "config.optim.lr=-1.0 must be >= 0",
             {},
         ),
-        "logmel on device from lms": (
-            TRAIN_M
-            + ["--config", "tiny", f"--config.data.source=lms:{tmp}"]
-            + ["--config.data.logmel_on_device", *wd],
-            "data.logmel_on_device needs an audio source",
+        "nan blr": (
+            TRAIN_M + ["--config", "tiny", "--config.optim.blr=nan", *wd],
+            "config.optim.blr=nan: not a finite number",
             {},
         ),
-        "bad int value": (
-            TRAIN_PY + ["--config", "tiny", "--config.batch_size=abc", *wd],
-            "abc",
+        "finetune negative unit_sec": (
+            FINETUNE_M + ft["one_class"] + ["--config", "tiny", "--config.data.unit_sec=-1"],
+            "config.data.unit_sec=-1.0 must be >= 0",
             {},
         ),
-        "unknown key": (
-            TRAIN_M + ["--config", "tiny", "--config.batchsize=8", *wd],
-            "batchsize",
+        "eval negative unit-sec": (
+            EVAL_PY + ["--baseline", "logmel", "--task", "synthetic", "--unit-sec", "-1"],
+            "argument --unit-sec: '-1': expected a finite number >= 0",
             {},
         ),
-        "missing workdir": (TRAIN_PY + ["--config", "configs/msm_mae.py:tiny"], "--workdir", {}),
-        "missing platform": (
-            TRAIN_M + ["--config", "tiny", *wd],
-            MISSING_PLATFORM,
-            {"JAX_PLATFORMS": MISSING_PLATFORM},
-        ),
-        # A UserError raised inside train_and_evaluate, after jax started.
-        "no audio mid-start": (
-            TRAIN_M
-            + ["--config", "tiny", f"--config.data.source=files:{empty}"]
-            + ["--config.total_steps=0", *wd],
-            str(empty),
+        "eval nan unit-sec": (
+            EVAL_PY + ["--baseline", "logmel", "--task", "synthetic", "--unit-sec=nan"],
+            "argument --unit-sec: 'nan': expected a finite number >= 0",
             {},
         ),
-        "eval missing csv": (
-            EVAL_PY + ["--baseline", "logmel", "--task", f"csv:{tmp / 'missing.csv'}"],
-            "missing.csv",
+        "eval binary csv": (
+            EVAL_PY + ["--baseline", "logmel", *bin_task],
+            f"{tmp / 'binary.csv'}: not a UTF-8 text CSV (byte 0x80 at offset 128",
             {},
         ),
-        "eval bad float": (
-            EVAL_PY + ["--baseline", "logmel", "--task", "synthetic", "--unit_sec", "abc"],
-            "abc",
+        "finetune binary csv": (
+            FINETUNE_M + bin_task + ["--out", str(tmp / "bin.json")],
+            "binary.csv: not a UTF-8 text CSV",
             {},
         ),
-        "eval missing checkpoint": (
-            EVAL_PY + ["--checkpoint", str(tmp / "nope_ckpt"), "--task", "synthetic"],
-            "nope_ckpt",
+    }
+
+
+def _output_cases(tmp):
+    """An output location that cannot be written: one line before any work (the read-only
+    and full cases are in test_reliability_inputs.py)."""
+    (tmp / "a_file").write_text("x")
+    (tmp / "a_dir").mkdir()
+    wav = str(tmp / "c0.wav")
+    under_file, a_dir, a_file = str(tmp / "a_file" / "x"), str(tmp / "a_dir"), str(tmp / "a_file")
+    embed = [PY, "-m", "msm_mae_jax", "embed", "--checkpoint", str(tmp), wav]
+    prog = [PY, "-m", "msm_mae_jax"]
+    return {
+        "embed out is a folder": (embed + ["--out", a_dir], f"--out {a_dir} is a folder", {}),
+        "eval out below a file": (
+            EVAL_PY + ["--baseline", "logmel", "--task", "synthetic", "--out", under_file],
+            f"{a_file} is a file, not a folder",
             {},
         ),
-        "embed missing input": (
-            [PY, "-m", "msm_mae_jax", "embed", "--checkpoint", ROOT, "--out", str(tmp / "e.npz")]
-            + [str(tmp / "nope.wav")],
-            "nope.wav",
+        "finetune out is a folder": (
+            FINETUNE_M + ["--task", "synthetic", "--out", a_dir],
+            f"--out {a_dir} is a folder",
             {},
         ),
-        "unknown command": ([PY, "-m", "msm_mae_jax", "trian"], "trian", {}),
-        "finetune one class": (FINETUNE_PY + ft["one_class"], "has the class 'a'", {}),
-        "finetune empty split": (FINETUNE_M + ft["empty_split"], "test split of split is", {}),
-        "finetune unseen class": (FINETUNE_PY + ft["unseen_class"], "['c'] occur in the test", {}),
-        "finetune unknown label": (
-            FINETUNE_M + ft["one_class"] + ["--label", "genre"],
-            "no label column 'genre'",
+        "finetune workdir is a file": (
+            FINETUNE_M + ["--task", "synthetic", "--workdir", a_file],
+            f"--workdir {a_file} is a file",
+            {},
+        ),
+        "export out is a file": (
+            prog + ["export", "--workdir", str(tmp), "--out", a_file],
+            f"--out {a_file} is a file",
+            {},
+        ),
+        "prepare out below a file": (
+            prog + ["prepare", str(tmp), under_file],
+            f"OUT {under_file}: {a_file} is a file",
+            {},
+        ),
+        "convert out is a file": (
+            prog + ["convert", wav, a_file, "--per-batch-norm"],
+            f"OUT_DIR {a_file} is a file",
             {},
         ),
     }
@@ -211,3 +329,44 @@ def test_underscore_flags_are_hidden_aliases(capsys):
     assert "--unit_sec" not in capsys.readouterr().out
     with pytest.raises(common.UsageError, match="unrecognized arguments: --nope"):
         p.parse_args(["--nope"])
+
+
+_CRAFTED = """import os
+with open(os.environ["CRAFTED_LOG"], "a") as f:
+    f.write(os.path.abspath(__file__) + "\\n")
+raise SystemExit(9)
+"""
+
+
+def test_configs_in_the_current_directory_never_run_unless_named_by_path(tmp_path):
+    """Files named like the bundled configs in the current directory (each would log its run
+    and exit 9): variants, bundled names and the commands' defaults mean the bundled files;
+    only a spec written as a path (./msm_mae.py) runs a file from disk."""
+    log = tmp_path / "ran.log"
+    (tmp_path / "configs").mkdir()
+    for name in ("msm_mae.py", "finetune.py", "msm_mae", "configs/finetune.py"):
+        (tmp_path / name).write_text(_CRAFTED)
+    bad = ["--config.total_steps=-5", "--workdir", str(tmp_path / "run")]
+    no_task = ["--task", "csv:missing.csv", "--out", str(tmp_path / "r.json")]
+    ft = [PY, "-m", "msm_mae_jax", "finetune"]
+    cases = {  # -> what the bundled config's path through the command says
+        "variant": (TRAIN_M + ["--config", "tiny", *bad], "config.total_steps=-5"),
+        "bundled name": (TRAIN_M + ["--config", "msm_mae.py:tiny", *bad], "total_steps=-5"),
+        "bundled stem": (TRAIN_M + ["--config", "msm_mae:tiny", *bad], "total_steps=-5"),
+        "default": (TRAIN_PY + bad, "total_steps=-5"),
+        "finetune default": (ft + ["--random-init", "tiny", *no_task], "missing.csv"),
+        "finetune variant": (FINETUNE_M + ["--config", "tiny", *no_task], "missing.csv"),
+        "finetune bundled": (FINETUNE_PY + ["--config", "finetune.py:tiny", *no_task], "missing"),
+        "random init": (ft + ["--random-init", "msm_mae.py:tiny", *no_task], "missing.csv"),
+    }
+    env = {"CRAFTED_LOG": str(log)}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = {k: pool.submit(_run, cmd, env, tmp_path) for k, (cmd, _) in cases.items()}
+        results = {k: f.result() for k, f in futures.items()}
+    for name, (_, said) in cases.items():
+        r = results[name]
+        assert r.returncode == 2 and said in r.stderr, (name, r.returncode, r.stderr[-1500:])
+    assert not log.exists(), log.read_text()
+    # The control: the same file named by its path does run (so the checks above could fail).
+    r = _run(TRAIN_M + ["--config", "./msm_mae.py:tiny", *bad], env, tmp_path)
+    assert r.returncode == 9 and log.read_text() == f"{tmp_path / 'msm_mae.py'}\n"

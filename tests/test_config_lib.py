@@ -18,8 +18,10 @@ def test_dotted_overrides_and_unknown_keys():
         load_config("tiny", {"model.mask_ratoi": 0.5})
     with pytest.raises(ConfigError, match="unknown config key 'nope.x'"):
         load_config("tiny", {"nope.x": 1})
-    with pytest.raises(ConfigError, match="config file 'missing.py' not found"):
+    with pytest.raises(ConfigError, match="config file 'missing.py' is not a bundled config"):
         load_config("missing.py:tiny")
+    with pytest.raises(ConfigError, match="config file './missing.py' not found"):
+        load_config("./missing.py:tiny")
     with pytest.raises(ConfigError, match="unknown config variant 'tinny' in msm_mae.py; known"):
         load_config("configs/msm_mae.py:tinny")
 
@@ -33,7 +35,9 @@ def test_resolves_from_any_directory(tmp_path, monkeypatch):
         "VARIANTS = ('a',)\ndef get_config(arg=None):\n"
         "    import ml_collections\n    return ml_collections.ConfigDict({'v': arg})\n"
     )
-    assert load_config("mine.py:a").v == "a"
+    assert load_config("./mine.py:a").v == "a"  # a file of the user's: named by a path
+    with pytest.raises(ConfigError, match=r"not a bundled config .* e\.g\. \./mine\.py"):
+        load_config("mine.py:a")
 
 
 def test_wheel_holds_every_package_and_the_configs(tmp_path):

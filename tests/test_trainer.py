@@ -19,7 +19,7 @@ from configs.msm_mae import get_config
 from msm_mae_jax.core.errors import ConfigError
 from msm_mae_jax.data import pipeline
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.train import checkpoints, loop, optim
+from msm_mae_jax.train import checkpoints, loop, optim, preemption
 from msm_mae_jax.train.state import Setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -323,23 +323,37 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
-    wd = str(tmp_path)
-    p = subprocess.Popen(
-        _train_cmd(wd, "--config.total_steps=100000", "--config.ckpt_every_steps=100000"),
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _wait_for_step(p, wd, 2)
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err[-3000:]
-    final = json.loads(out.strip().splitlines()[-1])["final"]
-    assert final["preempted"] is True
-    steps = checkpoints.Checkpointer(wd).all_steps()
-    logged = max(r["step"] for r in read_metrics(wd))
-    assert steps == [final["step"]] and final["step"] == logged >= 2
+    """SIGTERM (a preemption notice) saves the step reached and exits with status 3 and one
+    line saying so (not 0: `train && export` must not take the run for finished); the same
+    command resumes from that step, and a second SIGTERM does the same again."""
+    wd = str(tmp_path / "run")
+    cmd = _train_cmd(wd, "--config.total_steps=100000", "--config.ckpt_every_steps=100000")
+    saved = 0
+    for attempt in range(2):
+        p = subprocess.Popen(
+            cmd,
+            env=_env(tmp_path / "jax_cache"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for_step(p, wd, saved + 2)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == preemption.EXIT_PREEMPTED == 3, err[-3000:]
+        final = json.loads(out.strip().splitlines()[-1])["final"]
+        assert final["preempted"] is True
+        steps = checkpoints.Checkpointer(wd).all_steps()
+        logged = max(r["step"] for r in read_metrics(wd))
+        assert steps[-1] == final["preempted_at"] == logged >= saved + 2, (steps, final)
+        said = [x for x in err.splitlines() if "stopped by SIGTERM" in x]
+        assert said == [
+            f"{os.path.basename(cmd[1])}: stopped by SIGTERM (preemption); step {steps[-1]} "
+            f"saved in {wd}: run the same command again to continue (exit status 3)"
+        ], err[-2000:]
+        resumed = f"resumed from {os.path.join(wd, 'checkpoints', str(saved))}\n"
+        assert (resumed in out) == (attempt == 1), out[-2000:]
+        saved = steps[-1]
 
 
 def test_lean_step_equals_full_step_without_parameter_norms():

@@ -2,7 +2,8 @@
 
 A user's mistake (`core.errors.UserError`, a bad flag) ends the command with one line on
 stderr, `PROG: error: MESSAGE`, and exit status 2; Ctrl-C with `PROG: interrupted` and status
-130; anything else keeps its traceback (status 1). Long
+130; a run that SIGTERM stopped after saving (`train`, `finetune`) with status 3
+(`train.preemption.EXIT_PREEMPTED`); anything else keeps its traceback (status 1). Long
 flags are hyphenated (`--unit-sec`); the underscore spellings (`--unit_sec`) are accepted as
 hidden aliases. Nothing here imports jax until `backend_line` is called.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import os
 import re
 import sys
@@ -41,6 +43,28 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: ANN201 (never returns)
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def number(
+    kind: type = float, low: float | None = None, *, above: bool = False, note: str = ""
+) -> Callable[[str], float]:
+    """An argparse `type`: a finite `kind` (int or float) >= `low` (> `low` when `above`);
+    anything else is a usage error saying what the flag takes (`note`: what a sentinel
+    value means, e.g. " (0: the longest clip)")."""
+    noun = "an integer" if kind is int else "a finite number"
+    what = noun if low is None else f"{noun} {'>' if above else '>='} {low:g}{note}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        bad = low is not None and (value <= low if above else value < low)
+        if bad or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        return value
+
+    return parse
 
 
 def hyphenate(argv: Sequence[str]) -> list[str]:

@@ -31,10 +31,14 @@ def build_parser(prog: str) -> common.Parser:
     add("out_dir", help="output encoder artifact directory")
     add("--input-size", type=_size, help="FxT, e.g. 80x208 (default: run name)")
     add("--patch-size", type=_size, help="phxpw, e.g. 16x16 (default: run name)")
-    add("--num-heads", type=int, help="encoder heads (default: width / 64)")
-    add("--decoder-num-heads", type=int, help="decoder heads (default: width / 64)")
-    add("--norm-mean", type=float, help="log-mel mean of your data")
-    add("--norm-std", type=float, help="log-mel std of your data")
+    add("--num-heads", type=common.number(int, 1), help="encoder heads (default: width / 64)")
+    add(
+        "--decoder-num-heads",
+        type=common.number(int, 1),
+        help="decoder heads (default: width / 64)",
+    )
+    add("--norm-mean", type=common.number(float), help="log-mel mean of your data")
+    add("--norm-std", type=common.number(float, 0, above=True), help="log-mel std of your data")
     add(
         "--per-batch-norm",
         action="store_true",
@@ -58,8 +62,11 @@ def _convert(argv: list[str], prog: str) -> int:
             "give --norm-mean/--norm-std (statistics of your data) or --per-batch-norm; "
             "the official checkpoints carry no normalisation statistics"
         )
+    from msm_mae_jax.core import outputs
     from msm_mae_jax.core.errors import UserError
     from msm_mae_jax.data.normalization import NormStats
+
+    outputs.check_dir(a.out_dir, "OUT_DIR")  # before the weights are read
     from msm_mae_jax.model.convert import convert
 
     try:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 
 from msm_mae_jax.cli import common
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.core.errors import UserError
 
 
@@ -37,13 +37,13 @@ def build_parser(prog: str) -> common.Parser:
     add("--frames", action="store_true", help="also store per-file frame embeddings")
     add(
         "--step",
-        type=int,
+        type=common.number(int, 0),
         metavar="N",
         help="checkpoint step of a training workdir (default: latest)",
     )
     add(
         "--batch-size",
-        type=int,
+        type=common.number(int, 1),
         metavar="N",
         default=32,
         help="clips per encoder call (default: 32)",
@@ -66,12 +66,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae embed") -> int:
 def _embed(argv: list[str], prog: str) -> int:
     p = build_parser(prog)
     args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error(f"--batch-size {args.batch_size}: must be >= 1")
     if not fs.exists(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
-    if fs.isdir(args.out):
-        raise UserError(f"--out {args.out} is a directory; give the .npz file to write")
+    outputs.check_file(args.out, example="embeddings.npz")  # before any work
     from msm_mae_jax.features import embed
 
     items = embed.find_audio(args.inputs)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from msm_mae_jax.cli import common, task_args
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.core.errors import UserError
 
 
@@ -75,14 +75,14 @@ def _add_probe_args(add: Any) -> None:
     )
     add(
         "--unit-sec",
-        type=float,
+        type=common.number(float, 0, note=" (0: the longest clip)"),
         metavar="SEC",
         default=0.0,
         help="clip length in seconds (pad/crop as EVAR); 0 (default): longest clip, <= 10 s",
     )
     add(
         "--seeds",
-        type=int,
+        type=common.number(int, 1),
         metavar="N",
         default=3,
         help="classifier seeds, mean ± std (default: 3)",
@@ -95,24 +95,29 @@ def _add_probe_args(add: Any) -> None:
         help="the seeds are N, N+1, ...; the first also draws the random crops of training "
         "clips (default: 42, EVAR's 42, 43, 44)",
     )
-    add("--lr", type=float, default=3e-4, help="probe learning rate (default: 3e-4)")
+    add(
+        "--lr",
+        type=common.number(float, 0, above=True),
+        default=3e-4,
+        help="probe learning rate (default: 3e-4)",
+    )
     add(
         "--max-epochs",
-        type=int,
+        type=common.number(int, 1),
         metavar="N",
         default=200,
         help="probe epochs at most (default: 200)",
     )
     add(
         "--patience",
-        type=int,
+        type=common.number(int, 0),
         metavar="N",
         default=20,
         help="early-stopping patience (default: 20)",
     )
     add(
         "--batch-size",
-        type=int,
+        type=common.number(int, 1),
         metavar="N",
         default=32,
         help="clips per encoder call (default: 32)",
@@ -143,6 +148,8 @@ def _evaluate(argv: list[str], prog: str) -> int:
         p.error(f"--seeds {args.seeds} --first-seed {args.first_seed}: need >= 1 and >= 0")
     if args.suite is not None:
         return _suite(args, prog, p)
+    if args.out:
+        outputs.check_file(args.out)  # before the extraction, not after it
     from msm_mae_jax.evaluation import linear
 
     try:

@@ -17,7 +17,9 @@ def build_parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     p.add_argument("--workdir", required=True, help="training run directory")
     p.add_argument("--out", required=True, help="directory to write the encoder artifact to")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument(
+        "--step", type=common.number(int, 0), default=None, help="checkpoint step (default: latest)"
+    )
     return p
 
 
@@ -27,7 +29,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae export") -> int
 
 def _export(argv: list[str], prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
+    from msm_mae_jax.core import outputs
     from msm_mae_jax.core.errors import UserError
+
+    outputs.check_dir(args.out)  # before jax starts
     from msm_mae_jax.train.export import export
 
     try:

@@ -11,7 +11,7 @@ config.num_seeds seeds are fine-tuned; the results (mean ± std of the test accu
 for multi-label tasks) are printed and written to --out. Runs live in --workdir (default: the
 --out path without .json, plus `_finetune`); the same command again resumes them.
 Exit status: 0 done, 2 a mistake in the arguments or data (one line on stderr), 3 stopped by
-SIGTERM (state saved; run the same command again to continue). The logic lives in
+SIGTERM (state saved; run the same command again to continue), 130 Ctrl-C. The logic lives in
 msm_mae_jax/evaluation/finetune/.
 """
 
@@ -24,14 +24,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from msm_mae_jax.cli import common, task_args
+from msm_mae_jax.core import outputs
 from msm_mae_jax.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from msm_mae_jax.model.config import ModelConfig
 
-CONFIG_FILE = "configs/finetune.py"
+CONFIG_FILE = "finetune.py"  # the bundled file, whatever the current directory holds
 DEFAULT_CONFIG = f"{CONFIG_FILE}:base"
-EXIT_PREEMPTED = 3
 
 
 def build_parser(prog: str) -> common.Parser:
@@ -62,14 +62,17 @@ def build_parser(prog: str) -> common.Parser:
 def load_config(spec: str, extras: Sequence[str]):
     """The fine-tuning config of `spec` with the `--config.KEY=VALUE` overrides applied."""
     from msm_mae_jax.cli import config_args
+    from msm_mae_jax.evaluation.finetune import config_rules
 
-    try:  # a bare VARIANT names configs/finetune.py, not this command's finetune.py
-        return config_args.parse_config(spec, extras, default_file=CONFIG_FILE)
+    try:  # a bare VARIANT names the bundled finetune.py
+        config = config_args.parse_config(spec, extras, default_file=CONFIG_FILE)
     except AttributeError:
         raise ConfigError(
             f"--config {spec}: not a config file (no get_config()); the fine-tuning configs "
             f"are {CONFIG_FILE}:VARIANT"
         ) from None
+    config_rules.check_config(config)
+    return config
 
 
 def random_model_config(spec: str) -> ModelConfig:
@@ -94,6 +97,9 @@ def _finetune(argv: list[str], prog: str) -> int:
     args, extras = build_parser(prog).parse_known_args(argv)
     config = load_config(args.config, extras)
     workdir = args.workdir or default_workdir(args.out)
+    if args.out:  # the outputs before any work
+        outputs.check_file(args.out)
+    outputs.check_dir(workdir, "--workdir" if args.workdir else "--workdir (from --out)")
     if args.checkpoint and not os.path.exists(args.checkpoint):
         raise ConfigError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
     if args.random_init:
@@ -102,6 +108,7 @@ def _finetune(argv: list[str], prog: str) -> int:
     # reported in a second, not after the accelerator and the model have been set up.
     task = task_args.parse_task(args)
     from msm_mae_jax.evaluation.finetune import results, run
+    from msm_mae_jax.train import preemption
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     log(f"{prog}: {common.backend_line()}")
@@ -112,11 +119,8 @@ def _finetune(argv: list[str], prog: str) -> int:
     )
     result = run.finetune(task, encoder, config, workdir, log=log, progress=not args.no_progress)
     if result is None:
-        log(
-            f"{prog}: stopped by SIGTERM; state saved in {workdir}: run the same command "
-            "again to continue"
-        )
-        return EXIT_PREEMPTED
+        log(f"{prog}: {preemption.stopped_message(workdir)}")
+        return preemption.EXIT_PREEMPTED
     print(results.format_table(result))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

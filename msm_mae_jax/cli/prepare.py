@@ -20,13 +20,20 @@ def build_parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     p.add_argument("src", help="audio directory, glob, or files: spec")
     p.add_argument("out", help="output directory (created; re-run to resume)")
-    p.add_argument("--shard-size", type=int, default=1024, help="files per shard (default: 1024)")
-    p.add_argument("--workers", type=int, default=0, help="processes (default 0: all cores)")
+    p.add_argument(
+        "--shard-size",
+        type=common.number(int, 1),
+        default=1024,
+        help="files per shard (default: 1024)",
+    )
+    p.add_argument(
+        "--workers", type=common.number(int, 0), default=0, help="processes (default 0: all cores)"
+    )
     p.add_argument("--dtype", choices=DTYPES, default="float16", help="default: float16")
     p.add_argument("--pattern", default="*", help="comma-separated globs below a directory")
     p.add_argument(
         "--max-seconds",
-        type=float,
+        type=common.number(float, 0, note=" (0: whole files)"),
         default=0.0,
         help="keep only the first N seconds of each file (default 0: whole files)",
     )
@@ -39,7 +46,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae prepare") -> in
 
 def _prepare(argv: list[str], prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
+    from msm_mae_jax.core import outputs
     from msm_mae_jax.core.errors import UserError
+
+    outputs.check_dir(args.out, "OUT")  # before any file is read
     from msm_mae_jax.data.prepare import prepare
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

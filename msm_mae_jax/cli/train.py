@@ -9,6 +9,8 @@ the run (batch size, seed, data, schedule, optimiser) are refused unless
 same command on every host (TPU pods and SLURM/Open MPI jobs are detected), or pass
 --config.coordinator_address=host:port --config.num_processes=N --config.process_id=I.
 The config, the data source and the paths are checked before jax or TensorFlow start.
+Exit status: 0 done, 2 a mistake in the arguments, config or data (one line on stderr), 3
+stopped by SIGTERM (a checkpoint saved; run the same command again to continue), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import difflib
 import glob
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 
@@ -25,8 +28,9 @@ import ml_collections
 from msm_mae_jax.cli import common, config_args
 from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import ConfigError, DataError
+from msm_mae_jax.train import config_rules
 
-DEFAULT_CONFIG = "configs/msm_mae.py"
+DEFAULT_CONFIG = "msm_mae.py"  # the bundled file, whatever the current directory holds
 
 
 def build_parser(prog: str, spec: str) -> common.Parser:
@@ -40,8 +44,9 @@ def build_parser(prog: str, spec: str) -> common.Parser:
         "--config",
         default=DEFAULT_CONFIG,
         metavar="PATH[:VARIANT]",
-        help="config file and variant: a path, a bundled name (msm_mae.py) or just a "
-        f"variant (default: {DEFAULT_CONFIG}, its default variant)",
+        help="config file and variant: a bundled name (msm_mae.py) or just a variant, or "
+        "a path with a separator (./mine.py) for a file of yours (default: the bundled "
+        f"{DEFAULT_CONFIG}, its default variant)",
     )
     p.add_argument(
         "--workdir", required=True, help="run directory: checkpoints, logs, figures (resumes)"
@@ -125,13 +130,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae train") -> int:
 def _train(argv: list[str], prog: str) -> int:
     args, extras = build_parser(prog, _prescan_config(argv)).parse_known_args(argv)
     config = config_args.parse_config(args.config, extras)
+    config_rules.check_config(config)
     check_sources(config)
     check_workdir(args.workdir)
     common.setup_logging()
 
     import jax
 
-    from msm_mae_jax.train import distributed, loop
+    from msm_mae_jax.train import distributed, loop, preemption
 
     # The multi-process set-up must come before anything touches a device.
     line = common.backend_line(init=lambda: distributed.initialize(config))
@@ -142,4 +148,9 @@ def _train(argv: list[str], prog: str) -> int:
     )
     if jax.process_index() == 0:
         print(json.dumps({"final": result}, default=float), flush=True)
+    if result.get("preempted"):
+        if jax.process_index() == 0:
+            line = preemption.stopped_message(args.workdir, result.get("preempted_at"))
+            print(f"{prog}: {line}", file=sys.stderr, flush=True)
+        return preemption.EXIT_PREEMPTED
     return 0

@@ -1,10 +1,16 @@
 """Config files: finding them from any directory, loading a variant, applying overrides.
 
-A spec is `[FILE][:VARIANT]`. FILE is a path (absolute or relative to the working
-directory), or the name of a bundled config (`configs/msm_mae.py`, `msm_mae.py`, `msm_mae`):
-the project's `configs/` folder is installed as the package `msm_mae_jax.configs`, so the
-same spec works from any directory and in a non-editable install. A bare `VARIANT` uses the
-default file (`msm_mae.py`, or the one the command names). Each file defines
+A spec is `[FILE][:VARIANT]`. Which file it names:
+
+- no FILE (`tiny`, or nothing): the command's default bundled config (`msm_mae.py`);
+- a FILE without a path separator (`msm_mae.py`, `msm_mae`, `finetune.py`): the bundled
+  config of that name, never a file of the current directory;
+- a FILE with a separator (`./mine.py`, `configs/msm_mae.py`, `/abs/x.py`, `~/x.py`): that
+  file on disk, the only way a file of the user's is run; where it does not exist and it is
+  `configs/NAME.py` (the checkout's folder of bundled configs), the bundled NAME.py.
+
+The project's `configs/` folder is installed as the package `msm_mae_jax.configs`, so the
+same spec works from any directory and in a non-editable install. Each file defines
 `get_config(variant)` returning an `ml_collections.ConfigDict` and a `VARIANTS` tuple.
 """
 
@@ -45,24 +51,40 @@ def split_spec(spec: str, default_file: str = DEFAULT_FILE) -> tuple[str, str]:
     if ":" in spec:
         path, _, variant = spec.rpartition(":")
         return path or default_file, variant
-    if spec.endswith(".py") or os.sep in spec:
+    if spec.endswith(".py") or is_path(spec):
         return spec, ""
     return default_file, spec
 
 
+def is_path(name: str) -> bool:
+    """Whether a config FILE is written as a path (holds a separator): only those are read
+    from disk; a bare name means a bundled config."""
+    seps = {"/", os.sep, os.altsep} - {None}
+    return name.startswith("~") or any(s in name for s in seps)
+
+
 def resolve_file(path: str) -> str:
-    """A config file path: as given if it exists, else the bundled file of that name."""
+    """The config file a FILE part names (see the module docstring); ConfigError if none."""
+    bundled_names = ", ".join(bundled_files())
+    if not is_path(path):
+        name = path if path.endswith(".py") else path + ".py"
+        bundled = os.path.join(bundled_dir(), name)
+        if os.path.isfile(bundled):
+            return bundled
+        raise ConfigError(
+            f"config file {path!r} is not a bundled config ({bundled_names}); a config file "
+            f"of your own is named by its path, e.g. ./{name}"
+        )
     expanded = os.path.expanduser(path)
     if os.path.isfile(expanded):
         return os.path.abspath(expanded)
-    name = os.path.basename(expanded)
-    name = name if name.endswith(".py") else name + ".py"
+    parent, name = os.path.split(os.path.normpath(expanded))
     bundled = os.path.join(bundled_dir(), name)
-    if os.path.isfile(bundled):
+    if os.path.basename(parent) == "configs" and os.path.isfile(bundled):
         return bundled
     raise ConfigError(
-        f"config file {path!r} not found (neither as a path from {os.getcwd()} nor among "
-        f"the bundled configs: {', '.join(bundled_files())})"
+        f"config file {path!r} not found (relative paths start at {os.getcwd()}; the bundled "
+        f"configs, named without a path: {bundled_names})"
     )
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, json_files
+from msm_mae_jax.core.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +47,16 @@ class NormStats:
         fs.write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
-    def load(cls, path: str) -> NormStats:
-        return cls.from_dict(json.loads(fs.read_text(path)))
+    def load(cls, path: str, hint: str = "") -> NormStats:
+        """From a JSON file; a DataError naming it (and `hint`: what to do) when damaged."""
+        d = json_files.read_object(path, "the normalisation statistics", ("mean", "std"), hint)
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            hint = f"; {hint}" if hint else ""
+            raise DataError(
+                f"{path}: the normalisation statistics are damaged ({e}){hint}"
+            ) from None
 
 
 @dataclasses.dataclass

@@ -204,13 +204,18 @@ def compute_norm_stats(config, seed: int = 0) -> NormStats:  # noqa: ANN001
     )
     ds = _frontend_map(ds, NormStats(0.0, 1.0)).prefetch(2)
     acc, seen = NormAccumulator(), 0
-    for batch in ds.with_options(_options()).as_numpy_iterator():
-        lms_BFT, valid_B = batch["lms"][:, 0, :, :][: n - seen], batch["frames"][: n - seen]
-        mask_BT = np.arange(lms_BFT.shape[2])[None, :] < valid_B[:, None]
-        acc.add(lms_BFT.transpose(0, 2, 1)[mask_BT])
-        seen += len(valid_B)
-        if seen >= n:
-            break
+    # A BatchIterator: a source's DataError (no file decodes) arrives as itself, one line.
+    batches = BatchIterator(ds.with_options(_options()), source.report, 0)
+    try:
+        for batch in batches:
+            lms_BFT, valid_B = batch["lms"][:, 0, :, :][: n - seen], batch["frames"][: n - seen]
+            mask_BT = np.arange(lms_BFT.shape[2])[None, :] < valid_B[:, None]
+            acc.add(lms_BFT.transpose(0, 2, 1)[mask_BT])
+            seen += len(valid_B)
+            if seen >= n:
+                break
+    finally:
+        batches.close()
     stats = acc.stats()
     log.info("normalisation statistics over %d crops: mean %.4f std %.4f", n, stats.mean, stats.std)
     return stats

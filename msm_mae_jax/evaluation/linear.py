@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from msm_mae_jax.evaluation import probe
+from msm_mae_jax.evaluation import probe, task_checks
 from msm_mae_jax.evaluation.embeddings import (  # noqa: F401 (the public names of linear.py)
     BASELINES,
     CACHE_VERSION,
@@ -116,6 +116,7 @@ def evaluate(
     if skipped:
         log(f"skipped {len(skipped)} clip(s) that could not be decoded")
         task = task.without([s["index"] for s in skipped])
+    checks = task_checks.report(task, log)  # repeated clips, test clips also trained on
     t0 = time.time()
     metric = "mAP" if task.multilabel else "accuracy"
     train_rows = getattr(feats, "train_rows", lambda name: feats[name])
@@ -154,6 +155,7 @@ def evaluate(
         },
     }
     out["skipped"] = {"count": len(skipped), "clips": skipped}
+    out["task_checks"] = checks
     if len(results) > 1:
         out["layers"] = results
     return out

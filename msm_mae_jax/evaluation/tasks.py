@@ -39,6 +39,7 @@ from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import DataError, TaskError
 from msm_mae_jax.data import audio_io, synthetic
 from msm_mae_jax.data.sources import AudioSource, FileSource, SyntheticSource, TfdsSource
+from msm_mae_jax.evaluation import task_checks
 from msm_mae_jax.evaluation.labels import encode_labels
 from msm_mae_jax.evaluation.splits import (
     SPLIT_NAMES,
@@ -146,13 +147,8 @@ def _check_task(task: Task, where: str) -> Task:
 
 
 def _read_csv(path: str) -> tuple[list[dict], list[str]]:
-    """(rows, columns); a byte-order mark (Excel's UTF-8 CSVs) is not part of the header."""
-    if not fs.isfile(path):
-        raise TaskError(f"task CSV not found: {path}")
-    with fs.open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        columns = list(reader.fieldnames or [])
+    """(rows, columns); not found, not UTF-8 text, no rows: a TaskError naming the file."""
+    rows, columns = task_checks.read_csv(path)
     if not rows:
         raise TaskError(f"{path}: no data rows")
     return rows, columns

@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from msm_mae_jax import __version__
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, json_files
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model.config import ModelConfig
 
@@ -65,17 +65,21 @@ def load_model_dir(path: str) -> tuple[ModelConfig, Any, NormStats, dict]:
     meta_path = fs.join(path, META_FILE)
     if not fs.isfile(meta_path):
         raise FileNotFoundError(f"{path}: not an msm_mae_jax model directory (no {META_FILE})")
-    meta = json.loads(fs.read_text(meta_path))
+    meta = json_files.read_object(
+        meta_path, "the model's metadata", hint="export or convert the model again"
+    )
     if meta.get("format") != FORMAT:
         raise ValueError(
             f"{meta_path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}"
         )
+    try:
+        model_config = ModelConfig.from_dict(meta["model"])
+        norm_stats = NormStats.from_dict(meta["norm_stats"])
+    except (KeyError, TypeError, ValueError) as e:  # entries a save never writes
+        raise ValueError(
+            f"{meta_path}: the model's metadata is damaged ({type(e).__name__}: {e}); export "
+            "or convert the model again"
+        ) from None
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(fs.join(fs.absolute(path), PARAMS_DIR))
-    params = jax.tree.map(np.asarray, params)
-    return (
-        ModelConfig.from_dict(meta["model"]),
-        params,
-        NormStats.from_dict(meta["norm_stats"]),
-        meta,
-    )
+    return model_config, jax.tree.map(np.asarray, params), norm_stats, meta

@@ -4,7 +4,7 @@
         [--num-heads H] [--decoder-num-heads H] (--norm-mean M --norm-std S | --per-batch-norm)
 
 SRC is an official checkpoint (`.pth`: `{'model': state_dict, ...}` or a bare state dict;
-needs PyTorch, loaded with `weights_only=True`) or a `.npz` with the same names. The input
+needs PyTorch; no code from the file runs) or a `.npz` with the same names. The input
 and patch sizes come from the run-name prefix of the checkpoint's folder
 (`80x208p16x16_...`), else from the flags, else from the tensors (80 mel bins, the patch from
 the patch-embedding kernel, the frames from the positional table). [CLS] is on when
@@ -23,7 +23,9 @@ The name and tensor mapping is in `model/state_dict.py`.
 
 from __future__ import annotations
 
+import argparse
 import io
+import re
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -66,11 +68,12 @@ def load_state_dict(src: str) -> dict[str, np.ndarray]:
             "enough), or convert it to a .npz of the same names"
         ) from e
     try:
-        ckpt = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConversionError(
-            f"{src}: cannot be read as a PyTorch checkpoint (weights_only=True): {e}"
-        ) from e
+        # Only tensors and plain containers are unpickled (nothing runs); training scripts of
+        # the MAE family also store their argparse.Namespace, a plain container too.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (torch raises many kinds for one bad file)
+        raise _unreadable(src, e) from None
     sd = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(sd, Mapping):
         raise ConversionError(
@@ -82,6 +85,24 @@ def load_state_dict(src: str) -> dict[str, np.ndarray]:
             raise ConversionError(f"{src}: entry {k!r} is a {type(v).__name__}, not a tensor")
         out[k] = v.detach().cpu().float().numpy()
     return out
+
+
+def _unreadable(src: str, e: Exception) -> ConversionError:
+    """What a `.pth` that torch does not read is, in one line (torch's own advice, to load
+    without its safety check, is not repeated: loading may run code from the file)."""
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return ConversionError(
+            f"{src}: not a plain state-dict checkpoint: it stores a Python object "
+            f"({found.group(1)}) that is not loaded, for safety; save "
+            "{'model': model.state_dict()} (or a .npz of the same names) and convert that"
+        )
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
+    detail = "" if not first or "eights only" in first or "weights_only" in first else f": {first}"
+    return ConversionError(
+        f"{src}: a damaged file, or not a PyTorch checkpoint ({type(e).__name__}{detail})"
+    )
 
 
 # What a malformed .npz raises: not a zip or cut short (BadZipFile, EOFError), a member that
@@ -136,9 +157,10 @@ def convert(
         input_size = from_path[0]
     if patch_size is None and from_path:
         patch_size = from_path[1]
+    state_dict = load_state_dict(src)  # its errors name the file
     try:
         kw, params = state_dict_to_params(
-            load_state_dict(src),
+            state_dict,
             input_size=input_size,
             patch_size=patch_size,
             num_heads=num_heads,

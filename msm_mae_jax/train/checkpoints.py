@@ -29,6 +29,7 @@ from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import ConfigError, UserError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.train import checkpoint_meta
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,15 @@ class Checkpointer:
         return out["state"], dict(out["meta"])
 
     def restore_meta(self, step: int) -> dict:
-        out = self.manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(out["meta"])
+        """The step's metadata; checkpoint_meta.MetaError (naming the file) when damaged."""
+        path = fs.join(self.directory, str(step), "meta", "metadata")
+        try:
+            out = self.manager.restore(
+                int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise checkpoint_meta.unreadable(path, e) from None
+        return checkpoint_meta.check(out["meta"], path)
 
     def restore_newest(
         self, abstract_state: Any, check_meta: Callable[[int, dict], None]
@@ -223,8 +231,8 @@ class Checkpointer:
 
 def describe_error(e: BaseException) -> str:
     """The innermost cause of a failure, on one line (tensorstore specs left out)."""
-    while (e.__cause__ or e.__context__) is not None:
-        e = e.__cause__ or e.__context__
+    while (inner := e.__cause__ or (None if e.__suppress_context__ else e.__context__)) is not None:
+        e = inner  # (an error raised `from None` already says what its cause was)
     text = re.sub(r"\s*\[tensorstore_spec=.*", "", str(e), flags=re.S)
     text = re.sub(r"\s+", " ", text).strip()
     if len(text) > 320:  # what failed comes first, why (the OS error) last: keep both ends
@@ -332,7 +340,8 @@ def load_encoder_from_workdir(
         workdir, step, lambda t: {"params": {"encoder": t["params"]["encoder"]}}
     )
     params = out["params"]["encoder"]
-    return ModelConfig.from_dict(meta["model"]), params, NormStats.from_dict(meta["norm_stats"])
+    model_config, norm_stats = checkpoint_meta.model_objects(meta, checkpoint_dir(workdir))
+    return model_config, params, norm_stats
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import re
-import signal
-import threading
 import time
 from typing import Any
 
@@ -27,11 +26,14 @@ from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.data.tf_setup import tensorflow
 from msm_mae_jax.model import mae
 from msm_mae_jax.train import (
+    checkpoint_meta,
     checkpoints,
+    config_rules,
     distributed,
     hooks,
     metrics,
     optim,
+    preemption,
     resume,
     workdir_lock,
 )
@@ -46,35 +48,12 @@ class NonFiniteError(UserError, FloatingPointError):
 
 
 # ---- the loop -----------------------------------------------------------------------------------
-class _Preemption:
-    """SIGTERM -> save and exit at the next step boundary (all processes at the same step)."""
-
-    def __init__(self, manager):
-        self.flag = False
-        self.manager = manager
-        self._old = None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.flag = True
-
-    def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:  # jax's preemption sync: same step on every process
-            return self.flag or bool(self.manager.reached_preemption(step))
-        return self.flag
-
-    def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-
 def _norm_stats(config, workdir: str, ckpt_meta: dict | None, is_main: bool) -> NormStats:
     path = fs.join(workdir, "norm_stats.json")
     if ckpt_meta is not None:
         return NormStats.from_dict(ckpt_meta["norm_stats"])
-    if fs.isfile(path):
-        return NormStats.load(path)
+    if fs.isfile(path):  # the statistics of a run stopped before its first checkpoint
+        return NormStats.load(path, hint="delete it to estimate them again")
     if config.data.norm_std > 0:
         stats = NormStats(float(config.data.norm_mean), float(config.data.norm_std))
     else:
@@ -103,11 +82,12 @@ def _restore(
     changes: list = []
 
     def check_meta(step: int, meta: dict) -> None:
-        if meta["model"] != mc.to_dict():
+        saved, _ = checkpoint_meta.model_entries(meta, fs.join(ckpt.directory, str(step)))
+        if saved != mc.to_dict():
             raise ConfigError(
-                f"{workdir}: the checkpoint at step {step} has model config "
-                f"{meta['model']}, the config asks for {mc.to_dict()}; use a new "
-                "workdir or the same config.model"
+                f"{workdir}: the checkpoint at step {step} is another model: "
+                f"{_model_diff(saved, mc.to_dict())} (checkpoint -> config); use a "
+                "new workdir or the checkpoint's config.model"
             )
         changes[:] = resume.check_config_change(
             meta.get("config", {}),
@@ -119,6 +99,17 @@ def _restore(
     with setup.activate():
         restored = ckpt.restore_newest(setup.abstract_state, check_meta)
     return restored, changes
+
+
+def _model_diff(saved: dict, asked: dict) -> str:
+    """'model.depth 2 -> 4, model.embed_dim 64 -> 128': only the keys that differ."""
+    same = lambda a, b: json.dumps(a) == json.dumps(b)  # noqa: E731 (tuples equal lists)
+    keys = sorted(set(saved) | set(asked), key=str)
+    return ", ".join(
+        f"model.{k} {saved.get(k, '(none)')!r} -> {asked.get(k, '(none)')!r}"
+        for k in keys
+        if not same(saved.get(k), asked.get(k))
+    )
 
 
 def _start_line(config, setup: Setup, state: TrainState, process_count: int, start: int) -> str:
@@ -190,13 +181,15 @@ def _data_error(e: Exception, source: str) -> DataError | None:
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
 ) -> dict[str, Any]:
-    """Trains (or resumes) in `workdir`; returns the last logged metrics and `preempted`.
+    """Trains (or resumes) in `workdir`; returns the last logged metrics and `preempted`
+    (SIGTERM: saved at step `preempted_at` and stopped; `train/preemption.py`).
 
     One trainer per workdir (train/workdir_lock.py). Resuming takes the newest checkpoint
     that restores (damaged ones are moved aside) and refuses config changes that would make
     another run unless `allow_config_change` (train/resume.py)."""
     from msm_mae_jax.data import pipeline  # noqa: PLC0415 (TF: imported when training)
 
+    config_rules.check_config(config)
     process_index, process_count = distributed.initialize(config)
     is_main = process_index == 0
     workdir = fs.absolute(workdir)
@@ -210,7 +203,7 @@ def train_and_evaluate(
         setup = Setup(config, schedule)
         ckpt = checkpoints.Checkpointer(workdir, keep=int(config.keep_checkpoints))
         cleanup.callback(ckpt.close)  # waits for the async save in flight
-        preempt = _Preemption(ckpt.manager)
+        preempt = preemption.Preemption(ckpt.manager)
         cleanup.callback(preempt.restore)
         restored, changes = _restore(setup, ckpt, workdir, allow_config_change)
         start = restored.step if restored is not None else 0
@@ -325,4 +318,6 @@ def train_and_evaluate(
             )
             raise
     last["preempted"] = preempted
+    if preempted:
+        last["preempted_at"] = step  # the step saved
     return last

@@ -29,7 +29,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.core.errors import TaskError, UserError
 from msm_mae_jax.core.names import path_component
 from msm_mae_jax.evaluation import linear, tasks
@@ -125,14 +125,14 @@ class Outcome:
 
 
 def check_out_dir(out_dir: str, suite_dir: str) -> None:
-    """The results folder must not be the tasks' folder (NAME.json would be overwritten)."""
+    """The results folder can be written and is not the tasks' folder (NAME.json would be
+    overwritten)."""
     if fs.absolute(out_dir).rstrip("/") == fs.absolute(suite_dir).rstrip("/"):
         raise UserError(
             f"--out {out_dir}: the results folder is the --suite folder, whose NAME.json "
             "files it would replace; give another --out"
         )
-    if fs.exists(out_dir) and not fs.isdir(out_dir):
-        raise UserError(f"--out {out_dir}: a file, not a folder (a suite writes a folder)")
+    outputs.check_dir(out_dir)
 
 
 def default_audio_root(suite_dir: str) -> str:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,14 +27,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.core import json_files
+from msm_mae_jax.core.errors import ConfigError, DataError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.evaluation import probe
 from msm_mae_jax.evaluation.finetune import augment, data, export
 from msm_mae_jax.evaluation.finetune.state import FinetuneState, Setup
 from msm_mae_jax.evaluation.tasks import Fold, Task
 from msm_mae_jax.model.config import ModelConfig
-from msm_mae_jax.train import checkpoints, metrics
+from msm_mae_jax.train import checkpoints, metrics, preemption
 
 RESULT_FILE = "result.json"
 
@@ -85,27 +85,6 @@ def predict(job: Job, setup: Setup, params: Any, indices: np.ndarray) -> np.ndar
             lg = setup.eval_logits(params, *setup.global_batch(x[rows], valid[rows]))
         out[pos] = np.asarray(lg)[: len(pos)]
     return out
-
-
-class _Preemption:
-    """SIGTERM -> save and stop at the next step boundary."""
-
-    def __init__(self, manager):
-        self.flag, self.manager, self._old = False, manager, None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.flag = True
-
-    def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            return self.flag or bool(self.manager.reached_preemption(step))
-        return self.flag
-
-    def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
 
 
 def _restore(job, setup, ckpt, run_dir, seed) -> tuple[FinetuneState, bool]:
@@ -194,12 +173,26 @@ def _finish(job, setup, fold, seed, state, run_dir, timing) -> dict:
     return result
 
 
+def _read_result(path: str) -> dict:
+    """A finished run's result.json; a DataError naming it when it is not what `_finish`
+    writes (its scores are averaged into the job's results)."""
+    hint = "delete it to run this fold and seed again"
+    result = json_files.read_object(path, "a finished run's result", ("test", "valid"), hint)
+    for key in ("test", "valid"):
+        v = result[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise DataError(
+                f"{path}: a finished run's result is damaged ({key!r} is {json.dumps(v)[:40]}, "
+                f"not a finite number); {hint}"
+            )
+    return result
+
+
 def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | None:
     """Fine-tunes one (fold, seed); returns its result, or None when preempted."""
     path = os.path.join(run_dir, RESULT_FILE)
     if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
+        return _read_result(path)
     c, task = job.config, job.task
     t_start = time.time()
     batches = _train_batches(job, setup, fold, seed)
@@ -231,7 +224,7 @@ def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | N
                 f"{ckpt.latest_step()} in {ckpt.directory}"
             )
 
-    preempt = _Preemption(ckpt.manager)
+    preempt = preemption.Preemption(ckpt.manager)
     speed = metrics.Throughput(total, int(c.batch_size), step)
     eval_s, pending = 0.0, None
     # The host builds step s + 1's batch while the device runs step s (batches are pure

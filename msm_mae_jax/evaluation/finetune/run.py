@@ -5,8 +5,9 @@
 
 The encoder comes from a training workdir, an export or converted official weights
 (`Runtime.load`), or is a randomly initialised one (the baseline). Run directories:
-WORKDIR/<fold>/seed<k>/ (see `loop`); running the same job again resumes the unfinished runs
-and skips the finished ones.
+WORKDIR/<fold>/seed<k>/ (see `loop`; <fold> is the fold's name made one safe folder name by
+`core.names.path_component`, as any name from the task's data); running the same job again
+resumes the unfinished runs and skips the finished ones.
 """
 
 from __future__ import annotations
@@ -21,10 +22,19 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from msm_mae_jax.core import json_files
 from msm_mae_jax.core.errors import ConfigError, TaskError
+from msm_mae_jax.core.names import path_component
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation import linear
-from msm_mae_jax.evaluation.finetune import data, loop, model, optimizer, results
+from msm_mae_jax.evaluation import linear, task_checks
+from msm_mae_jax.evaluation.finetune import (
+    config_rules,
+    data,
+    loop,
+    model,
+    optimizer,
+    results,
+)
 from msm_mae_jax.evaluation.finetune.state import Setup
 from msm_mae_jax.evaluation.tasks import Task
 from msm_mae_jax.model import mae
@@ -129,8 +139,10 @@ def finetune(
     """Fine-tunes `encoder` (a `Pretrained` or a checkpoint path) on every fold and seed;
     returns the results dict (None when preempted)."""
     t_start = time.time()
+    config_rules.check_config(config)
     process_index, process_count = distributed.initialize(config)
     check_task(task)
+    checks = task_checks.report(task, log)  # repeated clips, test clips also trained on
     if config.data.norm not in NORMS:
         raise ConfigError(f"config.data.norm={config.data.norm!r}; expected one of {NORMS}")
     if int(config.num_seeds) < 1:
@@ -180,7 +192,8 @@ def finetune(
         setup = _setup(config, mc, head, task, fold)
         for k in range(int(config.num_seeds)):
             seed = int(config.seed) + k
-            run_dir = os.path.join(workdir, fold.name, f"seed{seed}")
+            # A fold's name comes from the task's data: one safe folder name, never a path
+            run_dir = os.path.join(workdir, path_component(fold.name), f"seed{seed}")
             r = loop.run(job, setup, fold, seed, run_dir)
             if r is None:
                 return None
@@ -193,6 +206,7 @@ def finetune(
     out = results.collect(task, encoder.name, runs, timing, _settings(config, workdir, stats))
     skipped = store.skipped_report(task)
     out["skipped"] = {"count": len(skipped), "clips": skipped}
+    out["task_checks"] = checks
     return out
 
 
@@ -226,10 +240,9 @@ def _claim_workdir(workdir: str, identity: dict, config, is_main: bool) -> None:
     """The workdir belongs to one job; another job's workdir is a ConfigError."""
     path = os.path.join(workdir, "job.json")
     if os.path.isfile(path):
-        import json
-
-        with open(path) as f:
-            saved = json.load(f)
+        saved = json_files.read_object(
+            path, "the job file", hint="use a new --workdir, or delete the file to start over"
+        )
         if saved != identity:
             diff = sorted(k for k in identity if saved.get(k) != identity[k])
             raise ConfigError(
