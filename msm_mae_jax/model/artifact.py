@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 from msm_mae_jax import __version__
 from msm_mae_jax.core import fs
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.model import checksums
+from msm_mae_jax.model import checksums, orbax_quiet
 from msm_mae_jax.model.config import ModelConfig
 
 FORMAT = "msm_mae_jax.encoder/1"
@@ -104,6 +104,7 @@ def save_model_dir(
 def _write(path: str, params: Any, files: dict[str, bytes], meta: dict) -> None:
     """The artifact's files into `path`; the metadata last."""
     fs.makedirs(path)
+    orbax_quiet.install()
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(fs.join(path, PARAMS_DIR), params)
         ckptr.wait_until_finished()
@@ -194,6 +195,7 @@ def load_model_dir(path: str) -> tuple[ModelConfig, Any, NormStats, dict]:
         raise ValueError(
             f"{meta_path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}"
         )
+    orbax_quiet.install()
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(fs.join(fs.absolute(path), PARAMS_DIR))
     params = jax.tree.map(np.asarray, params)

@@ -19,6 +19,8 @@ import contextlib
 import json
 import logging
 import re
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -30,7 +32,7 @@ import orbax.checkpoint as ocp
 from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import ConfigError, UserError
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.model import checksums
+from msm_mae_jax.model import checksums, orbax_quiet
 from msm_mae_jax.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ class Checkpointer:
                 cleanup_tmp_directories=True,  # leftovers of a save killed half-way
             )
         self.directory = checkpoint_dir(workdir)
+        orbax_quiet.install()
         with _quiet_read_only_notices() if read_only else contextlib.nullcontext():
             self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -137,7 +140,9 @@ class Checkpointer:
         so the caller may donate them to the next step. Every array's checksum is saved beside
         (`model.checksums`) and checked when the step is restored."""
         sums = checksums.tree_checksums(state)
-        with self._writing():
+        # Ctrl-C waits until the save has started (then raises): an interrupted start would
+        # leave the step half-made, neither saved nor abandoned cleanly.
+        with _sigint_deferred(reraise=True), self._writing():
             return self.manager.save(
                 int(step),
                 args=ocp.args.Composite(
@@ -242,11 +247,48 @@ class Checkpointer:
         with self._writing():
             self.manager.wait_until_finished()
 
+    def finish_saves(self) -> int | None:
+        """After Ctrl-C: completes the save in flight (a second Ctrl-C abandons it) and
+        returns the newest complete step, so what is then said about it is true. A save that
+        fails is logged; the newest complete step is still returned."""
+        if self.manager.is_saving_in_progress():
+            log.warning("finishing the checkpoint save in flight (Ctrl-C again to abandon it)")
+        try:
+            with _sigint_deferred(reraise=False):
+                self.wait()
+        except (CheckpointError, KeyboardInterrupt) as e:
+            log.warning("the checkpoint save in flight did not complete: %s", describe_error(e))
+        self.manager.reload()
+        return self.manager.latest_step()
+
     def close(self) -> None:
         try:
             self.wait()
         finally:
             self.manager.close()
+
+
+@contextlib.contextmanager
+def _sigint_deferred(reraise: bool) -> Iterator[None]:
+    """Holds a first SIGINT until the block ends (then KeyboardInterrupt if `reraise`); a
+    second one raises at once. Only in the main thread (where signals arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def handler(signum, frame):  # noqa: ANN001, ANN202
+        got.append(signum)
+        if len(got) > 1:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got and reraise:
+        raise KeyboardInterrupt
 
 
 def describe_error(e: BaseException) -> str:

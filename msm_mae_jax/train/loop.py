@@ -317,11 +317,10 @@ def train_and_evaluate(
                 if pending is not None:
                     check(*pending)
         except KeyboardInterrupt:
-            latest = ckpt.latest_step()
+            latest = ckpt.finish_saves()  # the save in flight first: then this is true
             writer.console(
-                f"interrupted after step {step}; latest checkpoint: "
-                f"{'none' if latest is None else f'step {latest}'} (a save in flight is "
-                "completed first)"
+                f"interrupted after step {step}; newest complete checkpoint: "
+                f"{'none' if latest is None else f'step {latest}'}"
             )
             raise
     last["preempted"] = preempted
