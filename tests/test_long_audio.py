@@ -55,9 +55,10 @@ def _noise(n, seed=0):
 def _lengths():
     """Samples around the chunk boundaries: a clip of S samples has 1 + S // 160 frames, so
     160 (k N - 1) is the first length with k whole chunks; 160 (k + 1) N + 40 the first with
-    chunk k's window complete in a stream. Plus a clip shorter than the reflect padding."""
+    chunk k's window complete in a stream; 160 k N the first with one frame in chunk k, whose
+    end padding reflects back into chunk k - 1. Plus a clip shorter than the reflect padding."""
     out = [150, 5000, 160 * (3 * N - 1) + 1]
-    for edge in (160 * (N - 1), 160 * N + 40):
+    for edge in (160 * (N - 1), 160 * N, 160 * N + 40):
         out += [edge - 1, edge, edge + 1]
     return out
 
@@ -143,7 +144,7 @@ def test_a_bounded_number_of_compilations(params):
 def test_windows_of_a_stream_are_the_clip_windows():
     """The windows themselves: each is the reflect-padded clip's samples its frames see,
     whatever the block sizes."""
-    for n in (1, 7, 199, 200, 201, 3 * 160 * N, 3 * 160 * N + 40, 5 * 160 * N + 123):
+    for n in (1, 7, 199, 200, 201, 2 * 160 * N, 3 * 160 * N + 40, 5 * 160 * N + 123):
         x = _noise(n, seed=n).astype(np.float64)
         padded = np.pad(x, 200, mode="reflect") if n > 1 else np.full(n + 400, x[0])
         frames = audio.num_frames(n)

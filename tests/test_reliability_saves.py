@@ -262,10 +262,10 @@ def test_export_killed_mid_write_leaves_the_old_one(trained, tmp_path, env):
         proc.wait(timeout=60)
     finally:
         proc.kill()
-    leftover = tmp_path / f".export.partial-{proc.pid}"
-    assert leftover.is_dir() and (leftover / artifact.META_FILE).is_file()
     jax.tree.map(np.testing.assert_array_equal, _encoder(out), old)
     assert json.loads((out / artifact.META_FILE).read_text())["step"] == 2
+    leftover = tmp_path / f".export.partial-{proc.pid}"
+    assert leftover.is_dir() and (leftover / artifact.META_FILE).is_file()
     r = _run(_cli("export", "--workdir", trained, "--out", out, "--step", 6), env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / artifact.META_FILE).read_text())["step"] == 6

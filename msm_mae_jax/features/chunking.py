@@ -27,7 +27,7 @@ import numpy as np
 from msm_mae_jax.data import audio
 
 CHUNK_UNITS = 16  # encoder units per chunk: 16 x 208 frames = 33.3 s for 80x208 models
-_MARGIN = 256  # samples kept before the next window: its end padding reflects 201 back
+_MARGIN = 256  # samples kept before the next window (a guard: see `finish`)
 _RESAMPLE_BLOCK = 1 << 20  # input samples per streaming-resampler call
 
 
@@ -103,7 +103,13 @@ class Windower:
             i = np.arange(a, a + window_samples(units * self.unit_frames))
             used = i < s + audio.N_FFT // 2  # what the real frames see
             window = np.zeros(i.shape[0], np.float32)
-            window[used] = self._buf[reflect_index(i[used], s) - self._start]
+            j = reflect_index(i[used], s) - self._start
+            # The end padding reflects back to sample S - 201, before this window only when
+            # its chunk holds one frame (S = its first sample + 200); the chunk before it was
+            # then not complete during `push` either, so the buffer still starts before it.
+            if j.size and j.min() < 0:
+                raise RuntimeError(f"chunk {self._k}: sample {j.min() + self._start} was dropped")
+            window[used] = self._buf[j]
             out.append((window, real))
             self._k += 1
         self._buf = np.zeros(0, np.float32)
