@@ -50,7 +50,7 @@ def _reference(a: np.ndarray) -> str:
     return f"{h1:08x}{h2:08x}"
 
 
-def test_checksums_follow_their_definition_on_host_and_device():
+def test_checksums_follow_their_definition_on_host_and_device(monkeypatch):
     rng = np.random.default_rng(0)
     tree = {
         "w": rng.standard_normal((700, 900)).astype(np.float32),  # several numpy blocks
@@ -68,6 +68,10 @@ def test_checksums_follow_their_definition_on_host_and_device():
     assert checksums.tree_checksums({"k": jax.random.key(3)})["k"] == _reference(
         np.asarray(jax.random.key_data(jax.random.key(3)))
     )
+    # The jitted path (arrays on accelerators or over processes), run here on the CPU.
+    with monkeypatch.context() as m:
+        m.setattr(checksums, "_on_host", lambda x: False)
+        assert checksums.tree_checksums(tree) == want
     # Every single-bit flip of a small array changes its checksum.
     a = rng.standard_normal(64).astype(np.float32)
     ref = checksums.tree_checksums({"a": a})
