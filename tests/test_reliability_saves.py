@@ -164,39 +164,73 @@ def test_damaged_checkpoints_are_named_without_tracebacks(trained, tmp_path, env
     assert sorted(os.listdir(wd / checkpoints.DAMAGED_DIR)) == ["4", "6"]
 
 
-def _interrupt_during_saves(wd, env, signals):
-    """A run saving every step, sent `signals` SIGINTs (0.1 s apart) once it has saved 3."""
-    proc = subprocess.Popen(
-        _train(wd, **FOREVER), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def _interrupt_during_saves(wd, env, second):
+    """A run saving every step, sent SIGINT once it has saved 3, then another one: 0.1 s later
+    (`second='soon'`: while it finishes the save in flight) or once it has said what it saved
+    (`'exiting'`: while it closes down, the seconds of collection and shutdown in which a
+    Ctrl-C used to print tracebacks from finalisers)."""
+    log = wd.parent / "log"
+    log.mkdir()
+    with open(log / "out", "w") as out, open(log / "err", "w") as err:
+        proc = subprocess.Popen(
+            _train(wd, **FOREVER), env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=err
+        )
     try:
         t0 = time.time()
         while not (wd / "checkpoints" / "3").is_dir():
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert proc.poll() is None, (log / "err").read_text()[-3000:]
             assert time.time() - t0 < TIMEOUT, "no checkpoint within the timeout"
             time.sleep(0.05)
-        for _ in range(signals):
-            proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        if second == "soon":
             time.sleep(0.1)
-        out, err = proc.communicate(timeout=TIMEOUT)
+        else:
+            while "interrupted after step" not in (log / "out").read_text():
+                assert time.time() - t0 < TIMEOUT, "no line after Ctrl-C"
+                time.sleep(0.02)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=TIMEOUT)
     finally:
         proc.kill()
-    return proc.returncode, out, err
+    return proc.returncode, (log / "out").read_text(), (log / "err").read_text()
 
 
-@pytest.mark.parametrize("signals", [1, 2])
-def test_ctrl_c_during_a_save_tells_the_truth(tmp_path, env, signals):
-    """Ctrl-C while saves are in flight: the save completes (one Ctrl-C) or is abandoned
-    (a second one); either way the line names the newest complete step, and it restores."""
+@pytest.mark.parametrize("second", ["soon", "exiting"])
+def test_ctrl_c_during_a_save_tells_the_truth(tmp_path, env, second):
+    """Ctrl-C while saves are in flight: the save completes and the line names the newest
+    complete step. A second Ctrl-C exits at once, during the save (its line names the step
+    complete then) or while the run closes down; never a traceback, and what is said restores."""
     wd = tmp_path / "run"
-    code, out, err = _interrupt_during_saves(wd, env, signals)
+    code, out, err = _interrupt_during_saves(wd, env, second)
     assert code == 130, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    (line,) = [x for x in out.splitlines() if x.startswith("interrupted after step")]
-    claimed = int(line.rsplit("newest complete checkpoint: step ", 1)[1])
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    said = [x for x in (out + err).splitlines() if "newest complete checkpoint: " in x]
+    claimed = int(said[-1].rsplit("newest complete checkpoint: step ", 1)[1])
     complete = checkpoints.Checkpointer(str(wd), read_only=True).all_steps()
-    assert claimed == max(complete), (line, complete, os.listdir(wd / "checkpoints"))
+    assert claimed == max(complete), (said, complete, os.listdir(wd / "checkpoints"))
     checkpoints.load_state_numpy(str(wd), claimed)
+    if second == "exiting":  # the first line, then the second Ctrl-C's: the same step
+        (line,) = [x for x in out.splitlines() if x.startswith("interrupted after step")]
+        assert err.rstrip().endswith("interrupted again: exiting at once; " + line.split("; ")[1])
+
+
+def test_a_ctrl_c_inside_a_finaliser_is_given_back(capsys):
+    """Python cannot raise a KeyboardInterrupt out of a finaliser or a gc callback: it prints
+    'Exception ignored' with a traceback and drops it. A command gets it back, silently."""
+    from msm_mae_jax.core import interrupts
+
+    class Finaliser:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), interrupts.handled("prog"):
+        Finaliser()
+        for _ in range(200):  # the interrupt given back arrives in ordinary code
+            time.sleep(0.005)
+    assert "Exception ignored" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # no Ctrl-C was pressed: restored
 
 
 def test_ctrl_c_during_prepare_is_one_line(fsdd_dir, tmp_path, env):

@@ -19,8 +19,6 @@ import contextlib
 import json
 import logging
 import re
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -29,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, interrupts
 from msm_mae_jax.core.errors import ConfigError, UserError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model import checksums, orbax_quiet
@@ -142,7 +140,7 @@ class Checkpointer:
         sums = checksums.tree_checksums(state)
         # Ctrl-C waits until the save has started (then raises): an interrupted start would
         # leave the step half-made, neither saved nor abandoned cleanly.
-        with _sigint_deferred(reraise=True), self._writing():
+        with interrupts.deferred(reraise=True), self._writing():
             return self.manager.save(
                 int(step),
                 args=ocp.args.Composite(
@@ -248,47 +246,30 @@ class Checkpointer:
             self.manager.wait_until_finished()
 
     def finish_saves(self) -> int | None:
-        """After Ctrl-C: completes the save in flight (a second Ctrl-C abandons it) and
-        returns the newest complete step, so what is then said about it is true. A save that
-        fails is logged; the newest complete step is still returned."""
+        """After Ctrl-C: completes the save in flight and returns the newest complete step, so
+        what is then said about it is true. A save that fails is logged; so is one abandoned
+        by another KeyboardInterrupt (a command exits at once on a second Ctrl-C instead:
+        `core.interrupts`, whose line then names `newest_complete_now`)."""
         if self.manager.is_saving_in_progress():
-            log.warning("finishing the checkpoint save in flight (Ctrl-C again to abandon it)")
+            log.warning("finishing the checkpoint save in flight (Ctrl-C again to exit without it)")
         try:
-            with _sigint_deferred(reraise=False):
-                self.wait()
+            self.wait()
         except (CheckpointError, KeyboardInterrupt) as e:
             log.warning("the checkpoint save in flight did not complete: %s", describe_error(e))
         self.manager.reload()
         return self.manager.latest_step()
+
+    def newest_complete_now(self) -> str:
+        """'newest complete checkpoint: step N' (or none), read from the directory now (no
+        lock of the manager's: safe in a signal handler while a save is in flight)."""
+        steps = ocp.utils.checkpoint_steps(self.directory) if fs.isdir(self.directory) else []
+        return f"newest complete checkpoint: {f'step {max(steps)}' if steps else 'none'}"
 
     def close(self) -> None:
         try:
             self.wait()
         finally:
             self.manager.close()
-
-
-@contextlib.contextmanager
-def _sigint_deferred(reraise: bool) -> Iterator[None]:
-    """Holds a first SIGINT until the block ends (then KeyboardInterrupt if `reraise`); a
-    second one raises at once. Only in the main thread (where signals arrive)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-
-    def handler(signum, frame):  # noqa: ANN001, ANN202
-        got.append(signum)
-        if len(got) > 1:
-            raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-    if got and reraise:
-        raise KeyboardInterrupt
 
 
 def describe_error(e: BaseException) -> str:
