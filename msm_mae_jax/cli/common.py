@@ -20,10 +20,11 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from msm_mae_jax.core import interrupts
 from msm_mae_jax.core.errors import UserError
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_INTERRUPTED = interrupts.EXIT_INTERRUPTED  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class UsageError(UserError):
@@ -94,7 +95,8 @@ def fail(prog: str, message: object) -> int:
 
 
 def run_command(prog: str, fn: Callable[[list[str], str], int], argv: Sequence[str] | None) -> int:
-    """Runs `fn(argv, prog)`; a UserError becomes one line on stderr and exit status 2.
+    """Runs `fn(argv, prog)`; a UserError becomes one line on stderr and exit status 2, a
+    Ctrl-C `PROG: interrupted` and 130 (a second one exits at once: `core.interrupts`).
 
     Every failure is handled here rather than left to the interpreter, so that what the
     failed call still holds (its frames, tf.data iterators among them) is freed while Python
@@ -102,19 +104,20 @@ def run_command(prog: str, fn: Callable[[list[str], str], int], argv: Sequence[s
     threads that can no longer take the GIL, and the process would never exit."""
     argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        return int(fn(argv, prog) or 0)
-    except UserError as e:
-        return fail(prog, e)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
-    except Exception:
-        traceback.print_exc()
-        sys.stderr.flush()
-        return 1
-    finally:
-        gc.collect()
+    with interrupts.handled(prog):  # a second Ctrl-C exits at once, without tracebacks
+        try:
+            return int(fn(argv, prog) or 0)
+        except UserError as e:
+            return fail(prog, e)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        except Exception:
+            traceback.print_exc()
+            sys.stderr.flush()
+            return 1
+        finally:
+            gc.collect()
 
 
 def setup_logging(level: int = logging.INFO) -> None:

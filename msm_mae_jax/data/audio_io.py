@@ -5,7 +5,7 @@ float samples far outside [-1, 1]) is an `AudioError` whose message starts with 
 path, so callers can skip and count bad files. Long files are never loaded whole when
 `max_seconds` is given: only a window is read (seek + read), which keeps one-hour recordings
 cheap in every tf.data worker; `ClipReader` reads any span of a file's 16 kHz signal, decoding
-only that span.
+only that span; `iter_blocks` reads a whole file of any length block by block.
 """
 
 from __future__ import annotations
@@ -168,6 +168,49 @@ def load_audio(
     _check_peak(name, float(np.max(np.abs(data_SC))))
     wav_S = resample(np.ascontiguousarray(wav_S), sr_in, sr)
     return wav_S
+
+
+def iter_blocks(path: str | os.PathLike, block_frames: int = 1 << 20) -> Iterator[np.ndarray]:
+    """A file as mono float32 blocks at 16 kHz, decoded `block_frames` source frames at a time
+    and resampled with soxr's streaming resampler: concatenated, exactly `load_audio(path)`,
+    without the file ever in memory. The same checks as `load_audio`, each raised (an
+    AudioError naming the file) when the block that fails it is read."""
+    name = os.fspath(path)
+    got = 0
+    try:
+        with _open_sound(name) as (f, _):
+            frames, sr_in, channels = int(f.frames), int(f.samplerate), int(f.channels)
+            _check_header(name, frames, sr_in, channels)
+            stream = None
+            if sr_in != SAMPLE_RATE:
+                stream = soxr.ResampleStream(sr_in, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            while True:
+                data_SC = f.read(block_frames, dtype="float32", always_2d=True)
+                last = data_SC.shape[0] < block_frames
+                if not np.isfinite(np.add.reduce(data_SC, axis=None)):
+                    bad = int(np.count_nonzero(~np.isfinite(data_SC)))
+                    raise AudioError(
+                        f"{name}: {bad} NaN/Inf sample value(s) from {got / sr_in:.1f} s"
+                    )
+                if data_SC.size:
+                    _check_peak(name, float(np.max(np.abs(data_SC))))
+                wav_S = data_SC.mean(axis=1, dtype=np.float32) if channels > 1 else data_SC[:, 0]
+                got += data_SC.shape[0]
+                if stream is not None:
+                    wav_S = stream.resample_chunk(np.ascontiguousarray(wav_S), last=last)
+                if wav_S.size:
+                    yield wav_S
+                if last:
+                    break
+    except AudioError:
+        raise
+    except _READ_ERRORS as e:
+        raise AudioError(f"{name}: cannot read audio ({_describe_open_error(name, e)})") from e
+    if got < max(2, int(np.ceil(MIN_SECONDS * sr_in))):
+        raise AudioError(
+            f"{name}: too short to use ({got} samples at {sr_in} Hz read, {frames} in the "
+            f"header; need >= {MIN_SECONDS * 1000:.0f} ms)"
+        )
 
 
 class TruncatedAudio(AudioError):

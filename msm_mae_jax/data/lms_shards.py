@@ -6,7 +6,9 @@ A corpus directory holds TFRecord shards `lms-KKKKK-of-NNNNN.tfrecord` and `mani
 Manifest version 2 (written today): a record is the raw little-endian bytes of one clip's
 log-mel, float16/float32 [frames, 80] (time-major, no protobuf), and every file entry of the
 manifest holds its shard, frames and `offset`, the byte offset of its record's data in the
-shard; every shard entry its size in `bytes` (checked when the corpus is opened). A time crop
+shard; every shard entry its size in `bytes` (checked when the corpus is opened). Every crop
+read is checked for NaN/Inf values (bytes overwritten inside a shard): the shard and the clip
+are named in one line instead of a non-finite loss steps later. A time crop
 is then one contiguous byte range: training reads only the crops (`os.preadv`, one numpy
 call per batch; a corpus in a bucket: one set of concurrent ranged reads per batch), in the
 process-independent global order of
@@ -156,10 +158,15 @@ class _CropReader:
         self.shard = np.array([shard_of[f["shard"]] for f in files], np.int64)
         self.offset = np.array([f["offset"] for f in files], np.int64)
         self.clip_frames = np.array([f["frames"] for f in files], np.int64)
+        self.names = [f["path"] for f in files]
         self.paths = [fs.join(root, n) for n in names]
         self.remote = fs.is_remote(root)
         self.dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
         self.row_bytes = audio.N_MELS * self.dtype.itemsize
+        # The bit patterns of |x| (sign masked) reach the exponent mask only for NaN/Inf.
+        self._uint = np.dtype(f"<u{self.dtype.itemsize}")
+        self._abs_mask = self._uint.type(0x7FFF if self.dtype.itemsize == 2 else 0x7FFFFFFF)
+        self._exp_mask = self._uint.type(0x7C00 if self.dtype.itemsize == 2 else 0x7F800000)
         self.seed, self.frames = int(seed), int(frames)
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
@@ -189,8 +196,27 @@ class _CropReader:
         out = np.zeros((len(idx_B), frames * self.row_bytes), np.uint8)
         read = self._read_remote if self.remote else self._read_local
         read(out, idx_B, t0_B, n_B)
+        self._check_finite(out, idx_B, t0_B)
         x = out.view(self.dtype).reshape(len(out), frames, audio.N_MELS)
         return x, n_B.astype(np.int32)
+
+    def _check_finite(self, out: np.ndarray, idx_B, t0_B) -> None:  # noqa: ANN001
+        """Every value read is finite, as `prepare` wrote it (its log-mels are finite):
+        anything else means the shard's bytes changed (overwritten, damaged on disk), and the
+        shard is named before a NaN reaches the model. One vectorised test of the exponent
+        bits per batch (a NaN or Inf has all of them set)."""
+        bits = out.view(self._uint)
+        if np.max(np.bitwise_and(bits, self._abs_mask)) < self._exp_mask:
+            return
+        bad = np.flatnonzero((np.bitwise_and(bits, self._abs_mask) >= self._exp_mask).any(axis=1))
+        b = int(bad[0])
+        i, k = int(idx_B[b]), int(self.shard[idx_B[b]])
+        raise DataError(
+            f"{self.paths[k]}: non-finite log-mel values in the record of {self.names[i]} "
+            f"(frames from {int(t0_B[b])}), which prepare wrote finite: the shard's bytes "
+            "changed since. Delete the shard and its .json marker and re-run prepare to "
+            "rebuild it"
+        )
 
     def _read_local(self, out: np.ndarray, idx_B, t0_B, n_B) -> None:  # noqa: ANN001
         """One positioned read per crop, straight into its row of `out`."""

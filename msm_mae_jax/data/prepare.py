@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import tempfile
 from typing import Any
 
@@ -183,16 +184,27 @@ def prepare(
         results = map(_write_shard, jobs)
         pool = None
     else:  # spawn: TensorFlow is not fork-safe once initialised in the parent
-        pool = multiprocessing.get_context("spawn").Pool(workers)
+        # Workers ignore Ctrl-C (the terminal sends it to all of them): the parent alone
+        # stops, ends them and reports it in one line; finished shards stay, the next run
+        # resumes.
+        ctx = multiprocessing.get_context("spawn")
+        pool = ctx.Pool(
+            workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)
+        )
         results = pool.imap_unordered(_write_shard, jobs)
+    done = False
     try:
         for marker in results:
             markers[marker["name"]] = marker
             bar.update(len(marker["files"]))
+        done = True
     finally:
         bar.close()
         if pool is not None:
-            pool.close()
+            if done:
+                pool.close()
+            else:  # interrupted or failed: the unfinished shards are not waited for
+                pool.terminate()
             pool.join()
 
     manifest = _manifest(src, root, dtype, shard_size, plan, markers)

@@ -2,7 +2,8 @@
 
 Accepted: a waveform [S], a batch [B, S] (numpy, jax, torch or TF; converted without
 importing torch or TF), or a Python list/tuple of waveforms [S_i] of any lengths. Every clip
-must hold real float samples, all finite; other sample rates are resampled with soxr.
+must hold real float samples, all finite; other sample rates are resampled with soxr (by the
+runtime, chunk by chunk).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any
 import numpy as np
 
 from msm_mae_jax.data import audio
+from msm_mae_jax.model.config import ModelConfig
 
 MIN_SAMPLE_RATE = 1000  # Hz; below this a waveform carries nothing a 50-8000 Hz front end uses
 MAX_SAMPLE_RATE = 1_000_000
 
 SINGLE, BATCH, LIST = "single", "batch", "list"  # input layouts; outputs follow them
+_CHECK_BLOCK = 1 << 20  # samples checked for NaN/Inf at a time
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -42,9 +45,28 @@ def input_lengths(audio_in: Any) -> list[int]:
     return [int(shape[-1])] * (1 if len(shape) == 1 else int(shape[0]))
 
 
-def prepare_clips(audio_in: Any, sample_rate: float) -> tuple[list[np.ndarray], str]:
-    """-> (float32 clips [S_i] at 16 kHz, layout: SINGLE, BATCH or LIST); ValueError naming
-    the bad clip otherwise."""
+def patch_timestamps_ms(
+    num_samples: int, sample_rate: float, num_steps: int, model_config: ModelConfig
+) -> np.ndarray:
+    """Timestamps [T] in milliseconds of the T feature time steps of a clip of `num_samples`.
+
+    Step t covers log-mel frames [t*pw, (t+1)*pw), i.e. nominally centred at
+    (t + 0.5) * pw * hop / sr. The last column is usually only partly audio (the rest is
+    padding), and its nominal centre can pass the clip's end (1.98 s: 2000 ms); HEAR requires
+    evenly spaced timestamps that do not pass the end. So the spacing stays exactly the patch
+    period (160 ms) and the offset of the first step is the nominal half period, lowered just
+    enough to keep the last timestamp inside the clip (an offset in [0, 80] ms).
+    """
+    period_ms = model_config.patch_size[1] * audio.HOP_LENGTH / audio.SAMPLE_RATE * 1000.0
+    duration_ms = num_samples / sample_rate * 1000.0
+    offset = min(period_ms / 2, max(0.0, duration_ms - (num_steps - 1) * period_ms))
+    return (offset + period_ms * np.arange(num_steps)).astype(np.float32)
+
+
+def prepare_clips(audio_in: Any, sample_rate: float) -> tuple[list[np.ndarray], str, int]:
+    """-> (checked float clips [S_i] at `sample_rate`, layout: SINGLE, BATCH or LIST, the rate
+    as an int); ValueError naming the bad clip otherwise. Nothing is copied or resampled here:
+    the runtime reads the clips chunk by chunk (`chunking.blocks_16k`)."""
     sr = check_sample_rate(sample_rate)
     if is_clip_list(audio_in):
         if not audio_in:
@@ -56,21 +78,17 @@ def prepare_clips(audio_in: Any, sample_rate: float) -> tuple[list[np.ndarray], 
         layout = SINGLE if wav.ndim == 1 else BATCH
         clips = [wav] if layout == SINGLE else list(wav)
     if sr != audio.SAMPLE_RATE:
-        from msm_mae_jax.data.audio_io import resample
-
-        num_in = [len(c) for c in clips]
-        clips = [resample(c, sr, audio.SAMPLE_RATE) for c in clips]
-        for n, c in zip(num_in, clips, strict=True):
-            if len(c) == 0:
+        for c in clips:
+            if int(np.floor(c.shape[0] * audio.SAMPLE_RATE / sr + 0.5)) == 0:
                 raise ValueError(
-                    f"audio of {n} samples at {sr} Hz is empty after resampling to "
+                    f"audio of {c.shape[0]} samples at {sr} Hz is empty after resampling to "
                     f"{audio.SAMPLE_RATE} Hz"
                 )
-    return clips, layout
+    return clips, layout, sr
 
 
 def _checked(wav: np.ndarray, name: str, max_ndim: int) -> np.ndarray:
-    """A float32 waveform (max_ndim 1) or batch (max_ndim 2) after the checks every clip needs."""
+    """A float waveform (max_ndim 1) or batch (max_ndim 2) after the checks every clip needs."""
     if wav.ndim < 1 or wav.ndim > max_ndim:
         want = "[batch, samples] or one waveform [samples]" if max_ndim == 2 else "[samples]"
         raise ValueError(f"{name} has shape {wav.shape} ({wav.ndim}-D); expected waveforms {want}")
@@ -81,9 +99,11 @@ def _checked(wav: np.ndarray, name: str, max_ndim: int) -> np.ndarray:
         )
     if wav.size == 0:
         raise ValueError(f"{name} has shape {wav.shape}: no waveform or no samples")
-    if not np.all(np.isfinite(wav)):
-        raise ValueError(f"{name} contains NaN or Inf samples")
-    return np.asarray(wav, np.float32)
+    for row in wav[None] if wav.ndim == 1 else wav:  # a mask of a block at a time
+        for a in range(0, row.shape[0], _CHECK_BLOCK):
+            if not np.isfinite(row[a : a + _CHECK_BLOCK]).all():
+                raise ValueError(f"{name} contains NaN or Inf samples")
+    return wav
 
 
 def check_sample_rate(sample_rate: Any) -> int:

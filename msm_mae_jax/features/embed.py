@@ -6,7 +6,10 @@
 
 Any format soundfile reads, any rate and channel count (`audio_io.load_audio`: mono, 16 kHz).
 Files are sorted by duration (from their headers) and encoded in batches of similar length,
-so the runtime compiles a bounded number of functions and pads little. A file that cannot be
+so the runtime compiles a bounded number of functions and pads little. A file longer than
+the runtime's chunk (33 s for 80x208 models) that is alone in its batch is read block by block
+(`audio_io.iter_blocks`, `Runtime.stream_features`): a recording of any length is embedded in
+the memory of one chunk, with the features of the whole file in one piece. A file that cannot be
 read is skipped and reported with its reason, never fatal; no usable file at all is a
 DataError. The .npz layout (`save_npz`):
 
@@ -165,14 +168,28 @@ def embed_files(
     results: dict[int, tuple[np.ndarray, Any, Any]] = {}
     bar = tqdm(total=len(items), unit="file", file=sys.stderr, disable=not progress)
     bar.update(len(skipped))
+    # A file alone in its batch and longer than a chunk is read block by block (its memory
+    # does not grow with its length); the others are read whole, a batch ahead.
+    streamed = {b[0] for b in batches if len(b) == 1 and length[b[0]] > runtime.chunk_frames}
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
 
         def submit(batch: list[int]) -> list[concurrent.futures.Future]:
+            if batch[0] in streamed:
+                return []
             return [pool.submit(audio_io.load_audio, items[i][0]) for i in batch]
 
         pending = submit(batches[0]) if batches else []
         for k, batch in enumerate(batches):
             futures, pending = pending, submit(batches[k + 1]) if k + 1 < len(batches) else []
+            if batch[0] in streamed:
+                try:
+                    results[batch[0]] = _embed_stream(
+                        runtime, items[batch[0]][0], frames, normalization
+                    )
+                except audio_io.AudioError as e:
+                    skipped[batch[0]] = str(e)
+                bar.update(1)
+                continue
             wavs, ok = [], []
             for i, fut in zip(batch, futures, strict=True):
                 try:
@@ -197,6 +214,19 @@ def embed_files(
         timestamps_ms=[results[i][2] for i in done] if frames else None,
         skipped=[(items[i][1], skipped[i]) for i in sorted(skipped)],
     )
+
+
+def _embed_stream(
+    runtime: Any, path: str, frames: bool, normalization: Any
+) -> tuple[np.ndarray, Any, Any]:
+    """(scene, frames, timestamps) of one long file read block by block."""
+    from msm_mae_jax.features.clips import patch_timestamps_ms
+
+    out = runtime.stream_features(lambda: audio_io.iter_blocks(path), normalization, frames)
+    if not frames:
+        return out.scene, None, None
+    ts = patch_timestamps_ms(out.samples, audio.SAMPLE_RATE, len(out.frames), runtime.model_config)
+    return out.scene, out.frames, ts
 
 
 def save_npz(result: Embeddings, out: str | os.PathLike) -> str:

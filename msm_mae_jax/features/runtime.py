@@ -14,12 +14,19 @@ LayerNorm -> [CLS] dropped -> per unit '(f t) d -> t (f d)' -> units concatenate
 -> the outputs of padded frames removed, leaving T = ceil(frames / pw) time steps (one per
 patch column: 160 ms for 16-frame patches at hop 10 ms).
 
-Speed: one compiled function per (batch bucket, unit bucket, options). The number of units
-is padded up to a power of two and the batch up to a power of two (a multiple of the number
-of local devices when it is at least that large, then sharded along a 1-D device mesh), so a
-stream of clips of varying length compiles O(log) functions instead of one per length. The
-waveform is reflect-extended on the host to the bucket's length before the on-device log-mel,
-which makes every real frame identical to the log-mel of the unpadded clip.
+Long clips: a clip runs in chunks of `chunk_units` encoder units (16: 33 s at 80x208), each a
+waveform window of exactly the samples its log-mel frames see (`chunking`), packed in calls of
+at most `units_per_call` units (`calls`); the features equal those of the whole clip in one
+piece, and the memory beyond the input and the returned features does not grow with the
+clip's length (`scene_embeddings` keeps none per frame). Other sample rates are resampled
+chunk by chunk with soxr's streaming resampler (equal to resampling the whole clip).
+`stream_features` does the same for a clip read block by block (`msm-mae embed` of long files).
+
+Speed: one compiled function per (row bucket, unit bucket, options): the units of a call are
+rounded up to 1, 2, 3, 4, 6, 8, 12, 16 and the rows to a bucket of the same family (a
+multiple of the number of local devices when at least that many, then sharded along a 1-D
+device mesh), so a stream of clips of varying length compiles O(log) functions instead of one
+per length.
 
 Shape letters: B batch, S samples, F mel bins, T frames or time steps, U units, D width,
 L layers.
@@ -27,21 +34,20 @@ L layers.
 
 from __future__ import annotations
 
-import collections
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from msm_mae_jax.core import fs
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.features import calls, chunking
+from msm_mae_jax.features.calls import TRACE_COUNTS, bucket_size  # noqa: F401 (public here)
 from msm_mae_jax.features.clips import (  # noqa: F401 (MIN/MAX_SAMPLE_RATE: public here too)
     LIST,
     MAX_SAMPLE_RATE,
@@ -49,47 +55,22 @@ from msm_mae_jax.features.clips import (  # noqa: F401 (MIN/MAX_SAMPLE_RATE: pub
     SINGLE,
     input_lengths,
     is_clip_list,
+    patch_timestamps_ms,
     prepare_clips,
     to_numpy,
 )
 from msm_mae_jax.model.config import ModelConfig
-from msm_mae_jax.model.frames import encode_frames
-from msm_mae_jax.model.mae import Encoder
-
-_MIN_BATCH_STD = 1e-5  # a silent batch has std 0: keep the normalised values finite (zeros)
 
 Normalization = str | tuple[float, float] | NormStats | None
 
 
-def bucket_size(n: int) -> int:
-    """Smallest bucket >= n among 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (2^k and 3 * 2^k).
+class StreamFeatures(NamedTuple):
+    """`Runtime.stream_features` of one clip: scene [F'*D], frames [T, F'*D] (or None) and
+    the clip's samples at 16 kHz."""
 
-    Two buckets per octave: at most 2 compilations per doubling of the length, and at most
-    ~1.5x (on average ~1.2x) padded work, where powers of two alone cost up to 2x (a 10 s
-    clip is 5 units: 8 with powers of two, 6 here).
-    """
-    if n < 1:
-        raise ValueError(f"bucket_size needs n >= 1, got {n}")
-    p = 1 << (int(n) - 1).bit_length()  # power of two >= n
-    return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
-
-
-def patch_timestamps_ms(
-    num_samples: int, sample_rate: float, num_steps: int, model_config: ModelConfig
-) -> np.ndarray:
-    """Timestamps [T] in milliseconds of the T feature time steps of a clip of `num_samples`.
-
-    Step t covers log-mel frames [t*pw, (t+1)*pw), i.e. nominally centred at
-    (t + 0.5) * pw * hop / sr. The last column is usually only partly audio (the rest is
-    padding), and its nominal centre can pass the clip's end (1.98 s: 2000 ms); HEAR requires
-    evenly spaced timestamps that do not pass the end. So the spacing stays exactly the patch
-    period (160 ms) and the offset of the first step is the nominal half period, lowered just
-    enough to keep the last timestamp inside the clip (an offset in [0, 80] ms).
-    """
-    period_ms = model_config.patch_size[1] * audio.HOP_LENGTH / audio.SAMPLE_RATE * 1000.0
-    duration_ms = num_samples / sample_rate * 1000.0
-    offset = min(period_ms / 2, max(0.0, duration_ms - (num_steps - 1) * period_ms))
-    return (offset + period_ms * np.arange(num_steps)).astype(np.float32)
+    scene: np.ndarray
+    frames: np.ndarray | None
+    samples: int
 
 
 class Runtime:
@@ -108,12 +89,12 @@ class Runtime:
         # Official weights converted with --per-batch-norm carry placeholder statistics.
         per_batch = self.meta.get("normalization") == "per_batch"
         self.default_normalization = "batch" if per_batch else "dataset"
-        self._encoder = Encoder(model_config)
         self._params = jax.tree.map(jnp.asarray, nn.unbox(encoder_params))
-        self._check_params()
-        self._devices = list(jax.local_devices())
-        self._mesh = Mesh(np.array(self._devices), ("batch",))
-        self._params_sharded = None  # replicated over the mesh on first sharded call
+        calls.check_params(model_config, self._params)
+        self._calls = calls.Executor(model_config, self._params)
+        # Long clips: chunks of this many units, calls of at most this many units.
+        self.chunk_units = chunking.CHUNK_UNITS
+        self.units_per_call = calls.UNITS_PER_DEVICE * len(self._calls.devices)
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -146,28 +127,6 @@ class Runtime:
             f"training workdir (no checkpoints/){hint}"
         )
 
-    def _check_params(self) -> None:
-        """Parameter names and shapes must be the ones this model config builds."""
-        c = self.model_config
-        lms_B1FT = jnp.zeros((1, 1, *c.input_size), jnp.float32)
-        want = jax.eval_shape(lambda: nn.unbox(self._encoder.init(jax.random.key(0), lms_B1FT)))
-        want = {
-            jax.tree_util.keystr(k): tuple(v.shape)
-            for k, v in jax.tree_util.tree_flatten_with_path(want["params"])[0]
-        }
-        got = {
-            jax.tree_util.keystr(k): tuple(np.shape(v))
-            for k, v in jax.tree_util.tree_flatten_with_path(self._params)[0]
-        }
-        bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-        if bad:
-            k = bad[0]
-            raise ValueError(
-                f"encoder parameters do not match the model config ({c.run_name_prefix}, "
-                f"embed_dim={c.embed_dim}, depth={c.depth}): {len(bad)} mismatch(es), e.g. "
-                f"{k}: expected {want.get(k, 'absent')}, got {got.get(k, 'absent')}"
-            )
-
     @property
     def num_traces(self) -> int:
         """How often feature functions of this model config were traced (= compiled)."""
@@ -182,6 +141,11 @@ class Runtime:
     @property
     def unit_frames(self) -> int:
         return self.model_config.input_size[1]
+
+    @property
+    def chunk_frames(self) -> int:
+        """Log-mel frames of a chunk: long clips run in pieces of this many frames."""
+        return int(self.chunk_units) * self.unit_frames
 
     def num_steps(self, frames: int) -> int:
         """Feature time steps for a log-mel of `frames` frames: ceil(frames / pw)."""
@@ -207,20 +171,26 @@ class Runtime:
         return_layers=True gives every block's output (the last one normalised) instead:
         [L, B, T, F'*D] (a list of [L, T_i, F'*D] for a list).
         """
-        clips, layout = prepare_clips(audio_BS, sample_rate)
-        frames_B = [audio.num_frames(len(c)) for c in clips]
-        units = bucket_size(-(-max(frames_B) // self.unit_frames))
-        # Reflect-extend to the bucket's length: the real frames of a clip then only see what
-        # the log-mel of the unpadded clip sees (its own reflect padding of 200 samples).
-        s_bucket = units * self.unit_frames * audio.HOP_LENGTH + audio.N_FFT // 2
+        clips, layout, sr = prepare_clips(audio_BS, sample_rate)
+        frames_B = [audio.num_frames(chunking.resampled_length(len(c), sr)) for c in clips]
+        lead = (self.model_config.depth,) if return_layers else ()
         if layout == LIST:
-            wav_BS = np.stack([np.pad(c, (0, s_bucket - len(c)), mode="reflect") for c in clips])
+            out = [
+                np.empty((*lead, self.num_steps(f), self.feature_dim), np.float32) for f in frames_B
+            ]
+            targets = out
         else:
-            wav_BS = np.stack(clips)
-            wav_BS = np.pad(wav_BS, ((0, 0), (0, s_bucket - wav_BS.shape[1])), mode="reflect")
-        out = self._run(True, wav_BS, frames_B, units, normalization, return_layers)
-        if layout == LIST:  # copies: a view would keep the whole padded batch alive
-            return [out[..., i, : self.num_steps(f), :].copy() for i, f in enumerate(frames_B)]
+            shape = (*lead, len(clips), self.num_steps(frames_B[0]), self.feature_dim)
+            out = np.empty(shape, np.float32)
+            targets = [out[..., i, :, :] for i in range(len(clips))]
+        self._run(
+            _wav_sources(clips, sr, self.chunk_frames, self.unit_frames),
+            frames_B,
+            True,
+            normalization,
+            return_layers,
+            _writer(targets),
+        )
         return out[..., 0, :, :] if layout == SINGLE else out
 
     def encode_lms(
@@ -245,10 +215,16 @@ class Runtime:
         lms = np.asarray(lms, np.float32)
         if not np.all(np.isfinite(lms)):
             raise ValueError("log-mel input contains NaN or Inf values")
-        frames = lms.shape[2]
-        units = bucket_size(-(-frames // self.unit_frames))
-        lms = np.pad(lms, ((0, 0), (0, 0), (0, units * self.unit_frames - frames)))
-        out = self._run(False, lms, [frames] * len(lms), units, normalization, return_layers)
+        B, _, T = lms.shape
+        lead = (self.model_config.depth,) if return_layers else ()
+        out = np.empty((*lead, B, self.num_steps(T), self.feature_dim), np.float32)
+        n = self.chunk_frames
+        sources = [
+            lambda b=b: ((lms[b, :, k : k + n], min(n, T - k)) for k in range(0, T, n))
+            for b in range(B)
+        ]
+        targets = [out[..., b, :, :] for b in range(B)]
+        self._run(sources, [T] * B, False, normalization, return_layers, _writer(targets))
         return out[..., 0, :, :] if squeeze else out
 
     def scene_embeddings(
@@ -258,11 +234,59 @@ class Runtime:
         normalization: Normalization = "default",
     ) -> np.ndarray:
         """Clip embeddings float32 [B, F'*D] ([F'*D] for one waveform [S], [N, F'*D] for a
-        list of N clips): the frame features averaged over time."""
-        feats = self.encode(audio_BS, sample_rate, normalization)
-        if is_clip_list(audio_BS):
-            return np.stack([f.mean(axis=0) for f in feats])
-        return feats.mean(axis=-2)
+        list of N clips): the frame features averaged over time, accumulated chunk by chunk
+        (no per-frame features are kept)."""
+        clips, layout, sr = prepare_clips(audio_BS, sample_rate)
+        frames_B = [audio.num_frames(chunking.resampled_length(len(c), sr)) for c in clips]
+        sums = np.zeros((len(clips), self.feature_dim), np.float64)
+
+        def add(i: int, t0: int, f_TD: np.ndarray) -> None:
+            sums[i] += f_TD.sum(axis=0, dtype=np.float64)
+
+        sources = _wav_sources(clips, sr, self.chunk_frames, self.unit_frames)
+        self._run(sources, frames_B, True, normalization, False, add)
+        steps = np.array([self.num_steps(f) for f in frames_B], np.float64)
+        scene = (sums / steps[:, None]).astype(np.float32)
+        return scene[0] if layout == SINGLE else scene
+
+    def stream_features(
+        self,
+        blocks: Callable[[], Iterable[np.ndarray]],
+        normalization: Normalization = "default",
+        frames: bool = False,
+    ) -> StreamFeatures:
+        """One clip given as 16 kHz blocks -> its scene embedding [F'*D] (and frame features
+        [T, F'*D] with frames=True), equal to `scene_embeddings` / `encode` of the whole clip.
+
+        `blocks()` returns an iterator over the clip's samples in pieces of any sizes (a file
+        read block by block: `audio_io.iter_blocks`); only a chunk and a block are held at a
+        time. 'batch' normalisation reads the clip twice (statistics first).
+        """
+        seen = [0]
+        n = self.chunk_frames
+
+        def pieces() -> Iterator[tuple[np.ndarray, int]]:
+            w = chunking.Windower(n, self.unit_frames)
+            for block in blocks():
+                yield from w.push(block)
+            yield from w.finish()
+            seen[0] = w.samples
+
+        sums = np.zeros(self.feature_dim, np.float64)
+        kept: list[np.ndarray] = []
+
+        def add(i: int, t0: int, f_TD: np.ndarray) -> None:
+            sums[:] += f_TD.sum(axis=0, dtype=np.float64)
+            if frames:
+                kept.append(f_TD.copy())
+
+        self._run([pieces], None, True, normalization, False, add)
+        steps = self.num_steps(audio.num_frames(seen[0]))
+        return StreamFeatures(
+            (sums / steps).astype(np.float32),
+            np.concatenate(kept) if frames else None,
+            seen[0],
+        )
 
     def timestamp_embeddings(
         self,
@@ -321,83 +345,47 @@ class Runtime:
 
     def _run(
         self,
+        sources: Sequence[Callable[[], Iterable[tuple[np.ndarray, int]]]],
+        frames_B: Sequence[int] | None,
         from_wav: bool,
-        x: np.ndarray,
-        frames_B: Sequence[int],
-        units: int,
         normalization: Normalization,
         return_layers: bool,
-    ) -> np.ndarray:
-        """x: [B, ...] padded to `units`; frames_B: the real frames of each row.
-        -> [(L,) B, max T, F'*D] (rows past their own T hold padding outputs)."""
-        batch_stats, mean, std = self.resolve_normalization(normalization)
-        B = x.shape[0]
-        n_dev = len(self._devices)
-        b_bucket = bucket_size(B)
-        sharded = n_dev > 1 and B >= n_dev
-        if sharded:
-            b_bucket = -(-b_bucket // n_dev) * n_dev
-        x = np.pad(x, ((0, b_bucket - B),) + ((0, 0),) * (x.ndim - 1))
-        frames_B = np.pad(np.asarray(frames_B, np.int32), (0, b_bucket - B))  # pad rows: 0
-        if sharded:
-            if self._params_sharded is None:
-                self._params_sharded = jax.device_put(self._params, NamedSharding(self._mesh, P()))
-            params = self._params_sharded
-            x = jax.device_put(x, NamedSharding(self._mesh, P("batch")))
-        else:
-            params = self._params
-        out = _features_jit(
-            params,
-            x,
+        sink: Callable[[int, int, np.ndarray], None],
+    ) -> None:
+        """Every clip's pieces (waveform windows or log-mel slices of `chunk_frames` frames,
+        with their real frames) through the device in calls (`calls.Executor.run`).
+        frames_B: each clip's frames when known (None for streams)."""
+        self._calls.run(
+            sources,
             frames_B,
-            np.float32(mean),
-            np.float32(std),
-            config=self.model_config,
-            units=units,
             from_wav=from_wav,
-            batch_stats=batch_stats,
+            stats=self.resolve_normalization(normalization),
             return_layers=return_layers,
+            sink=sink,
+            chunk_units=int(self.chunk_units),
+            units_per_call=int(self.units_per_call),
         )
-        T = self.num_steps(int(frames_B.max()))
-        return np.asarray(out)[..., :B, :T, :]
+
+    @property
+    def _params_sharded(self) -> Any:
+        """The parameters replicated over the local devices (None before a sharded call)."""
+        return self._calls.params_sharded
 
 
-# ---- device side (module level: compiled code is shared by every Runtime of one config) ----
-TRACE_COUNTS: collections.Counter = collections.Counter()  # ModelConfig -> traces so far
+def _wav_sources(
+    clips: Sequence[np.ndarray], sr: int, chunk_frames: int, unit_frames: int
+) -> list[Callable[[], Iterator[tuple[np.ndarray, int]]]]:
+    """Each clip (at `sr`) as a source of waveform windows of `chunk_frames` frames."""
+    return [
+        lambda c=c: chunking.windows(chunking.blocks_16k(c, sr), chunk_frames, unit_frames)
+        for c in clips
+    ]
 
 
-def _features(
-    params,
-    x,
-    frames_B,
-    mean,
-    std,
-    *,
-    config: ModelConfig,
-    units: int,
-    from_wav: bool,
-    batch_stats: bool,
-    return_layers: bool,
-):
-    """x: padded waveforms [B, S] (from_wav) or raw log-mels [B, F, U*fu]; frames_B: the real
-    frames of each row (0 for padding rows); mean/std: used unless batch_stats."""
-    TRACE_COUNTS[config] += 1  # Python side effect: runs once per trace, not per call
-    fu = config.input_size[1]
-    lms_BFT = audio.log_mel_jax(x)[..., : units * fu] if from_wav else x
-    B, F, T = lms_BFT.shape
-    valid_B1T = jnp.arange(T)[None, None, :] < frames_B[:, None, None]
-    if batch_stats:  # statistics of the real rows and frames only
-        count = jnp.sum(frames_B.astype(jnp.float32)) * F
-        mean = jnp.sum(jnp.where(valid_B1T, lms_BFT, 0.0)) / count
-        sq = jnp.where(valid_B1T, jnp.square(lms_BFT - mean), 0.0)
-        std = jnp.sqrt(jnp.sum(sq) / jnp.maximum(count - 1.0, 1.0))  # unbiased, as torch
-        std = jnp.maximum(std, _MIN_BATCH_STD)
-    # Normalise, then zero the padding: the official code pads the normalised log-mel.
-    x_BFT = jnp.where(valid_B1T, (lms_BFT - mean) / std, 0.0)
-    return encode_frames(params, x_BFT, config, return_layers)
+def _writer(targets: Sequence[np.ndarray]) -> Callable[[int, int, np.ndarray], None]:
+    """A sink writing a piece's features into clip i's output [(L,) T, F'*D] from step t0."""
 
+    def put(i: int, t0: int, f_TD: np.ndarray) -> None:
+        targets[i][..., t0 : t0 + f_TD.shape[-2], :] = f_TD
 
-_features_jit = jax.jit(
-    _features,
-    static_argnames=("config", "units", "from_wav", "batch_stats", "return_layers"),
-)
+    return put

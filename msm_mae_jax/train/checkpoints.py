@@ -1,12 +1,14 @@
 """Training checkpoints: orbax CheckpointManager under WORKDIR/checkpoints/<step>/.
 
-Each step directory holds two items: `state` (params, opt_state, step, rng: the train state
-pytree) and `meta` (JSON: model config, normalisation statistics, data position, config).
+Each step directory holds three items: `state` (params, opt_state, step, rng: the train state
+pytree), `meta` (JSON: model config, normalisation statistics, data position, config) and
+`checksums` (JSON: every state array's checksum, `model.checksums`).
 Orbax writes into a temporary directory and renames it when complete (on gs://, where
 renaming is a copy, it marks a complete step with a commit file instead), so a save killed
 half-way never replaces the latest good checkpoint. The workdir may be a local path or a URL
 (gs://...): orbax reaches buckets through etils.epath and tensorstore. A step damaged later
-(a truncated or overwritten file, a missing part) is found when it fails to restore:
+(a truncated or overwritten file, a missing part, a flipped bit: the checksums are checked
+on every restore) is found when it fails to restore:
 `restore_newest` falls back to the newest step that restores and moves the damaged ones to
 WORKDIR/damaged_checkpoints.
 """
@@ -25,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, interrupts
 from msm_mae_jax.core.errors import ConfigError, UserError
 from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.model import checksums, orbax_quiet
 from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.train import checkpoint_meta
 
@@ -35,11 +38,16 @@ log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"  # beside CKPT_DIR: out of orbax's way, never deleted
+CHECKSUMS_ITEM = "checksums"  # a step's third item: {array path: checksum} of its state
 
 
 class CheckpointError(UserError):
     """Checkpoints cannot be written, or none of a workdir's restores; the message says why
     and which step is the newest usable one."""
+
+
+class ChecksumMismatch(ValueError):
+    """A restored array differs from the one saved (damaged after it was written)."""
 
 
 class Restored(NamedTuple):
@@ -99,6 +107,7 @@ class Checkpointer:
                 cleanup_tmp_directories=True,  # leftovers of a save killed half-way
             )
         self.directory = checkpoint_dir(workdir)
+        orbax_quiet.install()
         with _quiet_read_only_notices() if read_only else contextlib.nullcontext():
             self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -127,26 +136,46 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict, force: bool = True) -> bool:
         """Starts an (async) save; the state's device buffers are copied before returning,
-        so the caller may donate them to the next step."""
-        with self._writing():
+        so the caller may donate them to the next step. Every array's checksum is saved beside
+        (`model.checksums`) and checked when the step is restored."""
+        sums = checksums.tree_checksums(state)
+        # Ctrl-C waits until the save has started (then raises): an interrupted start would
+        # leave the step half-made, neither saved nor abandoned cleanly.
+        with interrupts.deferred(reraise=True), self._writing():
             return self.manager.save(
                 int(step),
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                    state=ocp.args.StandardSave(state),
+                    meta=ocp.args.JsonSave(meta),
+                    **{CHECKSUMS_ITEM: ocp.args.JsonSave(sums)},
                 ),
                 force=force,
             )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores into the shardings carried by `abstract_state` (jax.ShapeDtypeStruct
-        leaves with .sharding): each device reads only its own shard."""
-        out = self.manager.restore(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
-        )
+        leaves with .sharding): each device reads only its own shard. ChecksumMismatch when
+        an array differs from what was saved."""
+        items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+        if self.has_checksums(step):
+            items[CHECKSUMS_ITEM] = ocp.args.JsonRestore()
+        out = self.manager.restore(int(step), args=ocp.args.Composite(**items))
+        bad = checksums.first_mismatch(out["state"], out.get(CHECKSUMS_ITEM))
+        if bad:
+            raise ChecksumMismatch(bad)
         return out["state"], dict(out["meta"])
+
+    def has_checksums(self, step: int) -> bool:
+        """Steps saved before checksums were recorded have none (and are not checked)."""
+        return fs.isfile(fs.join(self.directory, str(int(step)), CHECKSUMS_ITEM, "metadata"))
+
+    def restore_checksums(self, step: int) -> dict | None:
+        if not self.has_checksums(step):
+            return None
+        out = self.manager.restore(
+            int(step), args=ocp.args.Composite(**{CHECKSUMS_ITEM: ocp.args.JsonRestore()})
+        )
+        return dict(out[CHECKSUMS_ITEM])
 
     def restore_meta(self, step: int) -> dict:
         """The step's metadata; checkpoint_meta.MetaError (naming the file) when damaged."""
@@ -180,6 +209,8 @@ class Checkpointer:
                     why = _non_finite(state)
                 except ConfigError:
                     raise
+                except ChecksumMismatch as e:
+                    why = str(e)
                 except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
                     why = describe_error(e)
             why = _agreed(why)
@@ -221,6 +252,26 @@ class Checkpointer:
     def wait(self) -> None:
         with self._writing():
             self.manager.wait_until_finished()
+
+    def finish_saves(self) -> int | None:
+        """After Ctrl-C: completes the save in flight and returns the newest complete step, so
+        what is then said about it is true. A save that fails is logged; so is one abandoned
+        by another KeyboardInterrupt (a command exits at once on a second Ctrl-C instead:
+        `core.interrupts`, whose line then names `newest_complete_now`)."""
+        if self.manager.is_saving_in_progress():
+            log.warning("finishing the checkpoint save in flight (Ctrl-C again to exit without it)")
+        try:
+            self.wait()
+        except (CheckpointError, KeyboardInterrupt) as e:
+            log.warning("the checkpoint save in flight did not complete: %s", describe_error(e))
+        self.manager.reload()
+        return self.manager.latest_step()
+
+    def newest_complete_now(self) -> str:
+        """'newest complete checkpoint: step N' (or none), read from the directory now (no
+        lock of the manager's: safe in a signal handler while a save is in flight)."""
+        steps = ocp.utils.checkpoint_steps(self.directory) if fs.isdir(self.directory) else []
+        return f"newest complete checkpoint: {f'step {max(steps)}' if steps else 'none'}"
 
     def close(self) -> None:
         try:
@@ -313,7 +364,10 @@ def _read_checkpoint(workdir: str, step: int | None, select) -> tuple[Any, dict]
             if why is None:
                 try:
                     meta = ckpt.restore_meta(s)
-                    return _restore_numpy(fs.join(d, str(s), "state"), select), meta
+                    out = _restore_numpy(fs.join(d, str(s), "state"), select)
+                    why = checksums.first_mismatch(out, ckpt.restore_checksums(s))
+                    if why is None:
+                        return out, meta
                 except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
                     why = describe_error(e)
             log.warning("checkpoint step %d in %s cannot be read: %s", s, d, why)

@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, interrupts
 from msm_mae_jax.core.errors import ConfigError, DataError, UserError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.data.tf_setup import tensorflow
@@ -310,11 +310,12 @@ def train_and_evaluate(
                 if pending is not None:
                     check(*pending)
         except KeyboardInterrupt:
-            latest = ckpt.latest_step()
+            # A second Ctrl-C exits at once (a command's rule): its line says what is then true.
+            interrupts.set_exit_note(ckpt.newest_complete_now)
+            latest = ckpt.finish_saves()  # the save in flight first: then this is true
             writer.console(
-                f"interrupted after step {step}; latest checkpoint: "
-                f"{'none' if latest is None else f'step {latest}'} (a save in flight is "
-                "completed first)"
+                f"interrupted after step {step}; newest complete checkpoint: "
+                f"{'none' if latest is None else f'step {latest}'}"
             )
             raise
     last["preempted"] = preempted

@@ -2,7 +2,8 @@
 
     DIR/msm_mae.json, DIR/encoder/   the encoder artifact (`model.artifact`), its metadata
                                      extended with a "finetune" entry (task, classes, head)
-    DIR/head.npz                     the head's parameters ('norm/scale', 'fc/kernel', ...)
+    DIR/head.npz                     the head's parameters ('norm/scale', 'fc/kernel', ...),
+                                     written and checksummed as part of the artifact
 
 `load(DIR)` gives a `FinetunedModel` whose `logits(wavs)` run the whole clips through the
 same path as the fine-tuning evaluation (log-mel, the stored normalisation, units, pooling,
@@ -12,6 +13,7 @@ head); `Runtime.load(DIR)` gives the encoder's features as for any exported mode
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Any
 
@@ -63,13 +65,18 @@ def save(path: str, job, params: Any, extra: dict | None = None) -> str:
         "unit_sec": job.store.unit_sec,
         **(extra or {}),
     }
-    artifact.save_model_dir(
-        path, mc, params["encoder"], job.stats, source=job.source, extra={"finetune": info}
+    head = io.BytesIO()
+    np.savez(head, **_flatten(params["head"]))
+    # One artifact with the head inside: a rewrite replaces both at once, never one of them.
+    return artifact.save_model_dir(
+        path,
+        mc,
+        params["encoder"],
+        job.stats,
+        source=job.source,
+        extra={"finetune": info},
+        files={HEAD_FILE: head.getvalue()},
     )
-    tmp = os.path.join(path, HEAD_FILE + ".tmp.npz")
-    np.savez(tmp, **_flatten(params["head"]))
-    os.replace(tmp, os.path.join(path, HEAD_FILE))
-    return path
 
 
 @dataclasses.dataclass
@@ -117,7 +124,7 @@ def load(path: str) -> FinetunedModel:
     head_path = os.path.join(path, HEAD_FILE)
     if info is None or not os.path.isfile(head_path):
         raise FileNotFoundError(f"{path}: not a fine-tuned model (no {HEAD_FILE} / finetune meta)")
-    with np.load(head_path) as z:
+    with np.load(io.BytesIO(artifact.read_file(path, HEAD_FILE, meta))) as z:
         head_params = _unflatten({k: z[k] for k in z.files})
     head = model.HeadConfig(**info["head"])
     return FinetunedModel(
