@@ -160,10 +160,14 @@ def encoder_features(
 
     def fn(wav_BS: np.ndarray, len_B: np.ndarray) -> dict[str, np.ndarray]:
         b = len(len_B)
-        out = runtime.encode(wav_BS, normalization=normalization, return_layers=layers is not None)
+        if layers is None:  # the mean over time, without holding every frame's features
+            return {
+                "final": np.asarray(runtime.scene_embeddings(wav_BS, normalization=normalization))[
+                    :b
+                ]
+            }
+        out = runtime.encode(wav_BS, normalization=normalization, return_layers=True)
         out = np.asarray(out).mean(axis=-2)  # mean over time
-        if layers is None:
-            return {"final": out[:b]}
         if layer_mode == "concat":
             name = "layers_" + "+".join(str(k + 1) for k in layers)
             return {name: np.concatenate([out[k, :b] for k in layers], axis=-1)}
