@@ -1,6 +1,9 @@
-"""Fine-tuning: data, gradients, frozen encoder = linear probe, multi-label end to end, CLI."""
+"""Fine-tuning: data, gradients, frozen encoder = linear probe, multi-label end to end, early
+stopping and the best parameters, the CLI."""
 
+import dataclasses
 import json
+import os
 import re
 
 import jax
@@ -8,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import soundfile as sf
 from finetune_utils import MICRO, encoder_params, ft_config, synthetic_csv, write_encoder
 
 from msm_mae_jax.cli import finetune as cli
@@ -17,6 +21,7 @@ from msm_mae_jax.evaluation import probe, tasks
 from msm_mae_jax.evaluation.finetune import data, export, model, optimizer, run, state
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.frames import encode_frames
+from msm_mae_jax.train import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -311,6 +316,57 @@ def test_multilabel_task_end_to_end_with_export(tmp_path, encoder_dir):
         task, encoder_dir, c, str(tmp_path / "work"), log=logs.append, progress=False
     )
     assert again["mAP"] == res["mAP"] and again["runs"] == res["runs"]
+
+
+def _swapped_valid_task(root) -> str:
+    """Two classes, a low and a high tone (easy to learn), whose validation labels are
+    swapped: the better the model learns the training labels, the worse its validation score,
+    while its test score (true labels) improves."""
+    os.makedirs(os.path.join(root, "clips"))
+    files, labels, splits = [], [], []
+    for i, split in enumerate(["train"] * 16 + ["valid"] * 8 + ["test"] * 8):
+        rng = np.random.default_rng(i)
+        y = i % 2
+        t = np.arange(int(16000 * (0.4 + 0.05 * (i // 2 % 4)))) / 16000
+        f0 = rng.uniform(200, 400) if y == 0 else rng.uniform(3000, 5000)
+        wav = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.01 * rng.standard_normal(len(t))
+        files.append(os.path.join(root, "clips", f"{i}.wav"))
+        sf.write(files[-1], wav.astype(np.float32), 16000)
+        labels.append(["low", "high"][1 - y if split == "valid" else y])
+        splits.append(split)
+    return tasks.write_csv(os.path.join(root, "task.csv"), files, labels, splits=splits)
+
+
+def test_early_stopping_keeps_and_tests_the_best_parameters(tmp_path, encoder_dir):
+    """Validation gets worse as training goes on (patience 1, an evaluation every epoch of 2
+    steps): the run stops at the second evaluation without a better score, the best step is
+    the first best one, and the test score reported and exported is the best parameters',
+    not the last ones'."""
+    task = tasks.parse_task(f"csv:{_swapped_valid_task(str(tmp_path / 'task'))}")
+    off = {"augment.mixup": "0", "augment.rrc": "false", "model.drop_path": "0"}
+    off.update({"augment.freq_mask": "0", "augment.time_mask": "0"})
+    c = ft_config(**{**off, "epochs": "10", "early_stop_patience": "1", "optim.lr": "3e-3"})
+    res = run.finetune(
+        task, encoder_dir, c, str(tmp_path / "work"), log=lambda m: None, progress=False
+    )
+    (r,) = res["runs"]
+    run_dir = tmp_path / "work" / "split" / "seed0"
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    valid = {row["step"]: row["valid/accuracy"] for row in rows if "valid/accuracy" in row}
+    assert list(valid) == list(range(2, r["steps"] + 1, 2))  # every epoch
+    best = min(step for step, v in valid.items() if v == max(valid.values()))
+    assert r["best_step"] == best and r["valid"] == valid[best]
+    assert r["early_stopped"] and r["steps"] == best + 2 * 2 < r["total_steps"] == 20
+    # the test score: the best parameters' (as exported), not the last ones'
+    fold = task.folds[0]
+    wavs, y = list(task.source.iterate(fold.test)), task.y[fold.test]
+    ft = export.load(r["export"])
+    saved = checkpoints.load_state_numpy(str(run_dir), r["steps"])[0]
+    jax.tree.map(np.testing.assert_array_equal, ft.params, saved["best_params"])
+    accuracy = lambda m: float(np.mean(np.argmax(m.predict(wavs), -1) == y))  # noqa: E731
+    last = dataclasses.replace(ft, params=saved["params"])
+    assert r["test"] == accuracy(ft) < accuracy(last), (r["test"], accuracy(last))
+    assert res["accuracy"]["mean"] == r["test"]
 
 
 # ---- command line ----------------------------------------------------------------------------
