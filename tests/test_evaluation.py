@@ -287,7 +287,11 @@ def test_cli_smoke(tmp_path):
     assert bad.returncode == 2 and "missing.csv" in bad.stderr
 
 
-def test_checkpoint_path_with_task_and_checkpoint_norm(tmp_path):
+def test_checkpoint_features_with_checkpoint_norm_and_layers(tmp_path):
+    """A checkpoint's features: with --norm checkpoint the stored statistics normalise the
+    input (and with --norm task the task's); each `layers` feature is its own block's output
+    (Runtime.encode(..., return_layers=True)) averaged over time, the last one the final
+    features."""
     from msm_mae_jax.data.normalization import NormStats
     from msm_mae_jax.model import artifact
 
@@ -297,23 +301,24 @@ def test_checkpoint_path_with_task_and_checkpoint_norm(tmp_path):
         str(tmp_path / "model"), cfg, rt._params, NormStats(-5.0, 3.0), source="test"
     )
     task = tasks.parse_task("synthetic:24")
-    kw = dict(
-        checkpoint=ckpt,
-        unit_sec=0.5,
-        seeds=(0,),
-        cache_dir=None,
-        progress=False,
-        probe_kw={"max_epochs": 3},
-        log=lambda m: None,
-    )
-    own = linear.evaluate(task, norm="checkpoint", **kw)
+    kw = dict(checkpoint=ckpt, unit_sec=0.5, cache_dir=None, progress=False, log=lambda m: None)
+    own = linear.evaluate(task, norm="checkpoint", seeds=(0,), probe_kw={"max_epochs": 3}, **kw)
     assert own["settings"]["norm_stats"] == {"mean": -5.0, "std": 3.0}
     assert own["feature_dim"] == cfg.feature_dim and own["model"] == ckpt
-    feats, info = linear.extract(
-        task, **{k: v for k, v in kw.items() if k not in ("seeds", "probe_kw")}
+    wav_NS = np.stack([linear.fit_length(w, 8000) for w in task.source.iterate(range(24), 0.5)])
+    blocks_LND = np.asarray(rt.encode(wav_NS, normalization=(-5.0, 3.0), return_layers=True)).mean(
+        -2
     )
-    ref = rt.scene_embeddings(
-        np.stack([linear.fit_length(w, 8000) for w in task.source.iterate(range(24), 0.5)]),
-        normalization=tuple(info["norm_stats"].values()),
-    )
+    assert blocks_LND.shape == (cfg.depth, 24, cfg.feature_dim)
+    assert np.abs(blocks_LND[0] - blocks_LND[1]).max() > 0.1
+    layers, _ = linear.extract(task, norm="checkpoint", layers="all", **kw)
+    assert sorted(layers) == ["layer1", "layer2"]
+    for k in range(cfg.depth):
+        np.testing.assert_allclose(layers[f"layer{k + 1}"], blocks_LND[k], rtol=1e-4, atol=1e-4)
+    final, _ = linear.extract(task, norm="checkpoint", **kw)
+    np.testing.assert_allclose(final["final"], blocks_LND[-1], rtol=1e-4, atol=1e-4)
+    # --norm task: the task's statistics (those reported), not the stored ones
+    feats, info = linear.extract(task, **kw)
+    assert info["norm_stats"] != {"mean": -5.0, "std": 3.0}
+    ref = rt.scene_embeddings(wav_NS, normalization=tuple(info["norm_stats"].values()))
     np.testing.assert_allclose(feats["final"], ref, rtol=1e-4, atol=1e-4)

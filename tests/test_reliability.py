@@ -315,7 +315,8 @@ def _damage(wd, mode):
     [
         ("missing _METADATA", "state/_METADATA is missing"),
         ("empty manifest", r"state/manifest\.ocdbt is empty"),
-        # what it gives depends on where the bytes land: caught either way
+        # what it gives depends on where the bytes land: caught either way (the non-finite
+        # check alone: test_a_checkpoint_with_a_nan_falls_back)
         ("overwritten bytes", r"ZSTD_decompressStream|non-finite values in \["),
         ("bad meta", "JSONDecodeError"),
     ],
@@ -332,6 +333,29 @@ def test_every_kind_of_damage_falls_back(trained, tmp_path, setup, mode, why):
     assert step == 4 and re.search(why, reason), reason
     assert dest == str(wd / checkpoints.DAMAGED_DIR / "4")
     assert checkpoints.Checkpointer(str(wd)).all_steps() == [2]
+
+
+def test_a_checkpoint_with_a_nan_falls_back(trained, tmp_path, setup):
+    """A step saved whole but holding one NaN (a diverged state that was checkpointed) does
+    not restore: the step before does, and the array is named."""
+    wd = _copy(trained, tmp_path)
+    ck = checkpoints.Checkpointer(str(wd))
+    target = "['encoder']['blocks_1']['mlp']['fc2']['kernel']"
+    with setup.activate():
+        state, meta = ck.restore(4, setup.abstract_state)
+        params = jax.tree_util.tree_map_with_path(
+            lambda p, x: x.at[3, 5].set(np.nan) if jax.tree_util.keystr(p) == target else x,
+            state.params,
+        )
+        ck.save(6, state.replace(params=params), {**meta, "step": 6, "data_position": 6})
+        ck.wait()
+        restored = ck.restore_newest(setup.abstract_state, lambda s, m: None)
+    ck.close()
+    assert restored.step == 4 and int(restored.state.step) == 4
+    assert restored.damaged == [
+        (6, f"non-finite values in [0]{target}", str(wd / checkpoints.DAMAGED_DIR / "6"))
+    ]
+    assert checkpoints.Checkpointer(str(wd)).all_steps() == [2, 4]
 
 
 def test_export_reads_past_a_damaged_newest_step(trained, tmp_path):
