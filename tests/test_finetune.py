@@ -444,6 +444,61 @@ def test_cli_refuses_another_jobs_workdir(tmp_path, encoder_dir, task_csv, capsy
     assert "holds another fine-tuning job" in capsys.readouterr().err
 
 
+def test_random_init_baseline_through_the_command(tmp_path, task_csv, capsys):
+    """`finetune --random-init tiny`: the tiny model's encoder with random weights is
+    fine-tuned, tested and exported; the same command again finds the run complete."""
+    out = tmp_path / "ft.json"
+    argv = ["--random-init", "tiny", "--task", f"csv:{task_csv}", "--out", str(out)]
+    argv += [
+        "--config",
+        "tiny",
+        "--no-progress",
+        "--config.mesh=(('data',1),('fsdp',1),('tensor',1))",
+    ]
+    assert cli.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["model"] == "random init (tiny, seed 0)" and res["metric"] == "accuracy"
+    (r,) = res["runs"]
+    assert r["steps"] == r["total_steps"] == 6 and 0 <= r["test"] <= 1
+    assert res["accuracy"]["mean"] == r["test"] and "accuracy (%)" in capsys.readouterr().out
+    ft = export.load(r["export"])
+    assert (ft.model_config.input_size, ft.model_config.embed_dim) == ((80, 208), 64)
+    init = run.random_init("tiny").params
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), ft.params["encoder"], init)
+    assert min(jax.tree.leaves(moved)) > 0  # every encoder array fine-tuned
+    assert cli.main(argv) == 0 and json.loads(out.read_text())["runs"] == res["runs"]
+    assert "holds another" not in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_stops_with_one_line(
+    tmp_path, encoder_dir, task_csv, capsys, monkeypatch
+):
+    """NaN input at step 3: one line naming the step and the latest good checkpoint (step 2,
+    saved after its evaluation), exit 2; that checkpoint holds finite values."""
+    real = data.TrainBatches.batch
+
+    def poisoned(self, step):
+        x, valid, y = real(self, step)
+        return (np.full_like(x, np.nan) if step == 2 else x), valid, y
+
+    monkeypatch.setattr(data.TrainBatches, "batch", poisoned)
+    wd = tmp_path / "work"
+    argv = ["--checkpoint", encoder_dir, "--task", f"csv:{task_csv}", "--workdir", str(wd)]
+    argv += ["--config", "tiny", "--no-progress", "--config.eval_every_steps=2"]
+    argv += ["--config.mesh=(('data',1),('fsdp',1),('tensor',1))"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    run_dir = wd / "split" / "seed0"
+    assert err[-1] == (
+        "msm-mae finetune: error: [split seed 0] non-finite loss (nan) or gradient norm (nan) "
+        f"at step 3; the latest good checkpoint is 2 in {run_dir / 'checkpoints'}"
+    ), err[-3:]
+    assert not any("Traceback" in line for line in err)
+    saved = checkpoints.load_state_numpy(str(run_dir), 2)[0]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved["params"]))
+    assert checkpoints.Checkpointer(str(run_dir)).all_steps() == [2]
+
+
 def test_config_overrides_are_typed_and_bare_variants_name_the_finetune_configs():
     c = cli.load_config(
         "tiny",
