@@ -302,9 +302,11 @@ def _damage(wd, mode):
     elif mode == "empty manifest":
         (state / "manifest.ocdbt").write_bytes(b"")
     elif mode == "overwritten bytes":
+        # 0xFF: NaN wherever the bytes land in raw array data (random bytes there are mostly
+        # finite values that nothing can tell from the saved ones), else a decoding error
         for p in (state / "ocdbt.process_0" / "d").iterdir():
             data = bytearray(p.read_bytes())
-            data[len(data) // 3 : len(data) // 3 + 64] = np.random.default_rng(0).bytes(64)
+            data[len(data) // 3 : len(data) // 3 + 64] = b"\xff" * 64
             p.write_bytes(bytes(data))
     elif mode == "bad meta":
         (wd / "checkpoints" / "4" / "meta" / "metadata").write_text("{not json")
