@@ -1,6 +1,10 @@
-"""Test session set-up: 8 fake CPU devices (sharding tests), quiet TF, shared data paths."""
+"""Test session set-up: 8 fake CPU devices (sharding tests), quiet TF, one compilation cache,
+shared data paths."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere: sharding tests need several devices. A user's
 # own XLA_FLAGS are kept; the device count is added unless they already set one.
@@ -9,6 +13,21 @@ if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}=8".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache for the session, read through the environment by jax in
+# this process, in the other pytest-xdist worker (started after this runs in the controller)
+# and in every subprocess (the real commands): a program compiled once, e.g. the tiny train
+# step of the command-line runs, is loaded by every later process that needs it (programs
+# are keyed by their HLO, devices and flags: those of 1-device subprocesses are not those of
+# this 8-device process). Every program is kept, however short its compile (CPU programs of
+# tiny models compile in well under jax's default 1 s threshold). A cache dir of the user's
+# own is used as it is; the session's own is removed at exit.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _CACHE = tempfile.mkdtemp(prefix="msm_mae_jax_tests_jax_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pathlib  # noqa: E402
 

@@ -43,14 +43,13 @@ def _cmd(enc, csv, wd):
     ]
 
 
-def _env(cache):
+def _env():
+    """One device; the session's compilation cache (tests/conftest.py) is inherited."""
     return {
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
 
 
@@ -80,7 +79,7 @@ def test_sigterm_then_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     csv = synthetic_csv(str(tmp_path / "task"))
     wd, ref = str(tmp_path / "killed"), str(tmp_path / "ref")
     run_dir = os.path.join(wd, "split", "seed0")
-    env = _env(tmp_path / "jax_cache")
+    env = _env()
     p = subprocess.Popen(
         _cmd(enc, csv, wd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

@@ -13,7 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from train_utils import final_params, read_metrics, read_tensorboard, tiny_config
+from train_utils import (
+    FOREVER,
+    final_params,
+    read_metrics,
+    read_tensorboard,
+    run_flags,
+    tiny_config,
+)
 
 from configs.msm_mae import get_config
 from msm_mae_jax.core.errors import ConfigError
@@ -234,7 +241,7 @@ def test_nan_stops_with_step_and_keeps_good_checkpoint(tmp_path, monkeypatch):
             yield b
 
     monkeypatch.setattr(pipeline, "train_iterator", poisoned)
-    c = tiny(4, log_every_steps=10)
+    c = tiny(3, log_every_steps=10)  # steps 1-2 lean, 3 (the last) full: programs compiled here
     with pytest.raises(loop.NonFiniteError, match="at step 3"):
         loop.train_and_evaluate(c, str(tmp_path))
     ck = checkpoints.Checkpointer(str(tmp_path))
@@ -290,7 +297,7 @@ def test_vit_b_step_compiles_on_abstract_inputs():
     assert qkv.shape == (768, 2304)
 
 
-def _train_cmd(wd, *extra):
+def _train_cmd(wd, **overrides):
     return [
         sys.executable,
         os.path.join(ROOT, "train.py"),
@@ -298,31 +305,19 @@ def _train_cmd(wd, *extra):
         os.path.join(ROOT, "configs/msm_mae.py:tiny"),
         "--workdir",
         wd,
-        "--config.batch_size=8",
-        "--config.warmup_steps=1",
-        "--config.log_every_steps=1",
-        "--config.figure_every_steps=0",
-        "--config.probe.every_steps=0",
-        "--config.data.synthetic_clips=64",
-        "--config.data.synthetic_seconds=2.5",
-        "--config.data.norm_stats_crops=16",
-        "--config.mesh=(('data',1),('fsdp',1),('tensor',1))",
-        *extra,
+        *run_flags(**overrides),
     ]
 
 
-def _env(cache_dir=None):
-    env = {
+def _env():
+    """One device per process; the session's compilation cache (tests/conftest.py) is
+    inherited: the restarted and the reference runs reuse the first run's programs."""
+    return {
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
     }
-    if cache_dir:  # the restarted run reuses the first run's compiled programs
-        env.update(
-            JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
-        )
-    return env
 
 
 def _wait_for_step(proc, wd, step, timeout=120, ckpt=None):
@@ -345,11 +340,10 @@ def _wait_for_step(proc, wd, step, timeout=120, ckpt=None):
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     """Killed at an arbitrary step, restarted: final params equal an uninterrupted run."""
     wd = str(tmp_path / "killed")
-    cache = tmp_path / "jax_cache"
-    steps = ["--config.total_steps=7", "--config.ckpt_every_steps=2"]
+    steps = {"total_steps": 7}  # test_gcs's runs: the same programs
     p = subprocess.Popen(
-        _train_cmd(wd, *steps),
-        env=_env(cache),
+        _train_cmd(wd, **steps),
+        env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -360,7 +354,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     done = max(r["step"] for r in read_metrics(wd))
     assert done < 7, "the run finished before it could be killed"
     r = subprocess.run(
-        _train_cmd(wd, *steps), env=_env(cache), capture_output=True, text=True, timeout=300
+        _train_cmd(wd, **steps), env=_env(), capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout
@@ -368,7 +362,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     # the last bits between processes with 1 and 8 devices, even on a 1-device mesh).
     ref = str(tmp_path / "ref")
     r = subprocess.run(
-        _train_cmd(ref, *steps), env=_env(cache), capture_output=True, text=True, timeout=300
+        _train_cmd(ref, **steps), env=_env(), capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = final_params(wd, 7), final_params(ref, 7)
@@ -382,7 +376,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     wd = str(tmp_path)
     p = subprocess.Popen(
-        _train_cmd(wd, "--config.total_steps=100000", "--config.ckpt_every_steps=100000"),
+        _train_cmd(wd, **FOREVER),
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
