@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import threading
 
 import jax
 import numpy as np
@@ -157,6 +157,17 @@ def test_embed_finds_audio_at_urls(fsdd_dir, memory_url):
     assert found == [(fs.join(folder, "sub", "1_george_0.wav"),) * 2]
 
 
+@pytest.fixture
+def background():
+    """Processes a test starts in the background: killed when it ends, however it ends."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def _rows(wd: str) -> list[dict]:
     return [json.loads(line) for line in fs.read_text(fs.join(wd, "metrics.jsonl")).splitlines()]
 
@@ -164,13 +175,16 @@ def _rows(wd: str) -> list[dict]:
 def _kill_at_step(cmd: list[str], env: dict, step: int) -> str:
     """Starts `cmd`, SIGKILLs it once its console shows `step`; returns its output."""
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, deadline = [], time.time() + TIMEOUT
+    out = []
+    watchdog = threading.Timer(TIMEOUT, p.kill)  # a run that hangs silently ends the read
+    watchdog.start()
     try:
         for line in p.stdout:
             out.append(line)
-            if line.startswith(f"[{step}/{STEPS} ") or time.time() > deadline:
+            if line.startswith(f"[{step}/{STEPS} "):
                 break
     finally:
+        watchdog.cancel()
         p.kill()
         p.wait()
     text = "".join(out)
@@ -179,7 +193,7 @@ def _kill_at_step(cmd: list[str], env: dict, step: int) -> str:
 
 
 @pytest.mark.slow
-def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path):
+def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path, background):
     """Data and workdir in a bucket: killed during the save of step 4 or just after (the
     console shows step 5; orbax finishes the save of step 2 before starting that of step 4),
     resumed from a checkpoint, bitwise equal to an uninterrupted run in a local workdir (run
@@ -194,6 +208,7 @@ def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    background.append(reference)
     _kill_at_step(_train_cmd(wd, **source), env, 5)
     assert fs.exists(fs.join(wd, workdir_lock.LOCK_NAME))  # left by the killed run
     # Alongside the resumed run: the same training from the audio files in the bucket
@@ -205,6 +220,7 @@ def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    background.append(from_files)
     r = subprocess.run(
         _train_cmd(wd, **source), env=env, capture_output=True, text=True, timeout=TIMEOUT
     )
