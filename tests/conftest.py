@@ -1,6 +1,10 @@
-"""Test session set-up: 8 fake CPU devices (sharding tests), quiet TF, shared data paths."""
+"""Test session set-up: 8 fake CPU devices (sharding tests), quiet TF, one compilation cache,
+shared data paths."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere: sharding tests need several devices. A user's
 # own XLA_FLAGS are kept; the device count is added unless they already set one.
@@ -9,6 +13,21 @@ if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICE_FLAG}=8".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache for the session, read through the environment by jax in
+# this process, in the other pytest-xdist worker (started after this runs in the controller)
+# and in every subprocess (the real commands): a program compiled once, e.g. the tiny train
+# step of the command-line runs, is loaded by every later process that needs it (programs
+# are keyed by their HLO, devices and flags: those of 1-device subprocesses are not those of
+# this 8-device process). Every program is kept, however short its compile (CPU programs of
+# tiny models compile in well under jax's default 1 s threshold). A cache dir of the user's
+# own is used as it is; the session's own is removed at exit.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _CACHE = tempfile.mkdtemp(prefix="msm_mae_jax_tests_jax_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pathlib  # noqa: E402
 
@@ -49,10 +68,16 @@ for _k, _v in gcs_emulator.STATIC_ENV.items():  # before gcsfs or etils.epath is
     os.environ.setdefault(_k, _v)
 
 
+# Set to 1 to let the gs:// tests skip where the installed emulator does not start; by default
+# that fails them (a start-up regression must not silently remove the only gs:// tests).
+GCS_SKIP_ENV = "MSM_MAE_TEST_ALLOW_NO_GCS"
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator_host():
-    """URL of a session GCS emulator that every library (and every subprocess) uses; skips
-    the test with the reason when the emulator package is missing or does not start."""
+    """URL of a session GCS emulator that every library (and every subprocess) uses. Skips
+    the test with the reason when the emulator package is not installed; an installed one
+    that does not start fails it (skips with MSM_MAE_TEST_ALLOW_NO_GCS=1)."""
     why = gcs_emulator.available()
     if why:
         pytest.skip(why)
@@ -60,7 +85,9 @@ def gcs_emulator_host():
         ctx = gcs_emulator.running()
         host = ctx.__enter__()
     except RuntimeError as e:
-        pytest.skip(str(e))
+        if os.environ.get(GCS_SKIP_ENV, "") not in ("", "0"):
+            pytest.skip(f"{e} ({GCS_SKIP_ENV} is set)")
+        pytest.fail(f"{e} (set {GCS_SKIP_ENV}=1 to skip the gs:// tests)", pytrace=False)
     env = gcs_emulator.emulator_env(host)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -184,6 +184,40 @@ def test_cache_hit_skips_extraction(tmp_path, monkeypatch):
     assert [p for p in os.listdir(tmp_path / "cache") if p.endswith(".tmp.npz")] == []
 
 
+def test_cache_entry_of_a_checkpoint_is_not_reused_once_its_files_change(tmp_path):
+    """The cache key holds the checkpoint's files (names, sizes, versions): a file edited in
+    place (same size) or new weights written to the same path are misses and give their own
+    features; unchanged files are a hit."""
+    from msm_mae_jax.data.normalization import NormStats
+    from msm_mae_jax.model import artifact
+
+    cfg = linear.load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
+    path = str(tmp_path / "model")
+
+    def write(seed):
+        params = linear.random_runtime(cfg, NormStats(-5.0, 3.0), seed=seed)._params
+        return artifact.save_model_dir(path, cfg, params, NormStats(-5.0, 3.0), source="t")
+
+    task = tasks.parse_task("synthetic:12")
+    kw = dict(checkpoint=write(1), norm="checkpoint", unit_sec=0.5, progress=False)
+    kw.update(cache_dir=str(tmp_path / "cache"), log=lambda m: None)
+    first, info = linear.extract(task, **kw)
+    again, info2 = linear.extract(task, **kw)
+    assert not info["cache_hit"] and info2["cache_hit"]
+    np.testing.assert_array_equal(again["final"], first["final"])
+    meta = tmp_path / "model" / artifact.META_FILE
+    text = meta.read_text()
+    assert text.count("-5.0") == 1
+    meta.write_text(text.replace("-5.0", "-4.0"))  # the stored mean, edited in place
+    edited, info3 = linear.extract(task, **kw)
+    assert not info3["cache_hit"] and info3["norm_stats"]["mean"] == -4.0
+    assert np.abs(edited["final"] - first["final"]).max() > 0.01
+    write(2)  # other weights at the same path
+    new, info4 = linear.extract(task, **kw)
+    assert not info4["cache_hit"] and np.abs(new["final"] - first["final"]).max() > 0.1
+    assert linear.extract(task, **kw)[1]["cache_hit"]
+
+
 def test_fold_task_reports_mean_and_std_over_folds(tmp_path):
     task = tasks.parse_task(f"csv:{_synthetic_csv(tmp_path, n=60, folds=3)}")
     res = linear.evaluate(
@@ -217,26 +251,23 @@ def test_argument_errors(tmp_path):
     assert linear.parse_layers("1,-1", 12) == [0, 11]
 
 
-def test_unreadable_clips_are_skipped_named_and_left_out(tmp_path):
+def test_unreadable_clips_are_skipped_named_and_left_out(tmp_path, capsys):
     """A corrupt WAV and a float WAV scaled as integers: both left out of every split, counted
-    and named in the results and the table, the rest evaluated; through the command."""
+    and named in the results and the table, the rest evaluated; through the command's entry
+    point (test_cli_smoke runs a real process)."""
+    from msm_mae_jax.cli import evaluate
+
     path = _synthetic_csv(tmp_path, n=24)
     with open(tmp_path / "clips" / "3.wav", "wb") as f:
         f.write(b"RIFF\x10\x00\x00\x00WAVEfmt not a wav file")
     wav, _ = synthetic.make_clip(20, 7, 0.5)
     sf.write(tmp_path / "clips" / "20.wav", wav * 4e5, 16000, subtype="FLOAT")
     out = tmp_path / "res.json"
-    r = subprocess.run(
-        [sys.executable, "-m", "msm_mae_jax", "eval", "--baseline", "logmel"]
-        + ["--task", f"csv:{path}", "--unit-sec", "0.5", "--seeds", "1", "--max-epochs", "3"]
-        + ["--no-cache", "--no-progress", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
+    argv = ["--baseline", "logmel", "--task", f"csv:{path}", "--unit-sec", "0.5", "--seeds", "1"]
+    argv += ["--max-epochs", "3", "--no-cache", "--no-progress", "--out", str(out)]
+    assert evaluate.main(argv) == 0
+    r = capsys.readouterr()
+    assert "Traceback" not in r.err
     res = json.loads(out.read_text())
     assert res["skipped"]["count"] == 2
     by_index = {c["index"]: c for c in res["skipped"]["clips"]}
@@ -245,11 +276,13 @@ def test_unreadable_clips_are_skipped_named_and_left_out(tmp_path):
     assert "far outside [-1, 1]" in by_index[20]["reason"]
     sizes = res["clips"]  # clips 0-15 train (and valid), 16-23 test: one fewer in each
     assert sizes["train"] + sizes["valid"] == 15 and sizes["test"] == 7
-    (line,) = [x for x in r.stdout.splitlines() if x.startswith("skipped 2 clip(s)")]
+    (line,) = [x for x in r.out.splitlines() if x.startswith("skipped 2 clip(s)")]
     assert "3.wav" in line and "20.wav" in line
 
 
 def test_cli_smoke(tmp_path):
+    """evaluate.py as a process, from another folder, with the underscore spellings (a
+    missing task file: test_cli_errors)."""
     out = tmp_path / "res.json"
     cmd = [
         sys.executable,
@@ -277,24 +310,13 @@ def test_cli_smoke(tmp_path):
     assert len(res["accuracy"]["per_seed"]) == 2
     assert res["clips"] == {"train": 25, "valid": 4, "test": 7}
     assert {"extraction_s", "probe_s"} <= set(res["timing"])
-    bad = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "evaluate.py"),
-            "--task",
-            f"csv:{tmp_path / 'missing.csv'}",
-            "--baseline",
-            "logmel",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert bad.returncode == 2 and "missing.csv" in bad.stderr
 
 
-def test_checkpoint_path_with_task_and_checkpoint_norm(tmp_path):
+def test_checkpoint_features_with_checkpoint_norm_and_layers(tmp_path):
+    """A checkpoint's features: with --norm checkpoint the stored statistics normalise the
+    input (and with --norm task the task's); each `layers` feature is its own block's output
+    (Runtime.encode(..., return_layers=True)) averaged over time, the last one the final
+    features."""
     from msm_mae_jax.data.normalization import NormStats
     from msm_mae_jax.model import artifact
 
@@ -304,29 +326,34 @@ def test_checkpoint_path_with_task_and_checkpoint_norm(tmp_path):
         str(tmp_path / "model"), cfg, rt._params, NormStats(-5.0, 3.0), source="test"
     )
     task = tasks.parse_task("synthetic:24")
-    kw = dict(
-        checkpoint=ckpt,
-        unit_sec=0.5,
-        seeds=(0,),
-        cache_dir=None,
-        progress=False,
-        probe_kw={"max_epochs": 3},
-        log=lambda m: None,
-    )
-    own = linear.evaluate(task, norm="checkpoint", **kw)
+    kw = dict(checkpoint=ckpt, unit_sec=0.5, cache_dir=None, progress=False, log=lambda m: None)
+    own = linear.evaluate(task, norm="checkpoint", seeds=(0,), probe_kw={"max_epochs": 3}, **kw)
     assert own["settings"]["norm_stats"] == {"mean": -5.0, "std": 3.0}
     assert own["feature_dim"] == cfg.feature_dim and own["model"] == ckpt
-    feats, info = linear.extract(
-        task, **{k: v for k, v in kw.items() if k not in ("seeds", "probe_kw")}
-    )
     # 2 s clips, 0.5 s unit: test clips cropped from the start, the others (train and valid)
     # at their random starts seeded by (crop seed 42, clip index)
     test = set(task.folds[0].test.tolist())
-    fitted = [
-        linear.fit_length(
-            w, 8000, 0 if i in test else linear.random_crop_start(len(w), 8000, 42, i)
-        )
-        for i, w in enumerate(task.source.iterate(range(24)))
-    ]
-    ref = rt.scene_embeddings(np.stack(fitted), normalization=tuple(info["norm_stats"].values()))
+    wav_NS = np.stack(
+        [
+            linear.fit_length(
+                w, 8000, 0 if i in test else linear.random_crop_start(len(w), 8000, 42, i)
+            )
+            for i, w in enumerate(task.source.iterate(range(24)))
+        ]
+    )
+    blocks_LND = np.asarray(rt.encode(wav_NS, normalization=(-5.0, 3.0), return_layers=True)).mean(
+        -2
+    )
+    assert blocks_LND.shape == (cfg.depth, 24, cfg.feature_dim)
+    assert np.abs(blocks_LND[0] - blocks_LND[1]).max() > 0.1
+    layers, _ = linear.extract(task, norm="checkpoint", layers="all", **kw)
+    assert sorted(layers) == ["layer1", "layer2"]
+    for k in range(cfg.depth):
+        np.testing.assert_allclose(layers[f"layer{k + 1}"], blocks_LND[k], rtol=1e-4, atol=1e-4)
+    final, _ = linear.extract(task, norm="checkpoint", **kw)
+    np.testing.assert_allclose(final["final"], blocks_LND[-1], rtol=1e-4, atol=1e-4)
+    # --norm task: the task's statistics (those reported), not the stored ones
+    feats, info = linear.extract(task, **kw)
+    assert info["norm_stats"] != {"mean": -5.0, "std": 3.0}
+    ref = rt.scene_embeddings(wav_NS, normalization=tuple(info["norm_stats"].values()))
     np.testing.assert_allclose(feats["final"], ref, rtol=1e-4, atol=1e-4)

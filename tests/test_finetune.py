@@ -1,6 +1,9 @@
-"""Fine-tuning: data, gradients, frozen encoder = linear probe, multi-label end to end, CLI."""
+"""Fine-tuning: data, gradients, frozen encoder = linear probe, multi-label end to end, early
+stopping and the best parameters, the CLI."""
 
+import dataclasses
 import json
+import os
 import re
 
 import jax
@@ -8,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import soundfile as sf
 from finetune_utils import MICRO, encoder_params, ft_config, synthetic_csv, write_encoder
 
 from msm_mae_jax.cli import finetune as cli
@@ -17,6 +21,7 @@ from msm_mae_jax.evaluation import probe, tasks
 from msm_mae_jax.evaluation.finetune import data, export, model, optimizer, run, state
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.frames import encode_frames
+from msm_mae_jax.train import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -313,6 +318,57 @@ def test_multilabel_task_end_to_end_with_export(tmp_path, encoder_dir):
     assert again["mAP"] == res["mAP"] and again["runs"] == res["runs"]
 
 
+def _swapped_valid_task(root) -> str:
+    """Two classes, a low and a high tone (easy to learn), whose validation labels are
+    swapped: the better the model learns the training labels, the worse its validation score,
+    while its test score (true labels) improves."""
+    os.makedirs(os.path.join(root, "clips"))
+    files, labels, splits = [], [], []
+    for i, split in enumerate(["train"] * 16 + ["valid"] * 8 + ["test"] * 8):
+        rng = np.random.default_rng(i)
+        y = i % 2
+        t = np.arange(int(16000 * (0.4 + 0.05 * (i // 2 % 4)))) / 16000
+        f0 = rng.uniform(200, 400) if y == 0 else rng.uniform(3000, 5000)
+        wav = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.01 * rng.standard_normal(len(t))
+        files.append(os.path.join(root, "clips", f"{i}.wav"))
+        sf.write(files[-1], wav.astype(np.float32), 16000)
+        labels.append(["low", "high"][1 - y if split == "valid" else y])
+        splits.append(split)
+    return tasks.write_csv(os.path.join(root, "task.csv"), files, labels, splits=splits)
+
+
+def test_early_stopping_keeps_and_tests_the_best_parameters(tmp_path, encoder_dir):
+    """Validation gets worse as training goes on (patience 1, an evaluation every epoch of 2
+    steps): the run stops at the second evaluation without a better score, the best step is
+    the first best one, and the test score reported and exported is the best parameters',
+    not the last ones'."""
+    task = tasks.parse_task(f"csv:{_swapped_valid_task(str(tmp_path / 'task'))}")
+    off = {"augment.mixup": "0", "augment.rrc": "false", "model.drop_path": "0"}
+    off.update({"augment.freq_mask": "0", "augment.time_mask": "0"})
+    c = ft_config(**{**off, "epochs": "10", "early_stop_patience": "1", "optim.lr": "3e-3"})
+    res = run.finetune(
+        task, encoder_dir, c, str(tmp_path / "work"), log=lambda m: None, progress=False
+    )
+    (r,) = res["runs"]
+    run_dir = tmp_path / "work" / "split" / "seed0"
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    valid = {row["step"]: row["valid/accuracy"] for row in rows if "valid/accuracy" in row}
+    assert list(valid) == list(range(2, r["steps"] + 1, 2))  # every epoch
+    best = min(step for step, v in valid.items() if v == max(valid.values()))
+    assert r["best_step"] == best and r["valid"] == valid[best]
+    assert r["early_stopped"] and r["steps"] == best + 2 * 2 < r["total_steps"] == 20
+    # the test score: the best parameters' (as exported), not the last ones'
+    fold = task.folds[0]
+    wavs, y = list(task.source.iterate(fold.test)), task.y[fold.test]
+    ft = export.load(r["export"])
+    saved = checkpoints.load_state_numpy(str(run_dir), r["steps"])[0]
+    jax.tree.map(np.testing.assert_array_equal, ft.params, saved["best_params"])
+    accuracy = lambda m: float(np.mean(np.argmax(m.predict(wavs), -1) == y))  # noqa: E731
+    last = dataclasses.replace(ft, params=saved["params"])
+    assert r["test"] == accuracy(ft) < accuracy(last), (r["test"], accuracy(last))
+    assert res["accuracy"]["mean"] == r["test"]
+
+
 # ---- command line ----------------------------------------------------------------------------
 def _one_class_csv(root):
     csv = synthetic_csv(root)
@@ -323,19 +379,10 @@ def _one_class_csv(root):
     return csv
 
 
-def _no_test_csv(root):
-    csv = synthetic_csv(root)
-    rows = open(csv).read().splitlines()
-    with open(csv, "w") as f:
-        f.write("\n".join([rows[0]] + [r.replace(",test", ",train") for r in rows[1:]]) + "\n")
-    return csv
-
-
 @pytest.mark.parametrize(
     "case,match",
     [
         ("one_class", "class 'dog'.*two classes or more"),
-        ("empty_split", "the test split of split is empty"),
         ("unknown_label", "no label column 'genre'"),
         ("unknown_key", "unknown config key 'optim.no_such'"),
         ("bad_value", "bad value 'many' for config key epochs"),
@@ -348,7 +395,8 @@ def _no_test_csv(root):
     ],
 )
 def test_cli_mistakes_are_one_line_errors(case, match, tmp_path, encoder_dir, task_csv, capsys):
-    edit = {"one_class": _one_class_csv, "empty_split": _no_test_csv}.get(case)
+    # (an empty split and an unseen class: test_cli_errors, through the real commands)
+    edit = {"one_class": _one_class_csv}.get(case)
     csv = edit(str(tmp_path / "t")) if edit else task_csv
     argv = ["--checkpoint", encoder_dir, "--task", f"csv:{csv}", "--out", str(tmp_path / "o.json")]
     argv += ["--config", "configs/finetune.py:tiny", "--no-progress"]
@@ -386,6 +434,61 @@ def test_cli_refuses_another_jobs_workdir(tmp_path, encoder_dir, task_csv, capsy
     argv = ["--checkpoint", encoder_dir, "--task", f"csv:{csv}", "--workdir", str(wd)]
     assert cli.main(argv + ["--config", "tiny", "--no-progress"]) == 2
     assert "holds another fine-tuning job" in capsys.readouterr().err
+
+
+def test_random_init_baseline_through_the_command(tmp_path, task_csv, capsys):
+    """`finetune --random-init tiny`: the tiny model's encoder with random weights is
+    fine-tuned, tested and exported; the same command again finds the run complete."""
+    out = tmp_path / "ft.json"
+    argv = ["--random-init", "tiny", "--task", f"csv:{task_csv}", "--out", str(out)]
+    argv += [
+        "--config",
+        "tiny",
+        "--no-progress",
+        "--config.mesh=(('data',1),('fsdp',1),('tensor',1))",
+    ]
+    assert cli.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["model"] == "random init (tiny, seed 0)" and res["metric"] == "accuracy"
+    (r,) = res["runs"]
+    assert r["steps"] == r["total_steps"] == 6 and 0 <= r["test"] <= 1
+    assert res["accuracy"]["mean"] == r["test"] and "accuracy (%)" in capsys.readouterr().out
+    ft = export.load(r["export"])
+    assert (ft.model_config.input_size, ft.model_config.embed_dim) == ((80, 208), 64)
+    init = run.random_init("tiny").params
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), ft.params["encoder"], init)
+    assert min(jax.tree.leaves(moved)) > 0  # every encoder array fine-tuned
+    assert cli.main(argv) == 0 and json.loads(out.read_text())["runs"] == res["runs"]
+    assert "holds another" not in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_stops_with_one_line(
+    tmp_path, encoder_dir, task_csv, capsys, monkeypatch
+):
+    """NaN input at step 3: one line naming the step and the latest good checkpoint (step 2,
+    saved after its evaluation), exit 2; that checkpoint holds finite values."""
+    real = data.TrainBatches.batch
+
+    def poisoned(self, step):
+        x, valid, y = real(self, step)
+        return (np.full_like(x, np.nan) if step == 2 else x), valid, y
+
+    monkeypatch.setattr(data.TrainBatches, "batch", poisoned)
+    wd = tmp_path / "work"
+    argv = ["--checkpoint", encoder_dir, "--task", f"csv:{task_csv}", "--workdir", str(wd)]
+    argv += ["--config", "tiny", "--no-progress", "--config.eval_every_steps=2"]
+    argv += ["--config.mesh=(('data',1),('fsdp',1),('tensor',1))"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    run_dir = wd / "split" / "seed0"
+    assert err[-1] == (
+        "msm-mae finetune: error: [split seed 0] non-finite loss (nan) or gradient norm (nan) "
+        f"at step 3; the latest good checkpoint is 2 in {run_dir / 'checkpoints'}"
+    ), err[-3:]
+    assert not any("Traceback" in line for line in err)
+    saved = checkpoints.load_state_numpy(str(run_dir), 2)[0]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved["params"]))
+    assert checkpoints.Checkpointer(str(run_dir)).all_steps() == [2]
 
 
 def test_config_overrides_are_typed_and_bare_variants_name_the_finetune_configs():

@@ -43,14 +43,13 @@ def _cmd(enc, csv, wd):
     ]
 
 
-def _env(cache):
+def _env():
+    """One device; the session's compilation cache (tests/conftest.py) is inherited."""
     return {
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
 
 
@@ -80,7 +79,7 @@ def test_sigterm_then_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     csv = synthetic_csv(str(tmp_path / "task"))
     wd, ref = str(tmp_path / "killed"), str(tmp_path / "ref")
     run_dir = os.path.join(wd, "split", "seed0")
-    env = _env(tmp_path / "jax_cache")
+    env = _env()
     p = subprocess.Popen(
         _cmd(enc, csv, wd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -164,10 +163,13 @@ def _pretrain(store, train_idx, stats, out, steps=200, width=128):
 def test_fsdd_digits_finetuning_reaches_95_and_beats_the_linear_probe(
     fsdd_dir, fsdd_synthetic, tmp_path, monkeypatch
 ):
-    """Takes 5-49 train (10% of them valid), takes 0-4 test (300 clips); whole clips. On the
-    synthetic stand-in (540 clips, tests/fsdd_like.py; harder, and 8x less data) the same ~300
-    updates with batch 16 must beat the probe by as much, and reach 60% (measured: 71%, the
-    probe 43%); 95% is the claim for the recordings (measured: 98%, the probe 89%)."""
+    """Takes 5-49 train (10% of them valid), takes 0-4 test (300 clips); whole clips. The
+    recordings: 5 epochs of batch 32 (375 updates) without SpecAugment masks, validated once at
+    the end, reach the claimed 95% (measured: 98%, the probe 89%; 8 epochs of batch 64 with
+    masks and a validation every epoch, 1.6x the examples, gave the same 98%; fewer clips, as
+    takes 5-29 in 7 epochs, fell to 96%). On the synthetic stand-in (540 clips,
+    tests/fsdd_like.py; harder, and 8x less data) ~300 updates with batch 16 must beat the
+    probe by as much, and reach 60% (measured: 71%, the probe 43%)."""
     files = sorted(str(p) for p in fsdd_dir.glob("*.wav"))
     names = [os.path.basename(f)[:-4].split("_") for f in files]
     splits = ["test" if int(n[2]) < 5 else "train" for n in names]
@@ -193,21 +195,23 @@ def test_fsdd_digits_finetuning_reaches_95_and_beats_the_linear_probe(
     )
 
     monkeypatch.setattr(data, "load_clips", lambda *a, **k: store)  # read once above
+    # masks slow a short schedule down (4 epochs: 96% with them, 97% without)
+    short = {"epochs": "5", "batch_size": "32", "augment.freq_mask": "0", "augment.time_mask": "0"}
+    short["eval_every_steps"] = "1000000"  # once, at the last step: its parameters are tested
+    stand_in = {"epochs": "15", "batch_size": "16", "augment.freq_mask": "16"}
+    stand_in["augment.time_mask"] = "24"
     c = ft_config(
         **{
-            "epochs": "15" if fsdd_synthetic else "8",
             "warmup_epochs": "1",
-            "batch_size": "16" if fsdd_synthetic else "64",
             "optim.lr": "2e-3",
             "augment.mixup": "0",
             "augment.rrc": "false",
-            "augment.freq_mask": "16",
-            "augment.time_mask": "24",
             "data.time_shift": "false",  # converges faster in a short schedule (98 vs 94%)
             "early_stop_patience": "-1",
             "data.eval_batch_size": "64",
             "log_every_steps": "1000",
             "export": "false",
+            **(stand_in if fsdd_synthetic else short),
         }
     )
     res = run.finetune(task, enc, c, str(tmp_path / "ft"), log=lambda m: None, progress=False)

@@ -1,25 +1,29 @@
 """gs:// end to end, against a local Cloud Storage emulator (conftest.py starts it; the tests
-skip with the reason where the emulator package is missing or does not start).
+skip with the reason where the emulator package is missing, and fail where it is installed
+but does not start unless MSM_MAE_TEST_ALLOW_NO_GCS=1).
 
 A few FSDD recordings are copied into a bucket and prepared into `lms:` shards there (and the
 preparation resumed); training reads them by byte range (`lms:gs://...`) through the real
 command with its workdir in the bucket, is killed with SIGKILL half-way and resumed, and ends
 bit for bit where an uninterrupted run ends; the encoder is exported to the bucket, loaded
 from there with `Runtime`, and evaluated on a task whose CSV and audio are in the bucket.
+Alongside, the same training reads the audio files from the bucket (`files:gs://...`); the
+HEAR API loads the exported model from the bucket and `embed` writes its `.npz` there.
 TensorFlow's own gs:// client (TFDS `data_dir=gs://...`, version-1 `lms:` corpora) cannot be
 pointed at an emulator and is not exercised here.
 """
 
+import io
 import json
 import os
 import subprocess
 import sys
-import time
+import threading
 
 import jax
 import numpy as np
 import pytest
-from train_utils import read_tensorboard
+from train_utils import RUN_FLAGS, read_tensorboard
 
 from msm_mae_jax.core import fs, staging
 from msm_mae_jax.train import checkpoints, workdir_lock
@@ -27,19 +31,8 @@ from msm_mae_jax.train import checkpoints, workdir_lock
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300  # seconds: a run that has not exited by then hangs
 STEPS = 7
-FLAGS = {
-    "total_steps": STEPS,
-    "batch_size": 4,
-    "warmup_steps": 1,
-    "log_every_steps": 1,
-    "ckpt_every_steps": 2,
-    "figure_every_steps": 4,
-    "figure_clips": 2,
-    "probe.every_steps": 0,
-    "data.norm_mean": -9.0,
-    "data.norm_std": 4.0,
-    "mesh": "(('data',1),('fsdp',1),('tensor',1))",
-}
+# test_trainer's SIGKILL runs: the same programs (train_utils.RUN_FLAGS), plus figures
+FLAGS = {**RUN_FLAGS, "total_steps": STEPS, "figure_every_steps": 4, "figure_clips": 2}
 
 
 LABELS = ("0", "1", "2")  # digits present in FSDD and in its stand-in
@@ -54,15 +47,14 @@ def _train_cmd(wd: str, **overrides) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def env(gcs_emulator_host, tmp_path_factory):
-    """One device per process, a compilation cache shared by the runs, the emulator's env."""
+def env(gcs_emulator_host):
+    """One device per process, the emulator's env; the session's compilation cache
+    (tests/conftest.py) is inherited."""
     return {
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
 
 
@@ -165,6 +157,17 @@ def test_embed_finds_audio_at_urls(fsdd_dir, memory_url):
     assert found == [(fs.join(folder, "sub", "1_george_0.wav"),) * 2]
 
 
+@pytest.fixture
+def background():
+    """Processes a test starts in the background: killed when it ends, however it ends."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def _rows(wd: str) -> list[dict]:
     return [json.loads(line) for line in fs.read_text(fs.join(wd, "metrics.jsonl")).splitlines()]
 
@@ -172,13 +175,16 @@ def _rows(wd: str) -> list[dict]:
 def _kill_at_step(cmd: list[str], env: dict, step: int) -> str:
     """Starts `cmd`, SIGKILLs it once its console shows `step`; returns its output."""
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, deadline = [], time.time() + TIMEOUT
+    out = []
+    watchdog = threading.Timer(TIMEOUT, p.kill)  # a run that hangs silently ends the read
+    watchdog.start()
     try:
         for line in p.stdout:
             out.append(line)
-            if line.startswith(f"[{step}/{STEPS} ") or time.time() > deadline:
+            if line.startswith(f"[{step}/{STEPS} "):
                 break
     finally:
+        watchdog.cancel()
         p.kill()
         p.wait()
     text = "".join(out)
@@ -187,7 +193,7 @@ def _kill_at_step(cmd: list[str], env: dict, step: int) -> str:
 
 
 @pytest.mark.slow
-def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path):
+def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path, background):
     """Data and workdir in a bucket: killed during the save of step 4 or just after (the
     console shows step 5; orbax finishes the save of step 2 before starting that of step 4),
     resumed from a checkpoint, bitwise equal to an uninterrupted run in a local workdir (run
@@ -202,8 +208,19 @@ def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    background.append(reference)
     _kill_at_step(_train_cmd(wd, **source), env, 5)
     assert fs.exists(fs.join(wd, workdir_lock.LOCK_NAME))  # left by the killed run
+    # Alongside the resumed run: the same training from the audio files in the bucket
+    # (`files:gs://`; the same compiled programs, read from the cache by now).
+    from_files = subprocess.Popen(
+        _train_cmd(str(tmp_path / "files"), **{"data.source": f"files:{bucket}/audio"}),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    background.append(from_files)
     r = subprocess.run(
         _train_cmd(wd, **source), env=env, capture_output=True, text=True, timeout=TIMEOUT
     )
@@ -212,6 +229,13 @@ def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path):
     assert "took over the lock" in r.stderr, r.stderr[-3000:]
     out, _ = reference.communicate(timeout=TIMEOUT)
     assert reference.returncode == 0, out[-3000:]
+    out, _ = from_files.communicate(timeout=TIMEOUT)
+    assert from_files.returncode == 0, out[-3000:]
+    rows = _rows(str(tmp_path / "files"))
+    assert [row["step"] for row in rows] == list(range(1, STEPS + 1))
+    assert all(np.isfinite(row["loss"]) and row["loss"] > 0 for row in rows)
+    saved = json.load(open(tmp_path / "files" / "config.json"))
+    assert saved["data"]["source"] == f"files:{bucket}/audio"
 
     a = checkpoints.load_state_numpy(wd, STEPS)[0]["params"]
     b = checkpoints.load_state_numpy(ref, STEPS)[0]["params"]
@@ -246,6 +270,22 @@ def test_train_kill_resume_export_load_evaluate_on_gcs(corpus, env, tmp_path):
     emb = np.asarray(rt.scene_embeddings(wav[None], 16000))
     ref_emb = np.asarray(Runtime.load(ref).scene_embeddings(wav[None], 16000))
     np.testing.assert_array_equal(emb, ref_emb)
+    from msm_mae_jax.features import hear
+
+    model = hear.load_model(out_dir)  # the HEAR API from the bucket
+    np.testing.assert_array_equal(hear.get_scene_embeddings(wav[None], model), emb)
+
+    # Embeddings of the bucket's audio folder, written into the bucket.
+    from msm_mae_jax.data import audio_io
+
+    emb_url = fs.join(bucket, "embeddings", "digits.npz")
+    assert main(["embed", "--checkpoint", out_dir, "--out", emb_url, fs.join(bucket, "audio")]) == 0
+    with np.load(io.BytesIO(fs.read_bytes(emb_url))) as z:
+        names, scene = list(z["paths"]), z["scene"]
+    assert names == sorted(fs.basename(f) for f in files) and scene.shape == (len(files), 5 * 64)
+    for i in (0, len(files) - 1):
+        one = rt.scene_embeddings(audio_io.load_audio(fs.join(bucket, "audio", names[i]))[None])
+        np.testing.assert_allclose(scene[i], np.asarray(one)[0], rtol=1e-5, atol=1e-5)
 
     # Evaluate the exported encoder on the task in the bucket (CSV, audio, cache, results).
     cache, result = fs.join(bucket, "cache"), fs.join(bucket, "results", "digits.json")

@@ -34,10 +34,25 @@ def test_due_every_n_steps_and_at_the_last_step():
 
 
 def test_build_hooks_follows_the_config(tmp_path):
-    c = tiny_config(2, mesh=ONE_DEVICE)
-    setup = Setup(c, optim.resolve_schedule(c))
+    """Each hook is built when its key asks for it (alone or both, figures first), with the
+    config's period; none when both are off."""
+    small = {"figure_clips": 2, "probe.max_train": 6, "probe.max_test": 4}
+    setup = None
     writer = metrics.MetricWriter(str(tmp_path), tensorboard=False, stream=io.StringIO())
-    assert hooks.build_hooks(c, setup, NormStats(0.0, 1.0), str(tmp_path), writer) == []
+    for every_fig, every_probe in [(0, 0), (3, 0), (0, 5), (2, 4)]:
+        c = tiny_config(
+            7,
+            mesh=ONE_DEVICE,
+            figure_every_steps=every_fig,
+            **{"probe.every_steps": every_probe},
+            **small,
+        )
+        setup = setup or Setup(c, optim.resolve_schedule(c))  # the same model and mesh
+        built = hooks.build_hooks(c, setup, NormStats(0.0, 1.0), str(tmp_path), writer)
+        want = [(hooks.FigureHook, every_fig)] if every_fig else []
+        want += [(hooks.ProbeHook, every_probe)] if every_probe else []
+        assert [(type(h), h.every_steps) for h in built] == want, (every_fig, every_probe)
+    writer.close()
 
 
 def test_clip_embeddings_are_frame_features_averaged_over_time():
@@ -91,14 +106,15 @@ def test_figure_hook_crops_to_the_batch_frames(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "train_iterator", with_frames)
     monkeypatch.setattr(figures, "reconstruction_figure", spy)
-    c = tiny_config(2, mesh=ONE_DEVICE, figure_every_steps=1, figure_clips=3)
+    # two clips, as test_trainer's figures: the same compiled programs
+    c = tiny_config(3, mesh=ONE_DEVICE, figure_every_steps=1, figure_clips=2)
     setup = Setup(c, optim.resolve_schedule(c))
     writer = metrics.MetricWriter(str(tmp_path), stream=io.StringIO())
     (hook,) = hooks.build_hooks(c, setup, NormStats(-9.0, 4.0), str(tmp_path), writer)
     assert isinstance(hook, hooks.FigureHook)
     assert hook.run(2, setup.init_state(0)) == {}
     writer.close()
-    np.testing.assert_array_equal(seen[0], frames[:3])
+    np.testing.assert_array_equal(seen[0], frames[:2])
     path = os.path.join(tmp_path, "figures", "recon_00000002.png")
     with open(path, "rb") as f:
         png = f.read()

@@ -1,12 +1,14 @@
 """The model under a fake 8-device CPU mesh: logical axis names -> mesh shardings.
 
-Forward + gradient compile and run with the batch sharded over `data` (8) and over a (4, 2)
-`data` x `fsdp` mesh (parameters sharded over `fsdp` by the config's rules), and give the
-single-device loss and gradients.
+Forward + gradient compile and run with the batch sharded over `data` (8), over a (4, 2)
+`data` x `fsdp` mesh (parameters sharded over `fsdp` by the config's rules) and over a
+(2, 2, 2) `data` x `fsdp` x `tensor` mesh (heads, qkv and mlp axes over `tensor` too), and give
+the single-device loss and gradients.
 """
 
 import importlib.util
 import pathlib
+import re
 
 import flax.linen as nn
 import jax
@@ -60,7 +62,9 @@ def reference():
     return params, lms, key, float(loss), grads
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1), (4, 2, 1)], ids=["data8", "data4xfsdp2"])
+@pytest.mark.parametrize(
+    "shape", [(8, 1, 1), (4, 2, 1), (2, 2, 2)], ids=["data8", "data4xfsdp2", "data2xfsdp2xtensor2"]
+)
 def test_sharded_step_matches_single_device(reference, shape):
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
@@ -82,10 +86,14 @@ def test_sharded_step_matches_single_device(reference, shape):
         p_sh = jax.device_put(params, param_sh)
         loss, grads = step(p_sh, jax.device_put(lms, batch_sh), key)
 
-    if shape[1] > 1:  # fsdp really splits the embed axis of the weights
-        kernel = grads["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]
-        assert kernel.sharding.spec[0] == "fsdp"
-        assert kernel.addressable_shards[0].data.shape == (TINY.embed_dim // 2, 4 * 64)
+    # fsdp splits the embed axis of the weights, tensor their mlp / qkv axis
+    kernel = grads["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+    qkv = grads["encoder"]["blocks_1"]["attn"]["qkv"]["kernel"]
+    fsdp, tensor = shape[1], shape[2]
+    assert kernel.addressable_shards[0].data.shape == (64 // fsdp, 4 * 64 // tensor)
+    assert qkv.addressable_shards[0].data.shape == (64 // fsdp, 3 * 64 // tensor)
+    if tensor > 1:
+        assert tuple(kernel.sharding.spec) == ("fsdp", "tensor")
     np.testing.assert_allclose(float(loss), loss_1, rtol=1e-5, atol=1e-5)
     for g, g1 in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_1), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(g1), atol=1e-5)
@@ -98,13 +106,64 @@ def test_constraints_are_no_ops_without_rules(reference):
     assert float(jax.jit(_loss)(params, lms, key)) == pytest.approx(loss_1, abs=1e-6)
 
 
-def test_every_parameter_has_logical_names():
-    abstract = mae.abstract_params(ModelConfig())
-    leaves = jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
-    known = {"embed", "mlp", "qkv", "patch", None}
-    for x in leaves:
-        assert len(x.names) == x.value.ndim and set(x.names) <= known, x.names
+# Logical axis names of every parameter, by its path (block numbers as {i}): a kernel or
+# table that loses a name is no longer sharded by the rules (silently replicated).
+LOGICAL_NAMES = {
+    "encoder/patch_embed/proj/kernel": ("patch", "embed"),
+    "encoder/patch_embed/proj/bias": ("embed",),
+    "encoder/cls_token": (None, None, "embed"),
+    "encoder/norm/scale": ("embed",),
+    "encoder/norm/bias": ("embed",),
+    "decoder/decoder_embed/kernel": (None, "embed"),  # its input: the encoder's width
+    "decoder/decoder_embed/bias": ("embed",),
+    "decoder/mask_token": (None, None, "embed"),
+    "decoder/decoder_norm/scale": ("embed",),
+    "decoder/decoder_norm/bias": ("embed",),
+    "decoder/decoder_pred/kernel": ("embed", "patch"),
+    "decoder/decoder_pred/bias": ("patch",),
+    **{
+        f"{part}/{blocks}_{{i}}/{name}": names
+        for part, blocks in (("encoder", "blocks"), ("decoder", "decoder_blocks"))
+        for name, names in {
+            "norm1/scale": ("embed",),
+            "norm1/bias": ("embed",),
+            "attn/qkv/kernel": ("embed", "qkv"),
+            "attn/q_bias": ("qkv",),
+            "attn/v_bias": ("qkv",),
+            "attn/proj/kernel": ("qkv", "embed"),
+            "attn/proj/bias": ("embed",),
+            "norm2/scale": ("embed",),
+            "norm2/bias": ("embed",),
+            "mlp/fc1/kernel": ("embed", "mlp"),
+            "mlp/fc1/bias": ("mlp",),
+            "mlp/fc2/kernel": ("mlp", "embed"),
+            "mlp/fc2/bias": ("embed",),
+        }.items()
+    },
+}
+
+
+def test_every_parameter_has_its_logical_names():
+    """Every parameter of ViT-B carries the names of the table; every kernel (>= 2-D, not a
+    token) has a name on one of its two axes."""
+    c = ModelConfig()
+    abstract = mae.abstract_params(c)
+    flat = jax.tree_util.tree_flatten_with_path(
+        abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+    )[0]
+    got = {}
+    for path, x in flat:
+        assert isinstance(x, nn.Partitioned), path
+        key = "/".join(str(k.key) for k in path)
+        got[key] = x.names
+        assert len(x.names) == x.value.ndim, (key, x.names)
+        if x.value.ndim >= 2 and not key.endswith("_token"):
+            assert any(n is not None for n in x.names[-2:]), (key, x.names)
+    generic = {}
+    for key, names in got.items():
+        generic.setdefault(re.sub(r"blocks_\d+", "blocks_{i}", key), set()).add(names)
+    assert generic == {k: {v} for k, v in LOGICAL_NAMES.items()}
+    assert len(got) == 12 + 13 * (c.depth + c.decoder_depth)  # every block's parameters
 
 
 def test_init_directly_into_shardings():

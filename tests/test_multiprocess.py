@@ -93,9 +93,11 @@ def test_two_processes_match_one(tmp_path):
         assert p.returncode == 0, err[-3000:]
     assert "2 process(es)" in outs[0][0] and f"[1/{STEPS}" not in outs[1][0]  # only 0 logs
 
-    # Reference: a plain one-process run of the same config (its own data pipeline, all the
-    # devices of this test process): the data order does not depend on the process count.
+    # Reference: a plain one-process run of the same config on one device (its own data
+    # pipeline; the programs of test_trainer's runs): the data order does not depend on the
+    # process count.
     wd1 = str(tmp_path / "one")
+    c.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))
     loop.train_and_evaluate(c, wd1)
     l2 = [r["loss"] for r in read_metrics(wd2)]
     l1 = [r["loss"] for r in read_metrics(wd1)]

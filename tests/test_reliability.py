@@ -21,31 +21,19 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
-from train_utils import read_metrics, read_tensorboard, tiny_config
+from train_utils import FOREVER, RUN_FLAGS, read_metrics, read_tensorboard, tiny_config
 
 from msm_mae_jax.core.errors import ConfigError, DataError
 from msm_mae_jax.train import checkpoints, loop, metrics, optim, resume, workdir_lock
 from msm_mae_jax.train.state import Setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONE_DEVICE = (("data", 1), ("fsdp", 1), ("tensor", 1))
 TIMEOUT = 300  # seconds: a run that has not exited by then hangs (runs take 10-60 s)
-# Runs that must be stopped (by a signal, an error) run "forever"; they and the 4-step runs
-# share two compiled programs (the schedule's length is part of them).
-FOREVER = {"total_steps": 100000, "ckpt_every_steps": 100000}
-# The tiny config shrunk further; fixed normalisation statistics skip their estimation.
-FLAGS = {
-    "batch_size": 4,
-    "warmup_steps": 1,
-    "log_every_steps": 1,
-    "ckpt_every_steps": 2,
-    "figure_every_steps": 0,
-    "probe.every_steps": 0,
-    "data.synthetic_clips": 16,
-    "data.synthetic_seconds": 2.5,
-    "data.norm_mean": -9.0,
-    "data.norm_std": 4.0,
-    "mesh": "(('data',1),('fsdp',1),('tensor',1))",
-}
+# The tiny config shrunk further (train_utils.RUN_FLAGS, as test_trainer's and test_gcs's
+# runs). Runs that must be stopped (by a signal, an error) run "forever" (FOREVER): with the
+# 4-step runs, two compiled step programs in all (the schedule's length is part of them).
+FLAGS = RUN_FLAGS
 
 
 def _cmd(wd, *extra, **overrides):
@@ -65,15 +53,14 @@ def _cmd(wd, *extra, **overrides):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """One device per process and a compilation cache shared by the module's runs."""
+def env():
+    """One device per process; the session's compilation cache (tests/conftest.py) is
+    inherited: the module's runs share their programs."""
     return {
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
 
 
@@ -302,6 +289,8 @@ def _damage(wd, mode):
     elif mode == "empty manifest":
         (state / "manifest.ocdbt").write_bytes(b"")
     elif mode == "overwritten bytes":
+        # random bytes: in raw array data mostly finite values, which only the checksums
+        # tell from the saved ones; elsewhere a decoding error
         for p in (state / "ocdbt.process_0" / "d").iterdir():
             data = bytearray(p.read_bytes())
             data[len(data) // 3 : len(data) // 3 + 64] = np.random.default_rng(0).bytes(64)
@@ -315,8 +304,9 @@ def _damage(wd, mode):
     [
         ("missing _METADATA", "state/_METADATA is missing"),
         ("empty manifest", r"state/manifest\.ocdbt is empty"),
-        # what it gives depends on where the bytes land: caught either way
-        ("overwritten bytes", r"ZSTD_decompressStream|non-finite values in \["),
+        # what it gives depends on where the bytes land: caught either way (the non-finite
+        # check alone: test_a_checkpoint_with_a_nan_falls_back)
+        ("overwritten bytes", r"ZSTD_decompressStream|checksum mismatch in params/"),
         ("bad meta", "JSONDecodeError"),
     ],
 )
@@ -332,6 +322,29 @@ def test_every_kind_of_damage_falls_back(trained, tmp_path, setup, mode, why):
     assert step == 4 and re.search(why, reason), reason
     assert dest == str(wd / checkpoints.DAMAGED_DIR / "4")
     assert checkpoints.Checkpointer(str(wd)).all_steps() == [2]
+
+
+def test_a_checkpoint_with_a_nan_falls_back(trained, tmp_path, setup):
+    """A step saved whole but holding one NaN (a diverged state that was checkpointed) does
+    not restore: the step before does, and the array is named."""
+    wd = _copy(trained, tmp_path)
+    ck = checkpoints.Checkpointer(str(wd))
+    target = "['encoder']['blocks_1']['mlp']['fc2']['kernel']"
+    with setup.activate():
+        state, meta = ck.restore(4, setup.abstract_state)
+        params = jax.tree_util.tree_map_with_path(
+            lambda p, x: x.at[3, 5].set(np.nan) if jax.tree_util.keystr(p) == target else x,
+            state.params,
+        )
+        ck.save(6, state.replace(params=params), {**meta, "step": 6, "data_position": 6})
+        ck.wait()
+        restored = ck.restore_newest(setup.abstract_state, lambda s, m: None)
+    ck.close()
+    assert restored.step == 4 and int(restored.state.step) == 4
+    assert restored.damaged == [
+        (6, f"non-finite values in [0]{target}", str(wd / checkpoints.DAMAGED_DIR / "6"))
+    ]
+    assert checkpoints.Checkpointer(str(wd)).all_steps() == [2, 4]
 
 
 def test_export_reads_past_a_damaged_newest_step(trained, tmp_path):
@@ -393,6 +406,74 @@ def test_lock_is_exclusive_and_notices_a_takeover(tmp_path):
     assert os.path.exists(other.path)
     other.release()
     assert not os.path.exists(other.path)
+
+
+def _wait_until(condition, what, timeout=30.0):
+    t0 = time.time()
+    while not condition():
+        assert time.time() - t0 < timeout, what
+        time.sleep(0.02)
+
+
+def test_the_heartbeat_refreshes_the_lock_until_another_trainer_takes_it(tmp_path, monkeypatch):
+    """The holder's heartbeat keeps the lock fresh (a trainer on another host trusts its
+    age); once another trainer's lock replaces it, the heartbeat stops refreshing and the
+    holder learns why; releasing leaves the other's lock alone."""
+    monkeypatch.setattr(workdir_lock, "HEARTBEAT_SECONDS", 0.05)
+    held = workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+    os.utime(held.path, (1.0, 1.0))  # as if last refreshed in 1970
+    _wait_until(lambda: os.stat(held.path).st_mtime > time.time() - 60, "never refreshed")
+    other = {**json.loads(open(held.path).read()), "pid": 4242, "token": "other"}
+    (tmp_path / workdir_lock.LOCK_NAME).write_text(json.dumps(other))
+    _wait_until(lambda: held.lost is not None, "the takeover went unnoticed")
+    assert held.lost == f"{held.path} was taken over by pid 4242 on host {socket.gethostname()}"
+    assert held.check() == held.lost
+    os.utime(held.path, (1.0, 1.0))
+    time.sleep(0.3)  # six heartbeats
+    assert os.stat(held.path).st_mtime == 1.0  # the other's lock is not refreshed
+    held.release()
+    assert json.loads(open(held.path).read())["token"] == "other"
+
+
+def test_a_run_whose_lock_was_taken_over_saves_nothing(tmp_path, monkeypatch):
+    """A trainer whose lock another trainer took (after wrongly judging it stale) stops at
+    its next checkpoint with one line naming the other, and writes nothing more."""
+    from msm_mae_jax.data import pipeline
+
+    real = pipeline.train_iterator
+    wd = tmp_path / "run"
+
+    def taken_over_at_step_2(*a, **kw):
+        for i, batch in enumerate(real(*a, **kw)):
+            if i == 1:  # another trainer replaces the lock during step 2
+                info = json.loads((wd / workdir_lock.LOCK_NAME).read_text())
+                (wd / workdir_lock.LOCK_NAME).write_text(
+                    json.dumps({**info, "pid": 4242, "token": "other"})
+                )
+            yield batch
+
+    monkeypatch.setattr(pipeline, "train_iterator", taken_over_at_step_2)
+    # test_trainer's in-process config: the same compiled programs
+    c = tiny_config(3, mesh=ONE_DEVICE, **{"data.norm_mean": -9.0, "data.norm_std": 4.0})
+    msg = f"not saving step 2: {wd / workdir_lock.LOCK_NAME} was taken over by pid 4242 on host"
+    with pytest.raises(workdir_lock.WorkdirLockedError, match=re.escape(msg)):
+        loop.train_and_evaluate(c, str(wd))
+    assert checkpoints.Checkpointer(str(wd)).all_steps() == []
+    assert json.loads((wd / workdir_lock.LOCK_NAME).read_text())["token"] == "other"
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(trained, tmp_path):
+    """Another model config is refused even with --allow-config-change, before anything is
+    restored or moved (a restore that failed on the shapes would count the steps as
+    damaged)."""
+    wd = _copy(trained, tmp_path)
+    c = tiny_config(4, **{k: v for k, v in FLAGS.items() if k != "mesh"}, **{"model.depth": 1})
+    c.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))
+    with pytest.raises(ConfigError, match=r"checkpoint at step 4 has model config \{.*'depth': 2"):
+        loop.train_and_evaluate(c, str(wd), allow_config_change=True)
+    assert checkpoints.Checkpointer(str(wd)).all_steps() == [2, 4]
+    assert not (wd / checkpoints.DAMAGED_DIR).exists()
+    assert not (wd / workdir_lock.LOCK_NAME).exists()
 
 
 def test_config_difference_keys():

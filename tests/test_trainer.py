@@ -13,7 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from train_utils import final_params, read_metrics, read_tensorboard, tiny_config
+from train_utils import (
+    FOREVER,
+    final_params,
+    read_metrics,
+    read_tensorboard,
+    run_flags,
+    tiny_config,
+)
 
 from configs.msm_mae import get_config
 from msm_mae_jax.core.errors import ConfigError
@@ -29,13 +36,56 @@ def tiny(steps=3, mesh=(("data", 1), ("fsdp", 1), ("tensor", 1)), **kw):
     return tiny_config(steps, mesh=mesh, **kw)
 
 
+def _write_clips(folder, n=12):
+    """Audio files of the synthetic generator's clips: 16 kHz WAV and 22.05 kHz FLAC."""
+    import soundfile as sf
+    import soxr
+
+    from msm_mae_jax.data import synthetic
+
+    folder.mkdir()
+    for i in range(n):
+        wav, _ = synthetic.make_clip(i, 11, 2.5 - 0.1 * (i % 4))
+        if i % 3:
+            sf.write(folder / f"{i:02d}.wav", wav, 16000)
+        else:
+            sf.write(folder / f"{i:02d}.flac", soxr.resample(wav, 16000, 22050), 22050)
+
+
+def _probe_accuracy(c, wd, step):
+    """The probe's accuracy recomputed from the checkpoint of `step`: its encoder's tokens
+    ([CLS] dropped) averaged over time, by hand, and the ridge probe on the hook's clips."""
+    from msm_mae_jax.model import mae
+    from msm_mae_jax.train import fewshot, hooks
+
+    mc, enc, stats = checkpoints.load_encoder_from_workdir(wd, step=step)
+    data = hooks.probe_data(c, mc, stats)
+    gf, gt = mc.grid_size
+
+    def embed(lms):
+        x = np.asarray(mae.Encoder(mc).apply({"params": enc}, lms, mask_ratio=0.0).x_BKD)
+        return x[:, 1:].reshape(len(lms), gf, gt, -1).mean(axis=2).reshape(len(lms), -1)
+
+    res = fewshot.ridge_fewshot(embed(data[0]), data[1], embed(data[2]), data[3])
+    return res["best_accuracy"]
+
+
 def test_end_to_end_files_and_resume(tmp_path, capsys):
-    wd = str(tmp_path)
+    """A files: source (WAV and FLAC at two rates) through the real loop: metrics, the
+    schedule, TensorBoard, figures, the probe (recomputed from the saved steps), checkpoints;
+    then a crash after the last step's log resumes and ends where the uninterrupted run did."""
+    _write_clips(tmp_path / "audio")
+    wd = str(tmp_path / "run")
     c = tiny(
         3,
         figure_every_steps=2,
         figure_clips=2,
-        **{"probe.every_steps": 2, "probe.max_train": 24, "probe.max_test": 12},
+        **{
+            "data.source": f"files:{tmp_path / 'audio'}",
+            "probe.every_steps": 2,
+            "probe.max_train": 24,
+            "probe.max_test": 12,
+        },
     )
     out = loop.train_and_evaluate(c, wd)
     assert "parameters, cpu backend, 1 device, mesh {" in capsys.readouterr().out
@@ -46,6 +96,8 @@ def test_end_to_end_files_and_resume(tmp_path, capsys):
     # Hooks run every 2 steps and at the last step (3), whatever total_steps is.
     assert ["probe/accuracy" in r for r in rows] == [False, True, True]
     assert out["probe/accuracy"] == rows[-1]["probe/accuracy"]
+    for row in rows[1:]:  # the probe of the parameters saved at that step
+        assert row["probe/accuracy"] == _probe_accuracy(c, wd, row["step"]), row
     # lr follows the schedule: warm-up 1 step, then cosine from 1e-3 to 0 at step 3.
     np.testing.assert_allclose([r["lr"] for r in rows], [0.0, 1e-3, 5e-4], rtol=1e-6)
     scalars, images = read_tensorboard(wd)
@@ -111,13 +163,16 @@ def test_multi_device_matches_one_device():
     init = Setup(tiny(3), optim.resolve_schedule(tiny(3))).init_state(0)
     init = jax.tree.map(np.asarray, init)
     ref, ref_p, _ = _run_steps(tiny(3), batches, init)
+    # (data 8 alone: test_model_sharding and the 2-process run)
     for mesh in (
-        (("data", 8), ("fsdp", 1), ("tensor", 1)),
         (("data", 4), ("fsdp", 2), ("tensor", 1)),
+        (("data", 2), ("fsdp", 2), ("tensor", 2)),
     ):
         losses, params, s = _run_steps(tiny(3, mesh=mesh), batches, init)
         np.testing.assert_allclose(losses, ref, atol=1e-5, rtol=0)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_p)
+        fc1 = s.state_shardings.params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+        assert fc1.shard_shape((64, 256)) == (64 // mesh[1][1], 256 // mesh[2][1])
     assert len(set(ref)) == 3 and all(np.isfinite(ref))
 
 
@@ -186,7 +241,7 @@ def test_nan_stops_with_step_and_keeps_good_checkpoint(tmp_path, monkeypatch):
             yield b
 
     monkeypatch.setattr(pipeline, "train_iterator", poisoned)
-    c = tiny(4, log_every_steps=10)
+    c = tiny(3, log_every_steps=10)  # steps 1-2 lean, 3 (the last) full: programs compiled here
     with pytest.raises(loop.NonFiniteError, match="at step 3"):
         loop.train_and_evaluate(c, str(tmp_path))
     ck = checkpoints.Checkpointer(str(tmp_path))
@@ -214,26 +269,35 @@ def test_config_errors_before_compilation(kw, match, tmp_path):
 
 @pytest.mark.slow
 def test_vit_b_step_compiles_on_abstract_inputs():
-    """The paper's ViT-B 80x208 step lowers and compiles over 8 fake devices (data x fsdp),
-    without allocating parameters or running anything."""
+    """The paper's ViT-B 80x208 step lowers and compiles over 8 fake devices (data 2 x fsdp 2 x
+    tensor 2), without allocating parameters or running anything; the compiled program
+    returns the state in the state's shardings (the next step's input: no resharding, and
+    the donated buffers are reused) and the metrics replicated."""
     c = get_config("base_208")
     c.batch_size, c.total_steps, c.warmup_steps = 64, 10, 1
-    c.mesh = (("data", 4), ("fsdp", 2), ("tensor", 1))
+    c.mesh = (("data", 2), ("fsdp", 2), ("tensor", 2))
     s = Setup(c, optim.resolve_schedule(c))
     batch = jax.ShapeDtypeStruct(s.batch_shape, jnp.float32, sharding=s.batch_sharding)
     with s.activate():
         compiled = s.train_step.lower(s.abstract_state, batch).compile()
-    out_state, _ = (
-        compiled.output_shardings if hasattr(compiled, "output_shardings") else (None, None)
-    )
+    out_state, out_metrics = compiled.output_shardings
+    assert jax.tree.structure(out_state) == jax.tree.structure(s.state_shardings)
+    flat = jax.tree_util.tree_flatten_with_path(out_state)[0]
+    wants = jax.tree.leaves(s.state_shardings)
+    shapes = jax.tree.leaves(s.abstract_state)
+    for (path, got), want, x in zip(flat, wants, shapes, strict=True):
+        assert got.is_equivalent_to(want, x.ndim), (jax.tree_util.keystr(path), got, want)
+    enc = out_state.params["encoder"]["blocks_0"]
+    assert tuple(enc["attn"]["qkv"]["kernel"].spec) == ("fsdp", "tensor")
+    assert tuple(enc["mlp"]["fc2"]["kernel"].spec) == ("tensor", "fsdp")
+    mu = out_state.opt_state[0][0].mu["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+    assert tuple(mu.spec) == ("fsdp", "tensor")  # optimizer state sharded like its parameter
+    assert all(m.is_fully_replicated for m in jax.tree.leaves(out_metrics))
     qkv = s.abstract_state.params["encoder"]["blocks_0"]["attn"]["qkv"]["kernel"]
-    assert qkv.shape == (768, 2304) and "fsdp" in str(qkv.sharding.spec)
-    assert out_state is None or jax.tree.structure(out_state) == jax.tree.structure(
-        s.state_shardings
-    )
+    assert qkv.shape == (768, 2304)
 
 
-def _train_cmd(wd, *extra):
+def _train_cmd(wd, **overrides):
     return [
         sys.executable,
         os.path.join(ROOT, "train.py"),
@@ -241,31 +305,19 @@ def _train_cmd(wd, *extra):
         os.path.join(ROOT, "configs/msm_mae.py:tiny"),
         "--workdir",
         wd,
-        "--config.batch_size=8",
-        "--config.warmup_steps=1",
-        "--config.log_every_steps=1",
-        "--config.figure_every_steps=0",
-        "--config.probe.every_steps=0",
-        "--config.data.synthetic_clips=64",
-        "--config.data.synthetic_seconds=2.5",
-        "--config.data.norm_stats_crops=16",
-        "--config.mesh=(('data',1),('fsdp',1),('tensor',1))",
-        *extra,
+        *run_flags(**overrides),
     ]
 
 
-def _env(cache_dir=None):
-    env = {
+def _env():
+    """One device per process; the session's compilation cache (tests/conftest.py) is
+    inherited: the restarted and the reference runs reuse the first run's programs."""
+    return {
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
     }
-    if cache_dir:  # the restarted run reuses the first run's compiled programs
-        env.update(
-            JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
-        )
-    return env
 
 
 def _wait_for_step(proc, wd, step, timeout=120, ckpt=None):
@@ -288,11 +340,10 @@ def _wait_for_step(proc, wd, step, timeout=120, ckpt=None):
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     """Killed at an arbitrary step, restarted: final params equal an uninterrupted run."""
     wd = str(tmp_path / "killed")
-    cache = tmp_path / "jax_cache"
-    steps = ["--config.total_steps=7", "--config.ckpt_every_steps=2"]
+    steps = {"total_steps": 7}  # test_gcs's runs: the same programs
     p = subprocess.Popen(
-        _train_cmd(wd, *steps),
-        env=_env(cache),
+        _train_cmd(wd, **steps),
+        env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -303,7 +354,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     done = max(r["step"] for r in read_metrics(wd))
     assert done < 7, "the run finished before it could be killed"
     r = subprocess.run(
-        _train_cmd(wd, *steps), env=_env(cache), capture_output=True, text=True, timeout=300
+        _train_cmd(wd, **steps), env=_env(), capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout
@@ -311,7 +362,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     # the last bits between processes with 1 and 8 devices, even on a 1-device mesh).
     ref = str(tmp_path / "ref")
     r = subprocess.run(
-        _train_cmd(ref, *steps), env=_env(cache), capture_output=True, text=True, timeout=300
+        _train_cmd(ref, **steps), env=_env(), capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = final_params(wd, 7), final_params(ref, 7)
@@ -327,12 +378,12 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     line saying so (not 0: `train && export` must not take the run for finished); the same
     command resumes from that step, and a second SIGTERM does the same again."""
     wd = str(tmp_path / "run")
-    cmd = _train_cmd(wd, "--config.total_steps=100000", "--config.ckpt_every_steps=100000")
+    cmd = _train_cmd(wd, **FOREVER)
     saved = 0
     for attempt in range(2):
         p = subprocess.Popen(
             cmd,
-            env=_env(tmp_path / "jax_cache"),
+            env=_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -21,6 +21,32 @@ TINY_OVERRIDES = {
 }
 
 
+# What the runs of the real command use (test_trainer, test_reliability, test_gcs): with the
+# same batch, model, mesh and schedule length they run the same compiled programs, which the
+# session's compilation cache (tests/conftest.py) hands from one process to the next. Fixed
+# normalisation statistics skip their estimation.
+RUN_FLAGS = {
+    "batch_size": 4,
+    "warmup_steps": 1,
+    "log_every_steps": 1,
+    "ckpt_every_steps": 2,
+    "figure_every_steps": 0,
+    "probe.every_steps": 0,
+    "data.synthetic_clips": 16,
+    "data.synthetic_seconds": 2.5,
+    "data.norm_mean": -9.0,
+    "data.norm_std": 4.0,
+    "mesh": "(('data',1),('fsdp',1),('tensor',1))",
+}
+# Runs that must be stopped (by a signal, an error) run "forever": they share their programs.
+FOREVER = {"total_steps": 100000, "ckpt_every_steps": 100000}
+
+
+def run_flags(**overrides) -> list[str]:
+    """RUN_FLAGS with overrides as `--config.KEY=VALUE` arguments."""
+    return [f"--config.{k}={v}" for k, v in {**RUN_FLAGS, **overrides}.items()]
+
+
 def tiny_config(steps: int = 3, **overrides):
     """The tiny config with TINY_OVERRIDES, `steps` total steps and further dotted overrides."""
     return load_config("tiny", {**TINY_OVERRIDES, "total_steps": steps, **overrides})

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from msm_mae_jax.core import json_files
-from msm_mae_jax.core.errors import ConfigError, DataError
+from msm_mae_jax.core.errors import ConfigError, DataError, UserError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.evaluation import probe
 from msm_mae_jax.evaluation.finetune import augment, data, export
@@ -40,8 +40,10 @@ from msm_mae_jax.train import checkpoints, metrics, preemption
 RESULT_FILE = "result.json"
 
 
-class NonFiniteError(FloatingPointError):
-    """The loss or the gradients became NaN/Inf; the message names the step."""
+class NonFiniteError(UserError, FloatingPointError):
+    """The loss or the gradients became NaN/Inf; the message names the step and the latest
+    good checkpoint. A user error (one line, exit 2), as in pre-training: the learning rate
+    or the data, most often."""
 
 
 @dataclasses.dataclass
