@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("msm_mae_jax.cli.convert", "official PyTorch weights -> an encoder artifact"),
     "export": ("msm_mae_jax.cli.export", "a training run's encoder -> an encoder artifact"),
     "demo": ("msm_mae_jax.cli.demo", "pre-train, export and probe a small model end to end"),
+    "plan": ("msm_mae_jax.cli.plan", "memory and speed bound of a run on a TPU slice (compiled)"),
 }
 
 
