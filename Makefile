@@ -1,13 +1,15 @@
 # `make demo` and `make test` each set up .venv/ first (once; re-run when requirements change);
-# `make test` adds the PyTorch reference and TensorBoard of requirements-dev.txt (`make setup-dev`).
+# `make test` adds the PyTorch reference and TensorBoard of requirements-dev.txt (`make setup-dev`)
+# and libtpu beside the environment (`make setup-tpu`, for the TPU-compile tests).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+TPU_STAMP := $(VENV)/.installed-tpu
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup setup-dev demo test lint bench bench-accelerator bench-input clean
+.PHONY: setup setup-dev setup-tpu demo test lint bench bench-accelerator bench-input clean
 
 setup: $(STAMP)
 
@@ -20,9 +22,18 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup-dev: $(DEV_STAMP)
 
-$(DEV_STAMP): $(STAMP) requirements-dev.txt
+$(DEV_STAMP): $(STAMP) $(TPU_STAMP) requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $(DEV_STAMP)
+
+# libtpu for `msm-mae plan` and the TPU-compile tests, in .venv/libtpu: beside the environment,
+# not importable, so jax on CPU/GPU starts exactly as without it (see requirements-tpu.txt).
+setup-tpu: $(TPU_STAMP)
+
+$(TPU_STAMP): $(STAMP) requirements-tpu.txt
+	rm -rf $(VENV)/libtpu
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/libtpu -r requirements-tpu.txt
+	touch $(TPU_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/msm-mae demo --workdir $(DEMO_DIR)
