@@ -7,9 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 TPU_STAMP := $(VENV)/.installed-tpu
+GPU_PLAN_STAMP := $(VENV)/.installed-gpu-plan
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup setup-dev setup-tpu demo test lint bench bench-accelerator bench-input clean
+.PHONY: setup setup-dev setup-tpu setup-gpu-plan demo test lint bench bench-accelerator bench-input clean
 
 setup: $(STAMP)
 
@@ -34,6 +35,15 @@ $(TPU_STAMP): $(STAMP) requirements-tpu.txt
 	rm -rf $(VENV)/libtpu
 	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/libtpu -r requirements-tpu.txt
 	touch $(TPU_STAMP)
+
+# jax's CUDA plugin and libraries (~5 GB) in .venv/cuda-plan, for `msm-mae plan --gpu` on a
+# machine without a GPU; not importable by other runs, not part of `make test`.
+setup-gpu-plan: $(GPU_PLAN_STAMP)
+
+$(GPU_PLAN_STAMP): $(STAMP) requirements-gpu-plan.txt
+	rm -rf $(VENV)/cuda-plan
+	$(BIN)/python -m pip install --quiet --target $(VENV)/cuda-plan -r requirements-gpu-plan.txt
+	touch $(GPU_PLAN_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/msm-mae demo --workdir $(DEMO_DIR)

@@ -7,7 +7,7 @@ import pytest
 
 from msm_mae_jax.cli import main as cli_main
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.train.plan import analysis, chips, planner, report
+from msm_mae_jax.train.plan import analysis, chips, gpus, planner, report
 
 
 @pytest.mark.parametrize(
@@ -38,6 +38,15 @@ def test_slices_by_cloud_name_or_topology(name, topology, n_chips, hosts, accele
 def test_unknown_slices_are_one_line_errors(bad):
     with pytest.raises(ConfigError, match="--tpu"):
         chips.parse_slice(bad)
+
+
+def test_gpus():
+    g = gpus.parse_gpus("h100-16")
+    assert (g.name, g.chips, g.hosts, g.topology) == ("h100-16", 16, 2, "1x2x8")
+    assert gpus.parse_gpus("a100-4").topology == "1x1x4"
+    text = gpus.target_config(g.chip)  # what XLA reads: SMs, memory, compute capability
+    assert "core_count: 132" in text and "device_memory_size: 80000000000" in text
+    assert "major: 9" in text and '"NVIDIA H100 80GB HBM3"' in text
 
 
 def test_meshes():
@@ -124,6 +133,10 @@ def test_out_of_memory_messages():
         (["--tpu", "v5e-16", "--batch", "8", "--batch-per-chip", "2"], "not both"),
         (["--tpu", "v5e-16", "--batch", "8", "--libtpu", "/nonexistent"], "make setup-tpu"),
         (["--tpu", "v5e-16", "--batch", "8", "--config.nope=1"], "unknown config key"),
+        (["--gpu", "h100-8", "--batch", "8", "--cuda-plugin", "/nonexistent"], "setup-gpu-plan"),
+        (["--gpu", "h100-12", "--batch", "8"], "hosts of 8"),
+        (["--gpu", "v100-8", "--batch", "8"], "--gpu"),
+        (["--tpu", "v5e-16", "--gpu", "h100-8", "--batch", "8"], "not allowed with"),
     ],
 )
 def test_mistakes_are_one_line(argv, message, capsys):

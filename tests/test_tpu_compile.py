@@ -100,7 +100,7 @@ def test_flops_match_the_cpu_compile_of_the_same_step(tiny, plans):
     missing backward pass, unsplit batch or a step per micro-batch is off by 2x or more."""
     c = planner.run_config(tiny, 16, DATA)
     setup = Setup(c, optim.resolve_schedule(c, 1000), devices=jax.devices()[:4])
-    compiled, _ = analysis.compile_for(
+    compiled, _, _ = analysis.compile_for(
         setup.train_step_lean,
         (setup.abstract_state, setup.abstract_input()),
         "cpu",
@@ -189,7 +189,7 @@ def test_finetune_step_compiles_for_tpu(slices):
         )
     ]
     aux = [jax.ShapeDtypeStruct((8,), t, sharding=r) for t in (jnp.float32, jnp.int32)]
-    compiled, _ = analysis.compile_for(
+    compiled, _, _ = analysis.compile_for(
         setup.train_step, (setup.abstract_state, *batch, *aux), "tpu", context=setup.activate
     )
     a = analysis.analyse(compiled, 0.0)
@@ -226,7 +226,7 @@ def test_runtime_encoder_compiles_for_tpu(slices):
         ),
         out_shardings=rows,
     )
-    compiled, _ = analysis.compile_for(fn, args, "tpu", context=lambda: jax.set_mesh(mesh))
+    compiled, _, _ = analysis.compile_for(fn, args, "tpu", context=lambda: jax.set_mesh(mesh))
     (out,) = jax.tree.leaves(compiled.out_info)
     assert out.shape == (8, units * 32 // 16, MICRO.feature_dim)
     assert analysis.analyse(compiled, 0.0).flops > 0

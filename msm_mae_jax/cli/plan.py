@@ -13,7 +13,8 @@ from the chip's published figures, as the best possible samples/s and hours for 
 x 100 epochs. These are compiler figures, not timings. --sweep tries global batches and
 meshes (all chips on data; data x fsdp) and recommends the fastest plan that fits.
 TPU compilation needs libtpu, which is not in the default install: `make setup-tpu`
-(or --libtpu PATH).
+(or --libtpu PATH). --gpu h100-8 (a100, h200) plans for NVIDIA GPUs the same way, through
+jax's CUDA plugin (`make setup-gpu-plan`, ~5 GB): memory and a compute-only bound.
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ def build_parser(prog: str, spec: str) -> common.Parser:
         prog=prog,
         description=__doc__.split("\n\n", 2)[2],
         epilog=config_args.help_epilog(spec),
-        usage=f"{prog} --tpu SLICE[,SLICE...] [--config PATH[:VARIANT]] [--batch N | "
-        "--batch-per-chip N] [--mesh AXIS=SIZE,...] [--sweep] [--json FILE] "
+        usage=f"{prog} (--tpu SLICE[,...] | --gpu GPU-N[,...]) [--config PATH[:VARIANT]] "
+        "[--batch N | --batch-per-chip N] [--mesh AXIS=SIZE,...] [--sweep] [--json FILE] "
         "[--config.KEY=VALUE ...]",
     )
-    p.add_argument("--tpu", required=True, help="slices: v5e-16, v4-32, v5p-128 or v5e:4x4, ...")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--tpu", help="slices: v5e-16, v4-32, v5p-128 or v5e:4x4, ...")
+    target.add_argument(
+        "--gpu", help="NVIDIA GPUs: h100-8, a100-16, h200-8 (8 to a host; needs the CUDA plugin)"
+    )
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH[:VARIANT]", help="as train")
     p.add_argument("--batch", help="global batch size(s), e.g. 4096 or 2048,4096")
     p.add_argument("--batch-per-chip", help="global batch = this x the slice's chips")
@@ -74,6 +79,9 @@ def build_parser(prog: str, spec: str) -> common.Parser:
     p.add_argument("--json", help="write every plan to this JSON file (rewritten per case)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--libtpu", help="libtpu.so, or a folder holding it (default: see README)")
+    p.add_argument(
+        "--cuda-plugin", help="folder of jax's CUDA plugin for --gpu (default: .venv/cuda-plan)"
+    )
     return p
 
 
@@ -106,18 +114,25 @@ def _cases(args, slice_) -> list[tuple[int, dict]]:
 def _plan(argv: list[str], prog: str) -> int:
     args, extras = build_parser(prog, _prescan_config(argv)).parse_known_args(argv)
     config = config_args.parse_config(args.config, extras)
-    from msm_mae_jax.train.plan import chips
+    from msm_mae_jax.train.plan import chips, devices, gpus
 
-    slices = [chips.parse_slice(s) for s in args.tpu.split(",") if s.strip()]
+    if args.gpu:
+        slices = [gpus.parse_gpus(s) for s in args.gpu.split(",") if s.strip()]
+        plugin = gpus.plugin_dir(args.cuda_plugin)
+        gpus.use_cuda_plugin(plugin)  # before jax starts
+        platform, source = "cuda", f"jax CUDA plugin {plugin}"
+        devices_of = gpus.gpu_devices
+    else:
+        slices = [chips.parse_slice(s) for s in args.tpu.split(",") if s.strip()]
+        library = devices.find_libtpu(args.libtpu)  # before jax starts: one line if missing
+        platform, source = "tpu", f"libtpu {library}"
+        devices_of = lambda s: devices.tpu_devices(s, library)  # noqa: E731
     work = [(s, b, m) for s in slices for b, m in _cases(args, s)]
-    from msm_mae_jax.train.plan import devices
-
-    library = devices.find_libtpu(args.libtpu)  # before jax starts: a missing one is one line
     common.setup_logging()
     from msm_mae_jax.train.plan import planner, report
 
     command = shlex.join(["msm-mae", "plan", *argv])
-    print(f"{prog}: {len(work)} case(s), libtpu {library}", file=sys.stderr, flush=True)
+    print(f"{prog}: {len(work)} case(s), {source}", file=sys.stderr, flush=True)
     plans, picks = [], []
     for i, (s, batch, mesh) in enumerate(work, 1):
         where = f"{s.name} ({s.topology}, {s.chips} chips, {s.hosts} host(s))"
@@ -127,7 +142,7 @@ def _plan(argv: list[str], prog: str) -> int:
             file=sys.stderr,
             flush=True,
         )
-        plans.append(planner.plan(config, s, devices.tpu_devices(s, library), batch, mesh))
+        plans.append(planner.plan(config, s, devices_of(s), batch, mesh, platform))
         if args.json:
             _write(args.json, report.document(plans, command))
     if args.sweep:

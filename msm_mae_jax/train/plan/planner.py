@@ -64,9 +64,9 @@ class Plan:
     @property
     def step_seconds(self) -> float:
         """Roofline lower bound of one step: max(FLOPs / peak, bytes / HBM bandwidth)."""
-        if self.analysis is None:
+        a = self.analysis  # bytes 0 where unknown (GPU targets): the compute bound alone
+        if a is None or (a.flops <= 0 and a.bytes_accessed <= 0):
             return math.inf
-        a = self.analysis
         return max(
             a.flops / self.chip.peak_bf16_flops, a.bytes_accessed / self.chip.hbm_bytes_per_s
         )
@@ -82,7 +82,7 @@ class Plan:
 
     @property
     def samples_per_second(self) -> float:
-        return self.batch / self.step_seconds if self.analysis else 0.0
+        return self.batch / self.step_seconds if math.isfinite(self.step_seconds) else 0.0
 
     @property
     def audioset_hours(self) -> float:
@@ -168,13 +168,17 @@ def plan(
     from msm_mae_jax.train import optim
     from msm_mae_jax.train.state import Setup
 
+    if batch % slice_.hosts:
+        raise ConfigError(
+            f"global batch {batch} does not split over the {slice_.hosts} hosts of {slice_.name}"
+        )
     c = run_config(config, batch, mesh)
     setup = Setup(c, optim.resolve_schedule(c, AUDIOSET_CLIPS), devices=list(devices))
     base = dict(
         slice=slice_, variant=str(c.variant), dtype=str(c.model.dtype), batch=int(batch), mesh=mesh
     )
     try:
-        compiled, seconds = analysis.compile_for(
+        compiled, seconds, lowered = analysis.compile_for(
             setup.train_step_lean,
             (setup.abstract_state, setup.abstract_input()),
             platform,
@@ -186,7 +190,8 @@ def plan(
             raise
         first = next((ln for ln in msg.splitlines() if _OOM.search(ln)), msg.splitlines()[0])
         return Plan(**base, analysis=None, oom_message=first.strip(), oom_bytes=_oom_bytes(msg))
-    return Plan(**base, analysis=analysis.analyse(compiled, seconds), compiled=compiled)
+    result = analysis.analyse(compiled, seconds, lowered, len(devices))
+    return Plan(**base, analysis=result, compiled=compiled)
 
 
 def sweep_meshes(chips: int, fsdp: Sequence[int] = (4,)) -> list[dict[str, int]]:
