@@ -95,9 +95,10 @@ def test_train_step_compiles_for_tpu(plans, case):
 
 def test_flops_match_the_cpu_compile_of_the_same_step(tiny, plans):
     """Per-device FLOPs of the TPU program vs the CPU one on a 4-device CPU mesh of the same
-    step. The TPU count is ~8% higher for this tiny model (its fusions duplicate cheap
-    element-wise work of the backward pass; the matmuls are the same), so 12% of slack: a
-    missing backward pass, unsplit batch or a step per micro-batch is off by 2x or more."""
+    step. v5e's count is ~8% higher for this tiny model (its fusions duplicate cheap
+    element-wise work of the backward pass; the forward pass is within 3%, the matmuls are
+    the same), so 12% of slack: a missing backward pass, an unsplit batch or a step per
+    micro-batch is off by 2x or more."""
     c = planner.run_config(tiny, 16, DATA)
     setup = Setup(c, optim.resolve_schedule(c, 1000), devices=jax.devices()[:4])
     compiled, _, _ = analysis.compile_for(
@@ -107,10 +108,10 @@ def test_flops_match_the_cpu_compile_of_the_same_step(tiny, plans):
         context=setup.activate,
     )
     cpu = analysis.analyse(compiled, 0.0)
-    tpu = plans["v5e-data"].analysis
-    assert tpu.flops == pytest.approx(cpu.flops, rel=0.12)
-    # fsdp moves parameters, not work: about the same FLOPs per chip (on another chip)
-    assert plans["v4-fsdp"].analysis.flops == pytest.approx(tpu.flops, rel=0.05)
+    assert plans["v5e-data"].analysis.flops == pytest.approx(cpu.flops, rel=0.12)
+    # fsdp moves parameters, not work: the same FLOPs per chip (v4's compiler fuses
+    # differently: 194 against v5e's 210 MFLOP, the CPU's 194)
+    assert plans["v4-fsdp"].analysis.flops == pytest.approx(cpu.flops, rel=0.12)
 
 
 def _kernels(tree) -> dict[str, object]:
