@@ -29,7 +29,7 @@ def row(p: dict) -> str:
             "yes",
             f"{a['flops'] / 1e12:.2f}",
             f"{r['samples_per_second']:,.0f} ({r['bound']})",
-            f"{r['audioset_100_epochs_hours']:.1f}",
+            f"{r['audioset_100_epochs_hours']:.2f}",
             f"{a['compile_seconds']:.0f}",
         ]
     head = [

@@ -66,7 +66,7 @@ def row(p: Plan) -> list[str]:
         f"{a.compile_seconds:.0f}" if a else "-",
         f"{p.step_seconds * 1e3:.1f} ({p.bound})" if a else "-",
         f"{rate:,.0f}" if a else "-",
-        f"{p.audioset_hours:.1f}" if a and math.isfinite(p.audioset_hours) else "-",
+        f"{p.audioset_hours:.2f}" if a and math.isfinite(p.audioset_hours) else "-",
     ]
 
 
