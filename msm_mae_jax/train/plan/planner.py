@@ -163,8 +163,10 @@ def plan(
     batch: int,
     mesh: dict[str, int],
     platform: str = "tpu",
+    keep_compiled: bool = False,
 ) -> Plan:
-    """Compiles the run's step for `devices` (the slice's, one per chip) and plans it."""
+    """Compiles the run's step for `devices` (the slice's, one per chip) and plans it;
+    `keep_compiled` keeps the compiled program in the plan (gigabytes for a large model)."""
     from msm_mae_jax.train import optim
     from msm_mae_jax.train.state import Setup
 
@@ -191,7 +193,7 @@ def plan(
         first = next((ln for ln in msg.splitlines() if _OOM.search(ln)), msg.splitlines()[0])
         return Plan(**base, analysis=None, oom_message=first.strip(), oom_bytes=_oom_bytes(msg))
     result = analysis.analyse(compiled, seconds, lowered, len(devices))
-    return Plan(**base, analysis=result, compiled=compiled)
+    return Plan(**base, analysis=result, compiled=compiled if keep_compiled else None)
 
 
 def sweep_meshes(chips: int, fsdp: Sequence[int] = (4,)) -> list[dict[str, int]]:
