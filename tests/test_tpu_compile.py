@@ -64,11 +64,12 @@ def slices():
 
 @pytest.fixture(scope="module")
 def plans(tiny, slices):
-    """The tiny step compiled for each case (one compile each, shared by the tests)."""
+    """The tiny step compiled for each case (one compile each, shared by the tests; the
+    compiled programs kept for their shardings)."""
     out = {}
     for case, (name, mesh) in CASES.items():
         s, devs = slices[name]
-        out[case] = planner.plan(tiny, s, devs, 16, mesh)
+        out[case] = planner.plan(tiny, s, devs, 16, mesh, keep_compiled=True)
     return out
 
 
