@@ -28,7 +28,7 @@ from msm_mae_jax.evaluation.finetune import model as ft_model
 from msm_mae_jax.evaluation.finetune import optimizer as ft_optimizer
 from msm_mae_jax.evaluation.finetune import state as ft_state
 from msm_mae_jax.features import runtime
-from msm_mae_jax.model import mae
+from msm_mae_jax.model import mae, vit
 from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.train import optim
 from msm_mae_jax.train.plan import analysis, chips, devices, planner
@@ -81,6 +81,23 @@ def test_devices_are_the_slices_chips(slices):
     assert (v4.chips, v4.topology, {d.device_kind for d in v4_devs}) == (4, "v4:2x2x1", {"TPU v4"})
     assert len(v4_devs) == 4 and len(v5e_devs) == 4
     assert jax.devices()[0].platform == "cpu"  # loading libtpu changed nothing for jax
+
+
+def test_the_model_is_traced_for_the_platform_of_the_mesh(slices):
+    """Attention picks its kernel by the platform compiled for: a TPU mesh on this CPU host
+    traces the TPU model (jax's default backend would say cpu)."""
+    _, devs = slices["v5e:2x2"]
+    mesh = jax.make_mesh((4,), ("data",), devices=devs, axis_types=(jax.sharding.AxisType.Auto,))
+    seen = []
+
+    def f(x):
+        seen.append(vit.target_platform())
+        return x
+
+    with jax.set_mesh(mesh):
+        jax.jit(f).trace(jax.ShapeDtypeStruct((4,), jnp.float32))
+    jax.jit(f).trace(jax.ShapeDtypeStruct((4,), jnp.float32))
+    assert seen == ["tpu", "cpu"]
 
 
 @pytest.mark.parametrize("case", list(CASES))
