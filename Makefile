@@ -1,14 +1,17 @@
 # `make demo` and `make test` each set up .venv/ first (once; re-run when requirements change);
-# `make test` adds the PyTorch reference and TensorBoard of requirements-dev.txt and HEAR's tools
-# of requirements-hear.txt (`make setup-dev`; the tools without their outdated pins).
+# `make test` adds the PyTorch reference and TensorBoard of requirements-dev.txt, HEAR's tools
+# of requirements-hear.txt (`make setup-dev`; the tools without their outdated pins) and libtpu
+# beside the environment (`make setup-tpu`, for the TPU-compile tests).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+TPU_STAMP := $(VENV)/.installed-tpu
+GPU_PLAN_STAMP := $(VENV)/.installed-gpu-plan
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup setup-dev demo test lint bench bench-accelerator bench-input clean
+.PHONY: setup setup-dev setup-tpu setup-gpu-plan demo test lint bench bench-accelerator bench-input clean
 
 setup: $(STAMP)
 
@@ -21,10 +24,28 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup-dev: $(DEV_STAMP)
 
-$(DEV_STAMP): $(STAMP) requirements-dev.txt requirements-hear.txt
+$(DEV_STAMP): $(STAMP) $(TPU_STAMP) requirements-dev.txt requirements-hear.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-hear.txt
 	touch $(DEV_STAMP)
+
+# libtpu for `msm-mae plan` and the TPU-compile tests, in .venv/libtpu: beside the environment,
+# not importable, so jax on CPU/GPU starts exactly as without it (see requirements-tpu.txt).
+setup-tpu: $(TPU_STAMP)
+
+$(TPU_STAMP): $(STAMP) requirements-tpu.txt
+	rm -rf $(VENV)/libtpu
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/libtpu -r requirements-tpu.txt
+	touch $(TPU_STAMP)
+
+# jax's CUDA plugin and libraries (~5 GB) in .venv/cuda-plan, for `msm-mae plan --gpu` on a
+# machine without a GPU; not importable by other runs, not part of `make test`.
+setup-gpu-plan: $(GPU_PLAN_STAMP)
+
+$(GPU_PLAN_STAMP): $(STAMP) requirements-gpu-plan.txt
+	rm -rf $(VENV)/cuda-plan
+	$(BIN)/python -m pip install --quiet --target $(VENV)/cuda-plan -r requirements-gpu-plan.txt
+	touch $(GPU_PLAN_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/msm-mae demo --workdir $(DEMO_DIR)

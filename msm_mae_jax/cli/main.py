@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "msm_mae_jax.cli.tasks",
         "the paper's EVAR tasks from downloaded datasets (list, make)",
     ),
+    "plan": ("msm_mae_jax.cli.plan", "memory and speed bound of a run on a TPU slice (compiled)"),
 }
 
 

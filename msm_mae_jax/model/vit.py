@@ -35,6 +35,17 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
     return nn.with_logical_constraint(x, names)
 
 
+def target_platform() -> str:
+    """The platform the model is traced for: that of the devices of the mesh set with
+    `jax.set_mesh` (compile-only TPU devices when a TPU step is compiled on a CPU host),
+    else jax's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()  # what jax.set_mesh set; readable while tracing
+    device = getattr(mesh, "abstract_device", None)
+    if not mesh.empty and device is not None:
+        return device.platform
+    return jax.default_backend()
+
+
 def compute_dtype(config: ModelConfig) -> jnp.dtype:
     return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
 
@@ -85,7 +96,7 @@ class Attention(nn.Module):
         v_bias = self.param("v_bias", logical_init(ZEROS, ("qkv",)), (D,), jnp.float32)
         # The k bias is identically zero (softmax is invariant to it anyway).
         bias_3D = jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(self.dtype)
-        if jax.default_backend() != "cpu":
+        if target_platform() != "cpu":
             # GPU/TPU: the fused attention entry point, so XLA can pick cuDNN / flash kernels.
             qkv_BN3HE = (qkv_BN3D + bias_3D).reshape(B, N, 3, H, E)
             names = ("batch", "seq", "heads", "kv")

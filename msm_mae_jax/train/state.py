@@ -257,6 +257,18 @@ class Setup:
             "norm": jax.make_array_from_process_local_data(sh["norm"], norm, norm.shape),
         }
 
+    def abstract_input(self) -> Any:
+        """Shapes, dtypes and shardings of the step's input (what `input_batch` returns): to
+        compile the step without data, e.g. for compile-only TPU devices."""
+        if not self.logmel_on_device:
+            return jax.ShapeDtypeStruct(self.batch_shape, jnp.float32, sharding=self.batch_sharding)
+        sh = self.input_sharding
+        return {
+            "wav": jax.ShapeDtypeStruct(self.window_shape, jnp.float32, sharding=sh["wav"]),
+            "frames": jax.ShapeDtypeStruct(self.window_shape[:1], jnp.int32, sharding=sh["frames"]),
+            "norm": jax.ShapeDtypeStruct((2,), jnp.float32, sharding=sh["norm"]),
+        }
+
     def replicated_input(self, x: np.ndarray) -> jax.Array:
         """An array every process holds in full (same values everywhere) -> replicated."""
         return jax.make_array_from_process_local_data(self.replicated, x, x.shape)

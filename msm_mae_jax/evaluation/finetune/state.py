@@ -98,7 +98,7 @@ class Setup:
         mc = self.mc
         with self.activate():
             enc_boxed = jax.eval_shape(
-                lambda k: mae.Encoder(mc).init(k, mae.dummy_input(mc)), jax.random.key(0)
+                lambda: mae.Encoder(mc).init(jax.random.key(0), mae.dummy_input(mc))
             )["params"]
         head_abstract = jax.eval_shape(lambda k: model.init_head(k, self.head, mc), _KEY)
         param_sh = {

@@ -1,0 +1,169 @@
+"""`msm-mae plan`: memory, FLOPs, collectives and a speed bound of a pre-training run on a TPU
+slice, from the real train step compiled for that slice on this machine (no TPU needed).
+
+    msm-mae plan --tpu v5e-256 --config base_208 --batch 4096 [--mesh data=64,fsdp=4]
+    msm-mae plan --tpu v4-32,v5p-128 --config large_208 --batch-per-chip 128 --sweep --json p.json
+
+--tpu takes Cloud's slice names (v4-8, v4-32, v5e-16, v5e-256, v5p-128, v6e-8, ...) or chip
+topologies (v5e:4x4, v4:2x2x4). Each case compiles the loop's step for compile-only devices
+of the slice (ViT-B takes minutes per case on a 2-core CPU) and reports per chip: memory
+(arguments = state + batch, temporaries) against the chip's HBM, FLOPs, the collectives,
+the compile time, and a roofline bound, step >= max(FLOPs / peak, HBM bytes / bandwidth),
+from the chip's published figures, as the best possible samples/s and hours for AudioSet-2M
+x 100 epochs. These are compiler figures, not timings. --sweep tries global batches and
+meshes (all chips on data; data x fsdp) and recommends the fastest plan that fits.
+TPU compilation needs libtpu, which is not in the default install: `make setup-tpu`
+(or --libtpu PATH). --gpu h100-8 (a100, h200) plans for NVIDIA GPUs the same way, through
+jax's CUDA plugin (`make setup-gpu-plan`, ~5 GB): memory and a compute-only bound.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+
+from msm_mae_jax.cli import common, config_args
+from msm_mae_jax.cli.train import DEFAULT_CONFIG, _prescan_config
+from msm_mae_jax.core.errors import ConfigError
+
+SWEEP_PER_CHIP = (64, 128, 256)
+SWEEP_FSDP = (4,)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise ConfigError(f"{flag} {text!r}: expected positive integers, e.g. 1024 or 512,1024")
+    return values
+
+
+def build_parser(prog: str, spec: str) -> common.Parser:
+    p = common.Parser(
+        prog=prog,
+        description=__doc__.split("\n\n", 2)[2],
+        epilog=config_args.help_epilog(spec),
+        usage=f"{prog} (--tpu SLICE[,...] | --gpu GPU-N[,...]) [--config PATH[:VARIANT]] "
+        "[--batch N | --batch-per-chip N] [--mesh AXIS=SIZE,...] [--sweep] [--json FILE] "
+        "[--config.KEY=VALUE ...]",
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--tpu", help="slices: v5e-16, v4-32, v5p-128 or v5e:4x4, ...")
+    target.add_argument(
+        "--gpu", help="NVIDIA GPUs: h100-8, a100-16, h200-8 (8 to a host; needs the CUDA plugin)"
+    )
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH[:VARIANT]", help="as train")
+    p.add_argument("--batch", help="global batch size(s), e.g. 4096 or 2048,4096")
+    p.add_argument("--batch-per-chip", help="global batch = this x the slice's chips")
+    p.add_argument(
+        "--mesh",
+        action="append",
+        help="mesh axes, e.g. data=16 or data=4,fsdp=4 (repeat for several; default: all "
+        "chips on data)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help=f"try batches (default {','.join(map(str, SWEEP_PER_CHIP))} per chip) and meshes "
+        "(data; data x fsdp) and recommend the fastest that fits",
+    )
+    p.add_argument(
+        "--fsdp",
+        default=",".join(map(str, SWEEP_FSDP)),
+        help="fsdp sizes the sweep tries (default %(default)s: a host's 4 chips)",
+    )
+    p.add_argument("--json", help="write every plan to this JSON file (rewritten per case)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--libtpu", help="libtpu.so, or a folder holding it (default: see README)")
+    p.add_argument(
+        "--cuda-plugin", help="folder of jax's CUDA plugin for --gpu (default: .venv/cuda-plan)"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "msm-mae plan") -> int:
+    return common.run_command(prog, _plan, argv)
+
+
+def _cases(args, slice_) -> list[tuple[int, dict]]:
+    from msm_mae_jax.train.plan import planner
+
+    if args.batch and args.batch_per_chip:
+        raise ConfigError("give --batch or --batch-per-chip, not both")
+    if args.batch:
+        batches = _ints(args.batch, "--batch")
+    elif args.batch_per_chip:
+        batches = [b * slice_.chips for b in _ints(args.batch_per_chip, "--batch-per-chip")]
+    elif args.sweep:
+        batches = [b * slice_.chips for b in SWEEP_PER_CHIP]
+    else:
+        raise ConfigError("give --batch N or --batch-per-chip N (or --sweep)")
+    if args.mesh:
+        meshes = [planner.parse_mesh(m, slice_.chips) for m in args.mesh]
+    elif args.sweep:
+        meshes = planner.sweep_meshes(slice_.chips, _ints(args.fsdp, "--fsdp"))
+    else:
+        meshes = [planner.parse_mesh(None, slice_.chips)]
+    return [(b, m) for m in meshes for b in batches]
+
+
+def _plan(argv: list[str], prog: str) -> int:
+    args, extras = build_parser(prog, _prescan_config(argv)).parse_known_args(argv)
+    config = config_args.parse_config(args.config, extras)
+    from msm_mae_jax.train.plan import chips, devices, gpus
+
+    if args.gpu:
+        slices = [gpus.parse_gpus(s) for s in args.gpu.split(",") if s.strip()]
+        plugin = gpus.plugin_dir(args.cuda_plugin)
+        gpus.use_cuda_plugin(plugin)  # before jax starts
+        platform, source = "cuda", f"jax CUDA plugin {plugin}"
+        devices_of = gpus.gpu_devices
+    else:
+        slices = [chips.parse_slice(s) for s in args.tpu.split(",") if s.strip()]
+        library = devices.find_libtpu(args.libtpu)  # before jax starts: one line if missing
+        platform, source = "tpu", f"libtpu {library}"
+        devices_of = lambda s: devices.tpu_devices(s, library)  # noqa: E731
+    work = [(s, b, m) for s in slices for b, m in _cases(args, s)]
+    common.setup_logging()
+    from msm_mae_jax.train.plan import planner, report
+
+    command = shlex.join(["msm-mae", "plan", *argv])
+    print(f"{prog}: {len(work)} case(s), {source}", file=sys.stderr, flush=True)
+    plans, picks = [], []
+    for i, (s, batch, mesh) in enumerate(work, 1):
+        where = f"{s.name} ({s.topology}, {s.chips} chips, {s.hosts} host(s))"
+        print(
+            f"[{i}/{len(work)}] {where} {config.variant} batch {batch} "
+            f"{report.mesh_text(mesh)} ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        plans.append(planner.plan(config, s, devices_of(s), batch, mesh, platform))
+        if args.json:
+            _write(args.json, report.document(plans, command))
+    if args.sweep:
+        picks = [planner.best([p for p in plans if p.slice == s]) for s in slices]
+    print(report.markdown(plans) if args.markdown else report.table(plans, picks))
+    for s, pick in zip(slices, picks, strict=False):
+        if pick is None:
+            print(f"{s.name}: no plan fits; try a smaller batch, fsdp, or model.remat")
+        else:
+            print(
+                f"{s.name}: recommended batch {pick.batch}, mesh {report.mesh_text(pick.mesh)} "
+                f"(<= {pick.samples_per_second:,.0f} samples/s, "
+                f"{pick.memory_bytes / chips.GiB:.2f} GiB of {pick.chip.hbm_bytes / chips.GiB:.0f})"
+            )
+    if args.json:
+        _write(args.json, report.document(plans, command, picks))
+    print("Compiler figures (XLA's analysis of the compiled step per chip), not timings.")
+    return 0
+
+
+def _write(path: str, doc: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")

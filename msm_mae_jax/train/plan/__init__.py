@@ -1,0 +1,4 @@
+"""Planning runs on TPU slices (and NVIDIA GPUs) from the real train step compiled for them on
+this machine: chips.py (TPU chips and slices), devices.py (libtpu's compile-only devices),
+gpus.py (GPU targets), analysis.py (memory, FLOPs, collectives of a compiled program),
+planner.py (plans, roofline, sweep), report.py (table and JSON)."""
