@@ -104,3 +104,25 @@ def test_eval_passes_file_column_and_audio_dir_to_the_task(monkeypatch):
     assert evaluate.main([*base, "--file-column", "path", "--audio_dir", "/data"]) == 2
     assert seen[0]["file_column"] is None and seen[0]["audio_dir"] is None
     assert seen[1]["file_column"] == "path" and seen[1]["audio_dir"] == "/data"
+
+
+def test_log_messages_go_to_the_stderr_of_the_moment(capsys):
+    """A command run in-process binds no stream: once its stderr is replaced and closed (a
+    notebook cell, a test), later warnings reach the new stderr, not a logging error."""
+    import io
+    import logging
+
+    from msm_mae_jax.cli import common
+
+    old, first = sys.stderr, io.StringIO()
+    try:
+        sys.stderr = first
+        common.setup_logging()
+        first.close()
+        sys.stderr = second = io.StringIO()
+        logging.getLogger("msm_mae_jax.test").warning("clip 3 skipped")
+    finally:
+        sys.stderr = old
+        logging.getLogger().handlers.clear()
+    assert second.getvalue().endswith("msm_mae_jax.test] clip 3 skipped\n")
+    assert "Logging error" not in capsys.readouterr().err

@@ -469,7 +469,8 @@ def test_resume_refuses_a_checkpoint_of_another_model(trained, tmp_path):
     wd = _copy(trained, tmp_path)
     c = tiny_config(4, **{k: v for k, v in FLAGS.items() if k != "mesh"}, **{"model.depth": 1})
     c.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))
-    with pytest.raises(ConfigError, match=r"checkpoint at step 4 has model config \{.*'depth': 2"):
+    why = r"the checkpoint at step 4 is another model: model\.depth 2 -> 1 \(checkpoint -> config\)"
+    with pytest.raises(ConfigError, match=why):
         loop.train_and_evaluate(c, str(wd), allow_config_change=True)
     assert checkpoints.Checkpointer(str(wd)).all_steps() == [2, 4]
     assert not (wd / checkpoints.DAMAGED_DIR).exists()

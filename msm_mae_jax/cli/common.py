@@ -120,9 +120,22 @@ def run_command(prog: str, fn: Callable[[list[str], str], int], argv: Sequence[s
             gc.collect()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at each message, not the stream of the moment it was
+    made: a command run in-process (a notebook, a test) whose stderr was since replaced and
+    closed must not turn later warnings into logging errors."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Project messages at `level`, other libraries' warnings, all on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname).1s %(asctime)s %(name)s] %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("msm_mae_jax").setLevel(level)
