@@ -180,6 +180,7 @@ def test_training_windows_are_the_formulas_crops(kind, tmp_path):
 
     seen = {}  # global position -> (clip, attempt)
     for n_proc, start in [(1, 0), (2, 0), (2, 3), (4, 1)]:
+        met_bad = set()  # hosts with a row read from the failed file's successor
         its = [
             pipeline.train_iterator(
                 c, NormStats(0.0, 1.0), process_index=p, process_count=n_proc, start_step=start
@@ -198,11 +199,15 @@ def test_training_windows_are_the_formulas_crops(kind, tmp_path):
                     ]
                     assert len(hits) == 1, (n_proc, start, g, hits)
                     assert seen.setdefault(g, hits[0]) == hits[0], (n_proc, start, g)
+                    if hits[0][1] == 1:
+                        met_bad.add(p)
         want = [] if bad is None else [paths[bad]]
         reported = []
-        for it in its:  # counted once per host, however often read; some host meets it
+        for p, it in enumerate(its):  # counted once per host, however often read
             skipped = list(it.skip_report.skipped)
-            assert skipped in ([], want), (n_proc, skipped)
+            # a host that substituted a row reports the file; another may have met it reading
+            # ahead (prefetch) or not at all
+            assert skipped == want if p in met_bad else skipped in ([], want), (n_proc, p, skipped)
             reported += skipped
             it.close()
         assert sorted(set(reported)) == want, (n_proc, start, reported)
