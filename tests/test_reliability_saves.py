@@ -371,6 +371,14 @@ def test_what_orbax_leaves_after_a_failure_is_dropped_and_nothing_else():
     assert not flt.filter(
         record("asyncio", "x.py", "Future exception was never retrieved", write_error)
     )
+    # orbax's own exception raised from a read error: its message says 'TensorStore', the
+    # cause 'OCDBT' (a flood seen once in ~7 runs of the truncated-checkpoint test)
+    read_error = Exception("Encountered error while reading array index: (slice(0, 64, 1),). ")
+    read_error.__cause__ = ValueError('DATA_LOSS: Error reading "k/0.0" in OCDBT database')
+    task_msg = "Task exception was never retrieved"
+    assert not flt.filter(record("asyncio", "x.py", task_msg, read_error))
+    read_error.__cause__ = None
+    assert flt.filter(record("asyncio", "x.py", task_msg, read_error))
     assert flt.filter(record("absl", "mine.py", "thread raised", write_error))
     assert flt.filter(
         record("asyncio", "x.py", "Future exception was never retrieved", KeyError(1))

@@ -13,7 +13,8 @@ one for every abandoned read: hundreds for one truncated file of a ViT-S checkpo
 - ERROR records with a traceback logged from orbax's own modules (the exception itself
   propagates to the caller, which reports it);
 - asyncio's "... exception was never retrieved" records whose exception is a tensorstore
-  write/read error (ValueError/OSError raised under orbax);
+  write/read error (ValueError/OSError raised under orbax) or orbax's exception raised from
+  one ("Encountered error while reading array index ... TensorStore");
 - unraisable `RuntimeError('Event loop is closed')` from `call_soon_threadsafe`, and the
   exceptions of orbax's read/write coroutines abandoned when their batch failed ("Exception
   ignored in: <coroutine object _read_array_index_and_device_put>").
@@ -42,9 +43,20 @@ class _DropOrbaxFailureNoise(logging.Filter):
             return False  # a background thread's copy of an exception the caller gets
         msg = record.msg if isinstance(record.msg, str) else ""
         if record.name == "asyncio" and "exception was never retrieved" in msg:
-            text = str(record.exc_info[1])
-            return not any(s in text for s in ("OCDBT", "tensorstore", "OUT_OF_RANGE"))
+            return not _is_storage_error(record.exc_info[1])
         return True
+
+
+def _is_storage_error(exc: BaseException | None) -> bool:
+    """A tensorstore read/write error, or one orbax raised from it (its own message says
+    'TensorStore' and the cause says 'OCDBT'): the whole chain is searched, case-blind."""
+    seen = 0
+    while exc is not None and seen < 8:
+        text = str(exc).lower()
+        if any(s in text for s in ("ocdbt", "tensorstore", "out_of_range")):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _unraisable(previous):  # noqa: ANN001, ANN202
