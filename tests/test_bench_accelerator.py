@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from train_utils import xla_flags
 
 from bench.train_step import analytic_flops
 from msm_mae_jax.core.config_files import load_config
@@ -25,7 +26,7 @@ def test_flop_count_of_the_documented_step():
 
 def test_accelerator_benchmark_tiny_on_cpu(tmp_path):
     out = tmp_path / "acc.json"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2))
     cmd = [sys.executable, "bench/accelerator.py", "--variant", "tiny", "--batches", "8,9"]
     cmd += ["--steps", "2", "--loop-steps", "4", "--loop-clips", "8", "--peak-tflops", "0.5"]
     proc = subprocess.run(

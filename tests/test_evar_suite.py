@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from finetune_utils import synthetic_csv, write_encoder
+from train_utils import xla_flags
 
 from msm_mae_jax.cli import evaluate
 from msm_mae_jax.data import synthetic
@@ -188,7 +189,7 @@ def test_unreadable_clips_are_skipped_and_counted_by_eval_and_finetune(tmp_path)
     cmd += ["--task", f"csv:{path}", "--out", str(out)]
     cmd += ["--config", f"{ROOT}/configs/finetune.py:tiny"]
     cmd += ["--config.epochs=1", "--config.mesh=(('data',1),('fsdp',1),('tensor',1))"]
-    env = {**_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**_env(), "XLA_FLAGS": xla_flags(1)}
     r = subprocess.run(
         cmd + ["--no-progress"], capture_output=True, text=True, timeout=300, env=env
     )

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 from finetune_utils import ft_config, synthetic_csv, write_encoder
+from train_utils import xla_flags
 
 from msm_mae_jax.evaluation import probe, tasks
 from msm_mae_jax.evaluation.finetune import data, run
@@ -49,7 +50,7 @@ def _env():
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": xla_flags(1),
     }
 
 

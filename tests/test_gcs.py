@@ -23,7 +23,7 @@ import threading
 import jax
 import numpy as np
 import pytest
-from train_utils import RUN_FLAGS, read_tensorboard
+from train_utils import RUN_FLAGS, read_tensorboard, xla_flags
 
 from msm_mae_jax.core import fs, staging
 from msm_mae_jax.train import checkpoints, workdir_lock
@@ -54,7 +54,7 @@ def env(gcs_emulator_host):
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": xla_flags(1),
     }
 
 

@@ -11,7 +11,7 @@ import types
 import jax
 import numpy as np
 import pytest
-from train_utils import TINY_OVERRIDES, final_params, read_metrics, tiny_config
+from train_utils import TINY_OVERRIDES, final_params, read_metrics, tiny_config, xla_flags
 
 from msm_mae_jax.core.errors import ConfigError
 from msm_mae_jax.train import distributed, loop
@@ -61,7 +61,7 @@ def test_two_processes_match_one(tmp_path):
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": xla_flags(2),
     }
     c = tiny_config(STEPS)
     flags = [f"--config.{k}={v}" for k, v in TINY_OVERRIDES.items()] + [

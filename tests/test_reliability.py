@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
-from train_utils import FOREVER, RUN_FLAGS, read_metrics, read_tensorboard, tiny_config
+from train_utils import FOREVER, RUN_FLAGS, read_metrics, read_tensorboard, tiny_config, xla_flags
 
 from msm_mae_jax.core.errors import ConfigError, DataError
 from msm_mae_jax.train import checkpoints, loop, metrics, optim, resume, workdir_lock
@@ -60,7 +60,7 @@ def env():
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": xla_flags(1),
     }
 
 

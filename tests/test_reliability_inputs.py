@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from finetune_utils import write_encoder
+from train_utils import xla_flags
 
 from msm_mae_jax.core import config_files
 from msm_mae_jax.core.names import path_component
@@ -38,7 +39,7 @@ def env(tmp_path_factory):
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": xla_flags(1),
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }

@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from train_utils import xla_flags
 
 from msm_mae_jax.features.runtime import Runtime
 from msm_mae_jax.model import artifact
@@ -54,7 +55,7 @@ def env(tmp_path_factory):
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": xla_flags(1),
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }

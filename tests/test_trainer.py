@@ -20,6 +20,7 @@ from train_utils import (
     read_tensorboard,
     run_flags,
     tiny_config,
+    xla_flags,
 )
 
 from configs.msm_mae import get_config
@@ -316,7 +317,7 @@ def _env():
         **os.environ,
         "PYTHONPATH": ROOT,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": xla_flags(1),
     }
 
 

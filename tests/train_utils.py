@@ -7,6 +7,13 @@ import os
 from msm_mae_jax.core.config_files import load_config
 from msm_mae_jax.train import checkpoints
 
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a test's subprocess: `devices` CPU devices, compiled as the session's
+    programs are (conftest: optimisation level 0)."""
+    return f"--xla_backend_optimization_level=0 --xla_force_host_platform_device_count={devices}"
+
+
 # configs/msm_mae.py:tiny shrunk to seconds per run (dotted keys, as --config.key=value).
 TINY_OVERRIDES = {
     "batch_size": 8,
