@@ -21,7 +21,15 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
-from train_utils import FOREVER, RUN_FLAGS, read_metrics, read_tensorboard, tiny_config, xla_flags
+from train_utils import (
+    FOREVER,
+    RUN_FLAGS,
+    read_metrics,
+    read_tensorboard,
+    run,
+    subprocess_env,
+    tiny_config,
+)
 
 from msm_mae_jax.core.errors import ConfigError, DataError
 from msm_mae_jax.train import checkpoints, loop, metrics, optim, resume, workdir_lock
@@ -54,18 +62,13 @@ def _cmd(wd, *extra, **overrides):
 
 @pytest.fixture(scope="module")
 def env():
-    """One device per process; the session's compilation cache (tests/conftest.py) is
-    inherited: the module's runs share their programs."""
-    return {
-        **os.environ,
-        "PYTHONPATH": ROOT,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": xla_flags(1),
-    }
+    """One device per process; the session's compilation cache: the module's runs share
+    their programs."""
+    return subprocess_env()
 
 
 def _run(cmd, env, **kw):
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT, **kw)
+    return run(cmd, env, TIMEOUT, **kw)
 
 
 def _error_line(r, traceback_ok=False) -> str:

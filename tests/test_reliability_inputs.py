@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from finetune_utils import write_encoder
-from train_utils import xla_flags
+from train_utils import run, subprocess_env
 
 from msm_mae_jax.core import config_files
 from msm_mae_jax.core.names import path_component
@@ -34,19 +34,12 @@ ESCAPE = "../../../../ESCAPED"  # WORKDIR/fold<value> would be two folders above
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return {
-        **os.environ,
-        "PYTHONPATH": ROOT,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": xla_flags(1),
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
+def env():
+    return subprocess_env()  # the session's compilation cache: the tiny runs' programs
 
 
 def _run(cmd, env, **kw):
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT, **kw)
+    return run(cmd, env, TIMEOUT, **kw)
 
 
 def _error_line(r) -> str:

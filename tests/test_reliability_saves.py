@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from train_utils import xla_flags
+from train_utils import RUN_FLAGS, run, subprocess_env
 
 from msm_mae_jax.features.runtime import Runtime
 from msm_mae_jax.model import artifact
@@ -23,24 +23,11 @@ from msm_mae_jax.train import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300
-FLAGS = {
-    "batch_size": 4,
-    "warmup_steps": 1,
-    "log_every_steps": 1,
-    "ckpt_every_steps": 2,
-    "figure_every_steps": 0,
-    "probe.every_steps": 0,
-    "data.synthetic_clips": 16,
-    "data.synthetic_seconds": 2.5,
-    "data.norm_mean": -9.0,
-    "data.norm_std": 4.0,
-    "mesh": "(('data',1),('fsdp',1),('tensor',1))",
-}
 FOREVER = {"total_steps": 100000, "ckpt_every_steps": 1, "keep_checkpoints": 100}
 
 
 def _train(wd, **overrides):
-    flags = {**FLAGS, **overrides}
+    flags = {**RUN_FLAGS, **overrides}
     return [sys.executable, "-m", "msm_mae_jax", "train", "--config", "tiny", "--workdir", str(wd),
             *[f"--config.{k}={v}" for k, v in flags.items()]]  # fmt: skip
 
@@ -50,19 +37,12 @@ def _cli(*args):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return {
-        **os.environ,
-        "PYTHONPATH": ROOT,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": xla_flags(1),
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
+def env():
+    return subprocess_env()  # the session's compilation cache: the tiny runs' programs
 
 
 def _run(cmd, env, **kw):
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT, **kw)
+    return run(cmd, env, TIMEOUT, **kw)
 
 
 def _error_line(r) -> str:

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import subprocess
 
 from msm_mae_jax.core.config_files import load_config
 from msm_mae_jax.train import checkpoints
@@ -12,6 +13,24 @@ def xla_flags(devices: int) -> str:
     """XLA_FLAGS for a test's subprocess: `devices` CPU devices, compiled as the session's
     programs are (conftest: optimisation level 0)."""
     return f"--xla_backend_optimization_level=0 --xla_force_host_platform_device_count={devices}"
+
+
+def subprocess_env(devices: int = 1) -> dict[str, str]:
+    """The environment of a test's command-line run: this checkout first on the path, the CPU
+    with `devices` devices, and the session's compilation cache inherited (tests/conftest.py):
+    runs of the same settings share their compiled programs."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {
+        **os.environ,
+        "PYTHONPATH": root,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": xla_flags(devices),
+    }
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: float = 300, **kw):  # noqa: ANN201
+    """`cmd` to its end (text output captured), killed at `timeout` seconds."""
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
 
 
 # configs/msm_mae.py:tiny shrunk to seconds per run (dotted keys, as --config.key=value).
