@@ -16,7 +16,7 @@ from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.data.source_base import BIG, DataSource, SkipReport, epoch_seed, mix_seed
-from msm_mae_jax.data.tf_setup import tensorflow
+from msm_mae_jax.data.tf_setup import plain, tensorflow
 
 
 def parse_lms_record(record, dtype: str):  # noqa: ANN001, ANN201 (tf in, tf out)
@@ -127,8 +127,8 @@ class LegacyLmsSource(DataSource):
 
         start = start_step * local_batch
         epoch0, offset = divmod(start, counts)
-        recs = tf.data.Dataset.range(epoch0, BIG).flat_map(epoch).skip(offset)
+        recs = tf.data.Dataset.range(epoch0, BIG).flat_map(plain(epoch)).skip(offset)
         pos = tf.data.Dataset.range(start, BIG)
-        ds = tf.data.Dataset.zip(pos, recs).map(element, tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.zip(pos, recs).map(plain(element), tf.data.AUTOTUNE)
         ds = ds.batch(local_batch, drop_remainder=True)
-        return ds.map(lambda x, n: {"lms": x, "frames": n})
+        return ds.map(plain(lambda x, n: {"lms": x, "frames": n}))

@@ -122,7 +122,7 @@ def _compiled_frontend(norm_stats: NormStats):  # noqa: ANN202
     """`host_frontend` compiled by XLA (fused: ~25% less CPU than op by op); one function per
     statistics for every pipeline of the process, so XLA compiles each batch shape once."""
     tf = tensorflow()
-    return tf.function(lambda b: host_frontend(b, norm_stats), jit_compile=True)
+    return tf.function(lambda b: host_frontend(b, norm_stats), jit_compile=True, autograph=False)
 
 
 def _frontend_map(ds: Any, norm_stats: NormStats) -> Any:

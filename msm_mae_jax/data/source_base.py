@@ -36,7 +36,7 @@ import numpy as np
 
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.data.tf_setup import tensorflow
+from msm_mae_jax.data.tf_setup import plain, tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class IndexedSource(DataSource):
             local_batch,
             local_batch * process_count,
         )
-        return stream.batch(local_batch, drop_remainder=True).map(load, tf.data.AUTOTUNE)
+        return stream.batch(local_batch, drop_remainder=True).map(plain(load), tf.data.AUTOTUNE)
 
 
 # ---- seeds and orders --------------------------------------------------------------------------
@@ -288,4 +288,4 @@ def global_index_stream(n: int, seed: int, start_q: int, p: int, b_local: int, b
         perm = tf.argsort(noise, stable=True)
         return tf.data.Dataset.from_tensor_slices((g, tf.gather(perm, g - e * n)))
 
-    return tf.data.Dataset.range(g_of(start_q) // n, BIG).flat_map(epoch)
+    return tf.data.Dataset.range(g_of(start_q) // n, BIG).flat_map(plain(epoch))

@@ -26,7 +26,7 @@ from msm_mae_jax.data.source_base import (
     epoch_seed,
     mix_seed,
 )
-from msm_mae_jax.data.tf_setup import tensorflow
+from msm_mae_jax.data.tf_setup import plain, tensorflow
 
 _INT_SCALE = {np.int16: 1 / 32768, np.int32: 1 / 2**31, np.int64: 1 / 2**31}
 
@@ -185,11 +185,11 @@ class TfdsSource(AudioSource):
 
         start = start_step * local_batch
         epoch0, offset = divmod(start, n_local)
-        recs = tf.data.Dataset.range(epoch0, BIG).flat_map(epoch).skip(offset)
+        recs = tf.data.Dataset.range(epoch0, BIG).flat_map(plain(epoch)).skip(offset)
         pos = tf.data.Dataset.range(start, BIG)
-        ds = tf.data.Dataset.zip(pos, recs).map(load, tf.data.AUTOTUNE)
-        ds = ds.filter(lambda w, n, ok: ok).batch(local_batch, drop_remainder=True)
-        return ds.map(lambda w, n, ok: {"wav": w, "frames": n})
+        ds = tf.data.Dataset.zip(pos, recs).map(plain(load), tf.data.AUTOTUNE)
+        ds = ds.filter(plain(lambda w, n, ok: ok)).batch(local_batch, drop_remainder=True)
+        return ds.map(plain(lambda w, n, ok: {"wav": w, "frames": n}))
 
     # ---- evaluation ----------------------------------------------------------------------------
 
@@ -202,7 +202,7 @@ class TfdsSource(AudioSource):
 
     def _waves(self) -> Iterator[np.ndarray]:
         for split in self.splits:
-            yield from self._read(split).map(self._mono).as_numpy_iterator()
+            yield from self._read(split).map(plain(self._mono)).as_numpy_iterator()
 
     def iterate(
         self, indices: Sequence[int], max_seconds: float | None = None
@@ -232,7 +232,7 @@ class TfdsSource(AudioSource):
         skip = {self.audio_key: tfds.decode.SkipDecoding()}
         values = []
         for split in self.splits:
-            ds = self._read(split, decoders=skip).map(lambda e: e[key])
+            ds = self._read(split, decoders=skip).map(plain(lambda e: e[key]))
             values += [np.asarray(v).item() for v in ds.as_numpy_iterator()]
         return values
 
