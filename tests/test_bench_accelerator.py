@@ -24,6 +24,7 @@ def test_flop_count_of_the_documented_step():
     assert analytic_flops(c, 64)["step"] / 1e9 == pytest.approx(748.7, abs=0.05)
 
 
+@pytest.mark.slow
 def test_accelerator_benchmark_tiny_on_cpu(tmp_path):
     out = tmp_path / "acc.json"
     env = dict(os.environ, XLA_FLAGS=xla_flags(2))

@@ -119,6 +119,7 @@ def test_suite_writes_results_and_table_and_reuses_only_what_is_unchanged(tmp_pa
     assert json.loads((out / "gtzan.json").read_text())["settings"]["seeds"] == [42]
 
 
+@pytest.mark.slow
 def test_suite_killed_after_its_first_task_goes_on_from_the_unfinished_one(tmp_path):
     root = tmp_path / "tasks"
     make_task(root, "esc50", 24, [0.5], 0.5, folds=2)
@@ -161,6 +162,7 @@ def _plant_bad_files(clips_dir):
     sf.write(clips_dir / "3.wav", np.round(wav * 4e5), 16000, subtype="FLOAT")
 
 
+@pytest.mark.slow
 def test_unreadable_clips_are_skipped_and_counted_by_eval_and_finetune(tmp_path):
     """Default --unit-sec (the header scan), task normalisation statistics, extraction and
     fine-tuning: the three bad files are skipped and counted, never the end of the command."""

@@ -147,6 +147,7 @@ def _batch(n=4, seed=0):
     return x, valid, y
 
 
+@pytest.mark.slow
 def test_head_and_every_encoder_layer_receive_gradients_and_features_pool_real_steps():
     head = model.HeadConfig(3, init_std=0.1)
     params = {
@@ -184,6 +185,7 @@ def test_head_and_every_encoder_layer_receive_gradients_and_features_pool_real_s
         np.testing.assert_allclose(cls[r], np.mean(used, 0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_frozen_encoder_equals_a_linear_probe_trained_the_same_way():
     """No augmentation, a frozen encoder: the fine-tuning step trains the head exactly as an
     independent optax loop on precomputed clip features does; the encoder never changes."""
@@ -239,6 +241,7 @@ def test_frozen_encoder_equals_a_linear_probe_trained_the_same_way():
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(st.params["encoder"]), enc)
 
 
+@pytest.mark.slow
 def test_sharded_accumulated_steps_equal_one_device_steps():
     """8 devices (data 4 x fsdp 2) with 2 accumulation micro-batches = 1 device, whole batch
     (no augmentation or drop path: the loss is a mean over equal micro-batches)."""
@@ -274,6 +277,7 @@ def test_sharded_accumulated_steps_equal_one_device_steps():
 
 
 # ---- multi-label end to end ----------------------------------------------------------------
+@pytest.mark.slow
 def test_multilabel_task_end_to_end_with_export(tmp_path, encoder_dir):
     csv = synthetic_csv(str(tmp_path / "task"), n=36, multilabel=True)
     task = tasks.parse_task(f"csv:{csv}")

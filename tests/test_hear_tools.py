@@ -44,6 +44,7 @@ def _run(args, cwd, timeout=240):
     return r
 
 
+@pytest.mark.slow
 def test_hear_validator(model_dir, tmp_path):
     validator = pathlib.Path(sys.executable).with_name("hear-validator")
     r = _run([str(validator), "msm_mae_jax.hear", "--model", model_dir], cwd=tmp_path)
@@ -95,6 +96,7 @@ def _read_split(task, split, files):
     return np.stack([sf.read(task / str(SR) / split / f, dtype=np.float32)[0] for f in files])
 
 
+@pytest.mark.slow
 def test_heareval_embedding_runner(model_dir, tmp_path):
     tasks = tmp_path / "tasks"
     scene_labels = {"dog.wav": ["dog"], "cat.wav": ["cat"], "dog2.wav": ["dog"]}

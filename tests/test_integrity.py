@@ -119,6 +119,7 @@ def saved(tmp_path_factory):
     return wd, setup
 
 
+@pytest.mark.slow
 def test_a_flipped_bit_in_a_checkpoint_is_damage(saved, tmp_path, monkeypatch):
     """Flips in the arrays' bytes that orbax reads without complaint (the data files hold raw
     float32): the step is named with the array, moved aside, the older step used."""
@@ -221,6 +222,7 @@ def _overwrite_record(corpus, manifest, k, fill=b"\xff"):
     return corpus / f["shard"], f["path"]
 
 
+@pytest.mark.slow
 def test_overwritten_lms_shard_bytes_name_the_shard(lms_corpus, tmp_path):
     """Bytes overwritten inside a record (the size unchanged): the first batch holding that
     clip stops the run with one line naming the shard and the clip (through the command),

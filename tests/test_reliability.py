@@ -157,6 +157,7 @@ def _copy(src, tmp_path):
 
 
 # ---- exits: every way a run can end gives an exit status, promptly ----------------------------
+@pytest.mark.slow
 def test_divergence_stops_with_one_line(runs):
     """A non-finite loss (inputs scaled by 1e30) ends the run with one line naming the step
     and the latest good checkpoint; the process exits (it used to hang in the destructor of
@@ -175,6 +176,7 @@ def test_full_disk_is_one_line_and_an_exit(runs):
     assert "newest complete checkpoint: none" in line
 
 
+@pytest.mark.slow
 def test_ctrl_c_and_a_second_trainer(tmp_path, env, trained):
     """A second trainer on a busy workdir refuses, naming the holder; Ctrl-C then ends the
     first with status 130 and releases the workdir. (After the background runs: this one
@@ -230,6 +232,7 @@ def test_read_only_workdir_is_one_line(tmp_path, env):
 
 
 # ---- resuming: damaged checkpoints, config changes, the lock of a dead run, replayed steps -----
+@pytest.mark.slow
 def test_resume_past_damage_with_stale_lock_and_allowed_change(trained, tmp_path, env):
     """The newest checkpoint is truncated, a killed run's lock is left, a safe key and (with
     the flag) an unsafe key changed: the run resumes from step 2, keeps step 4 aside, drops the

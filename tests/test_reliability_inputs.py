@@ -123,6 +123,7 @@ def escaping_runs(tmp_path_factory, env):
     )
 
 
+@pytest.mark.slow
 def test_names_from_task_data_stay_inside_the_workdir(escaping_runs):
     """Fold values `../../../../ESCAPED` and `..` (run folders WORKDIR/fold<value>/seed<k>),
     labels that are paths, file names of dots: fine-tuning and evaluation write below their
@@ -252,6 +253,7 @@ def test_read_only_and_full_outputs_are_one_line(tmp_path, env):
 
 
 # ---- a corpus whose every file fails to decode ----------------------------------------------
+@pytest.mark.slow
 def test_train_on_files_that_never_decode_is_one_line(tmp_path, env):
     """FLAC files whose headers are fine and whose frames are noise: the default `tiny` run
     (normalisation statistics estimated first) ends in one line naming the source and files,
@@ -283,6 +285,7 @@ def _checkpoint(wd, meta):
     return wd
 
 
+@pytest.mark.slow
 def test_damaged_metadata_and_weights_are_one_line(tmp_path, env):
     """A model dir whose msm_mae.json is junk; a checkpoint whose metadata is JSON but not what
     a save writes, one whose model config has a depth "x"; a checkpoint of another model (only

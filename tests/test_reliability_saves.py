@@ -118,6 +118,7 @@ def trained(runs):
     return wd
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line(runs):
     """No orbax/asyncio tracebacks around the line (background threads, unretrieved futures,
     callbacks after the event loop closed); a `files:` source, whose input pipeline is still
@@ -132,6 +133,7 @@ def _biggest(folder):
     return max(files, key=os.path.getsize)
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_named_without_tracebacks(trained, tmp_path, env):
     """Step 6 with a flipped bit, step 4 truncated: the run names both, moves them aside and
     resumes from step 2, with no 'Event loop is closed' traceback flood."""
@@ -184,6 +186,7 @@ def _interrupt_during_saves(wd, env, second):
     return proc.returncode, (log / "out").read_text(), (log / "err").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("second", ["soon", "exiting"])
 def test_ctrl_c_during_a_save_tells_the_truth(tmp_path, env, second):
     """Ctrl-C while saves are in flight: the save completes and the line names the newest
@@ -221,6 +224,7 @@ def test_a_ctrl_c_inside_a_finaliser_is_given_back(capsys):
     assert signal.getsignal(signal.SIGINT) is before  # no Ctrl-C was pressed: restored
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_prepare_is_one_line(fsdd_dir, tmp_path, env):
     """Ctrl-C from the terminal (the whole process group) while workers write shards: exit
     130, one line, no KeyboardInterrupt tracebacks from the workers; it exits at once."""

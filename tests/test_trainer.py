@@ -71,6 +71,7 @@ def _probe_accuracy(c, wd, step):
     return res["best_accuracy"]
 
 
+@pytest.mark.slow
 def test_end_to_end_files_and_resume(tmp_path, capsys):
     """A files: source (WAV and FLAC at two rates) through the real loop: metrics, the
     schedule, TensorBoard, figures, the probe (recomputed from the saved steps), checkpoints;
@@ -158,6 +159,7 @@ def test_init_is_the_same_on_any_mesh():
     assert mu.sharding.spec == kernel.sharding.spec  # optimizer state sharded like params
 
 
+@pytest.mark.slow
 def test_multi_device_matches_one_device():
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((8, 1, 80, 208), np.float32) for _ in range(3)]
@@ -177,6 +179,7 @@ def test_multi_device_matches_one_device():
     assert len(set(ref)) == 3 and all(np.isfinite(ref))
 
 
+@pytest.mark.slow
 def test_grad_accumulation_is_mean_of_micro_batches():
     rng = np.random.default_rng(1)
     lms = rng.standard_normal((8, 1, 80, 208), np.float32)
