@@ -162,7 +162,7 @@ def _pretrain(store, train_idx, stats, out, steps=200, width=128):
 
 @pytest.mark.slow
 def test_fsdd_digits_finetuning_reaches_95_and_beats_the_linear_probe(
-    fsdd_dir, fsdd_synthetic, tmp_path, monkeypatch
+    fsdd_dir, fsdd_synthetic, tmp_path, monkeypatch, optimised_compiles
 ):
     """Takes 5-49 train (10% of them valid), takes 0-4 test (300 clips); whole clips. The
     recordings: 5 epochs of batch 32 (375 updates) without SpecAugment masks, validated once at

@@ -14,7 +14,6 @@ import numpy as np
 import optax
 import pytest
 from train_utils import (
-    FOREVER,
     final_params,
     read_metrics,
     read_tensorboard,
@@ -341,74 +340,48 @@ def _wait_for_step(proc, wd, step, timeout=120, ckpt=None):
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
-    """Killed at an arbitrary step, restarted: final params equal an uninterrupted run."""
-    wd = str(tmp_path / "killed")
-    steps = {"total_steps": 7}  # test_gcs's runs: the same programs
-    p = subprocess.Popen(
-        _train_cmd(wd, **steps),
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _wait_for_step(p, wd, 3, ckpt=2)  # between two checkpoints
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    done = max(r["step"] for r in read_metrics(wd))
-    assert done < 7, "the run finished before it could be killed"
-    r = subprocess.run(
-        _train_cmd(wd, **steps), env=_env(), capture_output=True, text=True, timeout=300
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from" in r.stdout
-    # Uninterrupted reference, also one device in its own process (XLA:CPU programs differ in
-    # the last bits between processes with 1 and 8 devices, even on a 1-device mesh).
-    ref = str(tmp_path / "ref")
-    r = subprocess.run(
-        _train_cmd(ref, **steps), env=_env(), capture_output=True, text=True, timeout=300
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    a, b = final_params(wd, 7), final_params(ref, 7)
-    jax.tree.map(np.testing.assert_array_equal, a, b)
-    la = {x["step"]: x["loss"] for x in read_metrics(wd)}
-    lb = {x["step"]: x["loss"] for x in read_metrics(ref)}
-    assert la[7] == lb[7]
-
-
-@pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
+def test_sigterm_then_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     """SIGTERM (a preemption notice) saves the step reached and exits with status 3 and one
     line saying so (not 0: `train && export` must not take the run for finished); the same
-    command resumes from that step, and a second SIGTERM does the same again."""
-    wd = str(tmp_path / "run")
-    cmd = _train_cmd(wd, **FOREVER)
-    saved = 0
-    for attempt in range(2):
-        p = subprocess.Popen(
-            cmd,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        _wait_for_step(p, wd, saved + 2)
-        p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == preemption.EXIT_PREEMPTED == 3, err[-3000:]
-        final = json.loads(out.strip().splitlines()[-1])["final"]
-        assert final["preempted"] is True
-        steps = checkpoints.Checkpointer(wd).all_steps()
-        logged = max(r["step"] for r in read_metrics(wd))
-        assert steps[-1] == final["preempted_at"] == logged >= saved + 2, (steps, final)
-        said = [x for x in err.splitlines() if "stopped by SIGTERM" in x]
-        assert said == [
-            f"{os.path.basename(cmd[1])}: stopped by SIGTERM (preemption); step {steps[-1]} "
-            f"saved in {wd}: run the same command again to continue (exit status 3)"
-        ], err[-2000:]
-        resumed = f"resumed from {os.path.join(wd, 'checkpoints', str(saved))}\n"
-        assert (resumed in out) == (attempt == 1), out[-2000:]
-        saved = steps[-1]
+    command resumes, is killed with SIGKILL between two checkpoints, resumes again and ends
+    bit for bit where an uninterrupted run ends."""
+    wd, ref = str(tmp_path / "interrupted"), str(tmp_path / "ref")
+    cmd = _train_cmd(wd, total_steps=7)  # test_gcs's runs: the same programs
+    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(p, wd, 1)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == preemption.EXIT_PREEMPTED == 3, err[-3000:]
+    final = json.loads(out.strip().splitlines()[-1])["final"]
+    assert final["preempted"] is True
+    saved = checkpoints.Checkpointer(wd).all_steps()[-1]
+    assert saved == final["preempted_at"] == max(r["step"] for r in read_metrics(wd)) < 7
+    said = [x for x in err.splitlines() if "stopped by SIGTERM" in x]
+    assert said == [
+        f"{os.path.basename(cmd[1])}: stopped by SIGTERM (preemption); step {saved} "
+        f"saved in {wd}: run the same command again to continue (exit status 3)"
+    ], err[-2000:]
+
+    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_step(p, wd, saved + 1)  # past the step it resumed from
+    p.send_signal(signal.SIGKILL)
+    out = p.communicate()[0].decode()
+    resumed = f"resumed from {os.path.join(wd, 'checkpoints', str(saved))}\n"
+    assert resumed in out, out[-2000:]
+    assert max(r["step"] for r in read_metrics(wd)) < 7, "finished before it could be killed"
+
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-3000:]
+    # Uninterrupted reference, also one device in its own process (XLA:CPU programs differ in
+    # the last bits between processes with 1 and 8 devices, even on a 1-device mesh).
+    r = subprocess.run(
+        _train_cmd(ref, total_steps=7), env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    jax.tree.map(np.testing.assert_array_equal, final_params(wd, 7), final_params(ref, 7))
+    la = {x["step"]: x["loss"] for x in read_metrics(wd)}
+    lb = {x["step"]: x["loss"] for x in read_metrics(ref)}
+    assert la == lb  # every step's loss, the replayed ones included
 
 
 def test_lean_step_equals_full_step_without_parameter_norms():
