@@ -65,10 +65,13 @@ def test_constants_and_frame_formula():
 
 
 def test_mel_basis_is_librosa_slaney():
+    """The stored basis is librosa's (re-create it with audio.write_mel_basis() when the
+    constants or librosa change)."""
     m = audio.mel_basis()
-    assert m.shape == (201, 80) and m.dtype == np.float32
+    assert m.shape == (201, 80) and m.dtype == np.float32 and not m.flags.writeable
     ref = librosa.filters.mel(sr=SR, n_fft=400, n_mels=80, fmin=50, fmax=8000, norm="slaney")
     np.testing.assert_array_equal(m, ref.T.astype(np.float32))
+    np.testing.assert_array_equal(audio.librosa_mel_basis(), m)
     # Not the HTK, unnormalised matrix TF ships (a different feature).
     htk = tf.signal.linear_to_mel_weight_matrix(80, 201, SR, 50.0, 8000.0).numpy()
     assert np.abs(htk - m).max() > 0.1

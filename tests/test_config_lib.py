@@ -71,6 +71,7 @@ def test_wheel_holds_every_package_and_the_configs(tmp_path):
     assert not missing, f"sub-packages left out of pyproject's package list: {sorted(missing)}"
     assert "msm_mae_jax/configs/msm_mae.py" in names
     data = {p.relative_to(src).as_posix() for p in (src / "msm_mae_jax").rglob("data/*.csv")}
+    data |= {p.relative_to(src).as_posix() for p in (src / "msm_mae_jax").rglob("*.npy")}
     assert data and data <= names, f"package data left out of the wheel: {sorted(data - names)}"
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

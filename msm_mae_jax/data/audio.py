@@ -3,7 +3,7 @@
 Definition (the official one, see nnAudio's MelSpectrogram as configured by nttcslab/msm-mae):
 16 kHz mono waveform -> STFT with a periodic Hann window of 400 samples, hop 160, `center=True`
 with reflect padding of 200 samples at both ends -> power (|X|^2) over 201 bins -> Slaney mel
-basis (80 bands, 50-8000 Hz, Slaney area normalisation, built by `librosa.filters.mel`) ->
+basis (80 bands, 50-8000 Hz, Slaney area normalisation, `librosa.filters.mel`'s) ->
 `log(mel + 1.1920929e-07)`. Output layout [..., F=80, T] with T = 1 + S // 160.
 
 `center=False` (both functions) frames the input as given, without padding: frame t covers
@@ -27,6 +27,7 @@ Shape letters: S samples, T frames, F mel bins, W window samples (400), K freque
 from __future__ import annotations
 
 import functools
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -64,17 +65,37 @@ def samples_for_frames(frames: int) -> int:
     return max(0, (int(frames) - 1) * HOP_LENGTH)
 
 
+# librosa's Slaney basis for the constants above, as `write_mel_basis` stores it in the package.
+MEL_BASIS_FILE = os.path.join(os.path.dirname(__file__), "mel_basis_slaney_16k_400_80_50_8000.npy")
+
+
 @functools.lru_cache(maxsize=1)
 def mel_basis() -> np.ndarray:
-    """Slaney mel basis as float32 [K=201, F=80] (librosa's [80, 201], transposed)."""
-    import librosa  # lazy: librosa's import is slow and only needed once
+    """Slaney mel basis as float32 [K=201, F=80] (librosa's [80, 201], transposed).
+
+    Read from MEL_BASIS_FILE, librosa's own output: importing librosa (scipy.signal, numba)
+    would add ~1.2 s to the start of every process; tests/test_audio.py checks that the file
+    equals `librosa_mel_basis()` bit for bit."""
+    out = np.load(MEL_BASIS_FILE)
+    if out.shape != (N_FREQS, N_MELS) or out.dtype != np.float32:
+        raise ValueError(f"{MEL_BASIS_FILE}: {out.dtype} {out.shape}, not a mel basis")
+    out.setflags(write=False)
+    return out
+
+
+def librosa_mel_basis() -> np.ndarray:
+    """The mel basis computed by `librosa.filters.mel` now (float32 [K=201, F=80])."""
+    import librosa  # noqa: PLC0415 (slow to import; only to write or check the stored basis)
 
     m_FK = librosa.filters.mel(
         sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX, htk=False, norm="slaney"
     )
-    out = np.ascontiguousarray(m_FK.T, dtype=np.float32)
-    out.setflags(write=False)
-    return out
+    return np.ascontiguousarray(m_FK.T, dtype=np.float32)
+
+
+def write_mel_basis(path: str = MEL_BASIS_FILE) -> None:
+    """Stores `librosa_mel_basis()` (after a change of the constants or of librosa)."""
+    np.save(path, librosa_mel_basis())
 
 
 @functools.lru_cache(maxsize=1)
