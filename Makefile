@@ -51,7 +51,7 @@ demo: $(STAMP)
 	$(BIN)/msm-mae demo --workdir $(DEMO_DIR)
 
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check msm_mae_jax configs tests bench scripts train.py evaluate.py finetune.py
