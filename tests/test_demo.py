@@ -1,4 +1,5 @@
-"""`make demo` end to end, shortened: pre-train, export, probe the three models."""
+"""`make demo` end to end, shortened: pre-train, export, probe the three models; config
+overrides as for `msm-mae train`."""
 
 import json
 import math
@@ -24,6 +25,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                 "synthetic:240",  # 48 test clips: enough to tell the rows from guessing
                 "--seeds",
                 "1",
+                # what the probe hook and the statistics estimation add is tested elsewhere
+                "--config.probe.every_steps=0",
+                "--config.data.norm_mean=-9.0",
+                "--config.data.norm_std=4.0",
             ]
         )
         == 0
@@ -44,3 +49,22 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (work / "export" / "msm_mae.json").is_file()
     assert list((work / "train" / "figures").glob("*.png"))
     assert (work / "train" / "metrics.jsonl").read_text().strip()
+    saved = json.loads((work / "train" / "config.json").read_text())
+    assert saved["probe"]["every_steps"] == 0 and saved["figure_every_steps"] == 1  # --steps 2
+    assert saved["data"]["norm_std"] == 4.0
+
+
+@pytest.mark.parametrize(
+    "args,said",
+    [
+        (["--steps", "-1"], "--steps -1: pre-training steps are >= 1"),
+        (["--seeds", "0"], "--seeds 0: the probe needs at least one seed"),
+        (["--config.batchsize=8"], "unknown config key 'batchsize'"),
+        (["--config.model.depth=x"], "bad value 'x' for config key model.depth"),
+    ],
+)
+def test_mistakes_are_one_line_before_any_work(args, said, tmp_path, capsys):
+    assert demo.main(["--workdir", str(tmp_path / "demo"), "--config", "tiny", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("msm-mae demo: error: ") and said in err[0], err
+    assert not (tmp_path / "demo").exists()

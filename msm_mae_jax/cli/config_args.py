@@ -82,6 +82,11 @@ def override_tokens(config: ml_collections.ConfigDict, extras: Sequence[str]) ->
     return tokens
 
 
+def override_keys(extras: Sequence[str]) -> set[str]:
+    """The dotted keys that `--config.KEY[=VALUE]` / `--noconfig.KEY` arguments set."""
+    return {m["key"] for tok in extras if (m := _OVERRIDE.match(tok))}
+
+
 def parse_config(
     spec: str, extras: Sequence[str], default_file: str = config_files.DEFAULT_FILE
 ) -> ml_collections.ConfigDict:

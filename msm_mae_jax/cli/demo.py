@@ -1,6 +1,6 @@
 """The end-to-end demo behind `make demo`: pre-train, export, probe, compare with baselines.
 
-    msm-mae demo --workdir runs/demo [--steps N] [--config configs/msm_mae.py:tiny]
+    msm-mae demo --workdir runs/demo [--steps N] [--config VARIANT] [--config.KEY=VALUE ...]
 
 1. pre-trains the tiny MSM-MAE on the built-in synthetic audio (unlabelled use),
 2. exports the encoder artifact,
@@ -20,16 +20,36 @@ from collections.abc import Sequence
 
 from msm_mae_jax.cli import common
 from msm_mae_jax.core import fs
+from msm_mae_jax.core.errors import ConfigError
 
 
-def parse_args(argv: Sequence[str] | None = None, prog: str = "msm-mae demo") -> argparse.Namespace:
-    p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
+def build_parser(prog: str = "msm-mae demo") -> common.Parser:
+    p = common.Parser(
+        prog=prog,
+        description=__doc__.split("\n\n", 1)[1],
+        usage=f"{prog} [--workdir DIR] [--config VARIANT] [--steps N] [--task SPEC] "
+        "[--seeds N] [--config.KEY=VALUE ...]",
+        epilog="Keys of the config file set as for `msm-mae train` (--config.KEY=VALUE); "
+        "--steps N also sets the checkpoint, figure and probe intervals unless they are given.",
+    )
     p.add_argument("--workdir", default="runs/demo", help="default: runs/demo")
     p.add_argument("--config", default="demo", help="config spec: [path.py:]variant (demo)")
     p.add_argument("--steps", type=int, default=0, help="pre-training steps (0: the config's)")
     p.add_argument("--task", default="synthetic:1800", help="labelled task for the probe")
     p.add_argument("--seeds", type=int, default=3, help="classifier seeds (default: 3)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, prog: str = "msm-mae demo"
+) -> tuple[argparse.Namespace, list[str]]:
+    """(the demo's arguments, the --config.KEY=VALUE overrides left for the config)."""
+    args, extras = build_parser(prog).parse_known_args(argv)
+    if args.steps < 0:
+        raise ConfigError(f"--steps {args.steps}: pre-training steps are >= 1 (0: the config's)")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: the probe needs at least one seed")
+    return args, extras
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "msm-mae demo") -> int:
@@ -37,22 +57,31 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae demo") -> int:
 
 
 def _demo(argv: list[str], prog: str) -> int:
-    args = parse_args(argv, prog)
-    from msm_mae_jax.core.config_files import load_config
+    args, extras = parse_args(argv, prog)
+    from msm_mae_jax.cli import config_args
 
     t_start = time.time()
     work = fs.absolute(args.workdir)
     train_dir, export_dir = fs.join(work, "train"), fs.join(work, "export")
     spec = args.config if ":" in args.config else f"configs/msm_mae.py:{args.config}"
-    config = load_config(args.config)  # a bad spec fails here, before jax starts
+    # a bad spec, key or value fails here, before jax starts
+    config = config_args.parse_config(args.config, extras)
     from msm_mae_jax.evaluation import linear, tasks
+    from msm_mae_jax.model.config import ModelConfig
     from msm_mae_jax.train import export, loop
 
     if args.steps > 0:
+        given = config_args.override_keys(extras)
         config.total_steps = args.steps
-        config.ckpt_every_steps = max(1, args.steps // 2)
-        config.figure_every_steps = max(1, args.steps // 3)
-        config.probe.every_steps = max(1, args.steps // 3)
+        intervals = {
+            "ckpt_every_steps": max(1, args.steps // 2),
+            "figure_every_steps": max(1, args.steps // 3),
+            "probe.every_steps": max(1, args.steps // 3),
+        }
+        for key, value in intervals.items():
+            if key not in given:
+                group, _, name = key.rpartition(".")
+                (config[group] if group else config)[name] = value
     steps = int(config.total_steps)
     print(f"[demo] {common.backend_line()}", flush=True)
 
@@ -74,7 +103,10 @@ def _demo(argv: list[str], prog: str) -> int:
     )
     runs = {
         "msm_mae (pre-trained)": dict(checkpoint=export_dir),
-        "random init (same encoder)": dict(baseline="random", config=spec),
+        # the encoder as configured here, overrides included
+        "random init (same encoder)": dict(
+            baseline="random", config=ModelConfig.from_dict(config.model)
+        ),
         "logmel baseline": dict(baseline="logmel"),
     }
     results = {name: linear.evaluate(task, **kw, **shared) for name, kw in runs.items()}

@@ -177,8 +177,11 @@ def encoder_features(
 
 
 # ---- models and their identities (for the cache) ----------------------------------------------
-def load_model_config(spec: str | None) -> ModelConfig:
-    """None -> the default ViT-B 80x208; 'configs/msm_mae.py:tiny' -> that config's model."""
+def load_model_config(spec: str | ModelConfig | None) -> ModelConfig:
+    """None -> the default ViT-B 80x208; 'configs/msm_mae.py:tiny' -> that config's model; a
+    ModelConfig as it is."""
+    if isinstance(spec, ModelConfig):
+        return spec
     if not spec:
         return ModelConfig()
     return ModelConfig.from_dict(load_config(spec).model)
@@ -226,7 +229,7 @@ def check_arguments(
 
 
 def model_identity(
-    checkpoint: str | None, baseline: str | None, config: str | None, seed: int
+    checkpoint: str | None, baseline: str | None, config: str | ModelConfig | None, seed: int
 ) -> str | dict:
     if baseline == "logmel":
         return "logmel"
@@ -240,7 +243,7 @@ def _encoder_runtime(
     task: Task,
     checkpoint: str | None,
     baseline: str | None,
-    config: str | None,
+    config: str | ModelConfig | None,
     norm: str,
     seed: int,
     meta: dict,
@@ -275,7 +278,7 @@ def extract(
     *,
     checkpoint: str | None = None,
     baseline: str | None = None,
-    config: str | None = None,
+    config: str | ModelConfig | None = None,
     layers: str | None = None,
     layer_mode: str = "separate",
     norm: str = "task",
