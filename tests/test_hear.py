@@ -4,12 +4,14 @@ themselves run in tests/test_hear_tools.py)."""
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from msm_mae_jax.data.normalization import NormStats
+from msm_mae_jax.data.tf_setup import tensorflow
 from msm_mae_jax.features import hear
 from msm_mae_jax.model import artifact, mae
 from msm_mae_jax.model.config import ModelConfig
+
+tf = tensorflow()
 
 CFG = ModelConfig(
     embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4

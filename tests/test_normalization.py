@@ -4,9 +4,11 @@ offset), and `NormStats.normalize` on numpy, jax and tf values."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from msm_mae_jax.data.normalization import NormAccumulator, NormStats
+from msm_mae_jax.data.tf_setup import tensorflow
+
+tf = tensorflow()
 
 
 def _chunks(seed, n=12, offset=-6.0, scale=4.0):

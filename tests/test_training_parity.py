@@ -14,18 +14,27 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip(
-    "torch",
-    reason="PyTorch is not installed (make setup-dev, or pip install -r requirements-dev.txt)",
-)
+from configs.msm_mae import get_config
+from msm_mae_jax.model import convert
+from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.model.masking import masking_noise
+from msm_mae_jax.train import optim
+from msm_mae_jax.train.state import Setup
 
-from bench import torch_reference as tr  # noqa: E402
-from configs.msm_mae import get_config  # noqa: E402
-from msm_mae_jax.model import convert  # noqa: E402
-from msm_mae_jax.model.config import ModelConfig  # noqa: E402
-from msm_mae_jax.model.masking import masking_noise  # noqa: E402
-from msm_mae_jax.train import optim  # noqa: E402
-from msm_mae_jax.train.state import Setup  # noqa: E402
+torch = tr = None  # PyTorch and the reference: imported by the worker that runs this module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _pytorch():
+    global torch, tr
+    torch = pytest.importorskip(
+        "torch",
+        reason="PyTorch is not installed (make setup-dev, or pip install -r requirements-dev.txt)",
+    )
+    from bench import torch_reference
+
+    tr = torch_reference
+
 
 BATCH = 8  # effective batch (per update)
 STEPS_PER_EPOCH = 5
