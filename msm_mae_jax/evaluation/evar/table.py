@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+from collections.abc import Callable
 
 from msm_mae_jax.core import fs
+from msm_mae_jax.core.config_checks import Rule
 from msm_mae_jax.core.errors import TaskError
 
 SETTINGS_VERSION = 1
@@ -115,18 +118,79 @@ def write_settings(path: str, settings: TaskSettings) -> str:
 
 
 def read_settings(path: str) -> TaskSettings:
-    """A task's settings file; TaskError naming the file when it is not one."""
+    """A task's settings file, every key checked (`SETTINGS_RULES`); TaskError naming the file
+    and the key when it is not valid settings: never a value read as another (a `unit_sec` of
+    0 as "the longest clip", "5" or true as a number)."""
     try:
-        raw = json.loads(fs.read_text(path))
+        raw = json.loads(fs.read_text(path), object_pairs_hook=_no_repeated_keys)
     except FileNotFoundError:
         raise TaskError(f"task settings not found: {path}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TaskError(f"{path}: not a task settings file (invalid JSON: {e})") from None
-    names = {f.name for f in dataclasses.fields(TaskSettings)}
-    required = {f.name for f in dataclasses.fields(TaskSettings) if f.name != "version"}
-    if not isinstance(raw, dict) or not required <= set(raw):
-        got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise TaskError(
-            f"{path}: not a task settings file; expected keys {sorted(required)}, got {got}"
+    except (OSError, UnicodeDecodeError) as e:
+        raise TaskError(f"{path}: task settings cannot be read ({e})") from None
+    except (json.JSONDecodeError, _RepeatedKey) as e:
+        raise TaskError(f"{path}: task settings are not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise TaskError(f"{path}: task settings are a JSON {type(raw).__name__}, not an object")
+    missing = [k for k in SETTINGS_RULES if k not in raw and k != "version"]
+    unknown = [k for k in raw if k not in SETTINGS_RULES]
+    if missing or unknown:
+        what = "; ".join(
+            f"{label} key{'s' if len(keys) > 1 else ''} {', '.join(map(json.dumps, keys))}"
+            for label, keys in (("missing", missing), ("unknown", unknown))
+            if keys
         )
-    return TaskSettings(**{k: v for k, v in raw.items() if k in names})
+        raise TaskError(f"{path}: {what} (task settings hold {', '.join(SETTINGS_RULES)})")
+    for key, value in raw.items():
+        rule = SETTINGS_RULES[key]
+        if not rule.ok(value):
+            raise TaskError(f'{path}: "{key}": {json.dumps(value)}; expected {rule.what}')
+    return TaskSettings(**raw)
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are all different (json.loads would keep the last one)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _RepeatedKey(f"key {json.dumps(k)} given twice")
+        out[k] = v
+    return out
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(low: int) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _text(v: object) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _published(v: object) -> bool:
+    return isinstance(v, dict) and all(
+        _text(k) and _number(x) and 0 <= x <= 100 for k, x in v.items()
+    )
+
+
+# What each key of a settings file may hold (every key of `TaskSettings`, in its order).
+SETTINGS_RULES: dict[str, Rule] = {
+    "name": Rule(_text, "the task's name (a non-empty string)"),
+    "csv": Rule(_text, "the task CSV's file name (a non-empty string)"),
+    "audio_dir": Rule(_text, "the audio folder (a non-empty string)"),
+    "unit_sec": Rule(lambda v: _number(v) and v > 0, "the clip length, a number of seconds > 0"),
+    "folds": Rule(_integer(1), "an integer >= 1"),
+    "classes": Rule(_integer(1), "an integer >= 1"),
+    "metric": Rule(lambda v: v in ("accuracy", "mAP"), '"accuracy" or "mAP"'),
+    "published": Rule(_published, "an object of run-name prefix -> accuracy in % (0 to 100)"),
+    "expected_clips": Rule(lambda v: v is None or _integer(1)(v), "null or an integer >= 1"),
+    "found_clips": Rule(_integer(0), "an integer >= 0"),
+    "split": Rule(_text, "where the split comes from (a non-empty string)"),
+    "version": Rule(lambda v: type(v) is int and v == SETTINGS_VERSION, f"{SETTINGS_VERSION}"),
+}
