@@ -207,13 +207,16 @@ def _suite(args: Any, prog: str, p: common.Parser) -> int:
     for flag in ("unit_sec", "audio_dir", "file_column"):
         if getattr(args, flag):
             p.error(f"--{flag.replace('_', '-')} applies to --task; each suite task has its own")
-    from msm_mae_jax.evaluation.embeddings import check_arguments
-    from msm_mae_jax.evaluation.evar import suite, summary
+    from msm_mae_jax.evaluation.evar import suite_tasks
 
     only = (
         [t.strip() for t in args.suite_tasks.split(",") if t.strip()] if args.suite_tasks else None
     )
-    found = suite.discover(args.suite, args.suite_audio, only, log=_log)
+    # every task's settings, before jax starts: a broken one is one line in a second
+    found = suite_tasks.discover(args.suite, args.suite_audio, only, log=_log)
+    from msm_mae_jax.evaluation.embeddings import check_arguments
+    from msm_mae_jax.evaluation.evar import suite, summary
+
     kw = _extract_kw(args)
     model = suite.Model(kw.pop("checkpoint"), kw.pop("baseline"), kw.pop("config"))
     try:  # mistakes every task would repeat: one line, before any work

@@ -23,6 +23,7 @@ Shape letters: N clips, B batch, S samples, F mel bins, T frames, D width, L lay
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -292,15 +293,18 @@ def extract(
 ) -> tuple[Features, dict]:
     """Clip embeddings of every clip of the task -> (Features {feature set: [N, D]}, info).
 
+    `unit_sec`: the clip length (> 0 s); None: the longest clip (`default_unit_sec`).
     `seed`: the random baseline's initialisation; `crop_seed`: the random crops of training
     clips and the sample of the normalisation statistics. info["skipped"]: [{index, name,
     reason}] of clips that could not be decoded (their rows are zeros: leave them out of
     every split)."""
     check_arguments(checkpoint, baseline, norm, layer_mode)
     unreadable: dict[int, str] = {}
-    if not unit_sec:
+    if unit_sec is None:  # only None means "the longest clip": a 0 is a mistake, not a default
         durations, unreadable = clip_durations(task)
         unit_sec = default_unit_sec(task, durations)
+    if isinstance(unit_sec, bool) or not (math.isfinite(unit_sec) and unit_sec > 0):
+        raise ValueError(f"{task.spec}: unit_sec={unit_sec!r}; expected a clip length > 0 s")
     unit_sec = float(unit_sec)
     if baseline == "logmel":
         layers = None

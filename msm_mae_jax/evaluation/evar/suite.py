@@ -1,14 +1,10 @@
 """The EVAR tasks of a folder in one run: each with its own settings, resumable, one results
 JSON per task, then the table (`summary`).
 
-    tasks = discover("tasks/")                      # or EVAR's metadata folder + audio root
+    tasks = suite_tasks.discover("tasks/")          # or EVAR's metadata folder + audio root
     outcomes = run_suite(tasks, Model(checkpoint="runs/base"), Protocol(), "evar-results/base")
 
-Tasks (`discover`), in EVAR's column order, then the others by name:
-- built tasks: `NAME.json` (`table.TaskSettings`) beside its CSV: unit_sec and the published
-  numbers from the settings, audio below the settings' `audio_dir`;
-- EVAR's metadata CSVs (`esc50.csv`, ... a name of `table.TASKS` without a `NAME.json`): the
-  settings from the table, audio in `AUDIO_ROOT/NAME/` (EVAR's `work/16k/NAME`).
+The tasks and their settings, all checked before the first extraction: `suite_tasks.discover`.
 
 Each finished task is `OUT/NAME.json` (`linear.evaluate`'s results plus a `suite` block),
 written atomically when the task completes. Its `suite.key` is a digest of what decides the
@@ -30,7 +26,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from msm_mae_jax.core import fs, outputs
-from msm_mae_jax.core.errors import TaskError, UserError
+from msm_mae_jax.core.errors import UserError
 from msm_mae_jax.core.names import path_component
 from msm_mae_jax.evaluation import linear, tasks
 from msm_mae_jax.evaluation.embeddings import (
@@ -39,23 +35,10 @@ from msm_mae_jax.evaluation.embeddings import (
     load_model_config,
     model_identity,
 )
-from msm_mae_jax.evaluation.evar.table import ORDER, TASKS, read_settings
+from msm_mae_jax.evaluation.evar.suite_tasks import SuiteTask
 
 SUITE_VERSION = 1
-EVAR_AUDIO = os.path.join("..", "..", "work", "16k")  # from evar/metadata to work/16k
 DEFAULT_OUT_ROOT = "evar-results"
-
-
-@dataclasses.dataclass(frozen=True)
-class SuiteTask:
-    """One task of a suite: where its CSV and audio are, and its settings."""
-
-    name: str
-    csv: str
-    audio_dir: str
-    unit_sec: float
-    published: dict[str, float]
-    origin: str  # the settings file, or "EVAR table" for EVAR's own CSVs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,82 +116,6 @@ def check_out_dir(out_dir: str, suite_dir: str) -> None:
             "files it would replace; give another --out"
         )
     outputs.check_dir(out_dir)
-
-
-def default_audio_root(suite_dir: str) -> str:
-    return fs.join(fs.absolute(suite_dir), EVAR_AUDIO)
-
-
-def discover(
-    suite_dir: str,
-    audio_root: str | None = None,
-    only: Sequence[str] | None = None,
-    log: Callable[[str], None] = print,
-) -> list[SuiteTask]:
-    """The tasks of `suite_dir` (see the module docstring); UserError naming what is wrong
-    when there is none, an asked-for task is missing, or EVAR CSVs have no audio root."""
-    if not fs.isdir(suite_dir):
-        raise UserError(f"--suite {suite_dir}: not a folder")
-    names = fs.listdir(suite_dir)
-    found: dict[str, SuiteTask] = {}
-    ignored = []
-    for n in (n for n in names if n.endswith(".json")):
-        path = fs.join(suite_dir, n)
-        try:
-            s = read_settings(path)
-        except TaskError:
-            ignored.append(n)
-            continue
-        audio_dir = s.audio_path(path)
-        audio_dir = audio_dir if fs.is_remote(audio_dir) else os.path.normpath(audio_dir)
-        found[s.name] = SuiteTask(
-            s.name, s.csv_path(path), audio_dir, float(s.unit_sec), s.published, path
-        )
-    used = {os.path.basename(t.csv) for t in found.values()}
-    evar = [n[:-4] for n in names if n.endswith(".csv") and n[:-4] in TASKS and n not in used]
-    evar = [t for t in evar if t not in found]
-    used |= {f"{t}.csv" for t in evar}
-    ignored += [n for n in names if n.endswith(".csv") and n not in used]
-    if evar:
-        root = audio_root or default_audio_root(suite_dir)
-        if not fs.isdir(root):
-            raise UserError(
-                f"--suite {suite_dir}: EVAR's metadata CSVs ({', '.join(evar)}) read their "
-                f"audio from ROOT/<task>/ (EVAR's work/16k); {root} is not a folder: give "
-                "--suite-audio ROOT"
-            )
-        for t in evar:
-            info = TASKS[t]
-            found[t] = SuiteTask(
-                t,
-                fs.join(suite_dir, f"{t}.csv"),
-                fs.join(root, t) if fs.is_remote(root) else os.path.normpath(fs.join(root, t)),
-                info.unit_sec,
-                dict(info.published),
-                "EVAR table",
-            )
-    if ignored:
-        log(f"suite: ignored in {suite_dir} (not a task): {', '.join(ignored)}")
-    if not found:
-        raise UserError(
-            f"--suite {suite_dir}: no tasks; expected NAME.json + NAME.csv (msm-mae tasks make) "
-            f"or EVAR's metadata CSVs named {', '.join(f'{t}.csv' for t in ORDER)}"
-        )
-    if only:
-        unknown = sorted(set(only) - found.keys())
-        if unknown:
-            raise UserError(
-                f"--suite-tasks: {', '.join(unknown)} not in {suite_dir}; it holds "
-                f"{', '.join(order(found))}"
-            )
-        found = {k: v for k, v in found.items() if k in set(only)}
-    return [found[k] for k in order(found)]
-
-
-def order(names) -> list[str]:  # noqa: ANN001 (any iterable of task names)
-    """EVAR's column order, then the other names sorted."""
-    names = set(names)
-    return [t for t in ORDER if t in names] + sorted(names - set(ORDER))
 
 
 def result_key(st: SuiteTask, task: tasks.Task, model: Model, protocol: Protocol) -> str:
