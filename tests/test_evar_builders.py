@@ -206,6 +206,22 @@ def test_gtzan_artist_filtered_split_au_files(tmp_path):
     assert (s.unit_sec, s.expected_clips) == (30.0, 930)
 
 
+def test_gtzan_clip_present_as_au_and_wav_counts_once(tmp_path):
+    """A genres folder with converted .wav copies beside the .au originals: one row per clip
+    (the .au), the clips found and the classes counted once."""
+    root = tmp_path / "genres"
+    clips = ["blues/blues.00000", "blues/blues.00029", "jazz/jazz.00054", "rock/rock.00000"]
+    _audio(root, *[f"{c}.au" for c in clips], *[f"{c}.wav" for c in clips[1:]])
+    made, rows, s = _build("gtzan", tmp_path, tmp_path / "out")
+    assert rows[1:] == [
+        ["blues/blues.00000.au", "blues", "valid"],
+        ["blues/blues.00029.au", "blues", "train"],
+        ["jazz/jazz.00054.au", "jazz", "train"],
+        ["rock/rock.00000.au", "rock", "train"],
+    ]
+    assert s.found_clips == 4 and made.lines[0].startswith("gtzan: 4 of 930 clips found")
+
+
 def _nsynth_note(family, note):
     return {
         "note_str": note,
