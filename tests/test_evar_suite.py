@@ -106,7 +106,7 @@ def test_suite_writes_results_and_table_and_reuses_only_what_is_unchanged(tmp_pa
     assert esc["metric"] == "accuracy" and len(esc["accuracy"]["per_fold"]) == 3
     assert fsd["metric"] == "mAP" and fsd["task"]["multilabel"] and fsd["task"]["classes"] == 6
     assert esc["settings"]["unit_sec"] == 0.5 and esc["settings"]["seeds"] == [42, 43]
-    assert fsd["settings"]["unit_sec"] == 0.45
+    assert fsd["settings"]["unit_sec"] == 0.45, "fsd50k ran at another task's clip length"
     assert esc["suite"]["published"]["80x208p16x16"] == 87.1
 
     # The table: EVAR's column order (esc50, gtzan, fsd50k), the average over the tasks with a
@@ -137,7 +137,8 @@ def test_suite_writes_results_and_table_and_reuses_only_what_is_unchanged(tmp_pa
     assert "gtzan: accuracy" in err and "fsd50k: mAP" in err and err.count("done in") == 2
     assert not (out / "gtzan.error.txt").exists()
     assert (out / "esc50.json").stat().st_mtime_ns == stamp
-    assert json.loads((out / "gtzan.json").read_text())["settings"]["unit_sec"] == 0.3
+    gtzan = json.loads((out / "gtzan.json").read_text())
+    assert gtzan["settings"]["unit_sec"] == 0.3, "gtzan ran at another task's clip length"
     assert evaluate.main([*argv, "--suite-tasks", "gtzan", "--seeds", "1"]) == 0
     err = capsys.readouterr().err
     assert "(reused)" not in err and "suite [1/1] gtzan: accuracy" in err
@@ -262,46 +263,37 @@ def test_suite_over_evar_metadata_csvs_each_task_its_clip_length_each_model_its_
     tmp_path, capsys
 ):
     """EVAR's own metadata CSVs with the audio in ROOT/NAME/ (the default ROOT: EVAR's
-    work/16k beside evar/metadata): each task at the table's clip length; the same --out
-    with another model (log-mel, then an 80x512 encoder, then another checkpoint) computes
-    every task again, and the table's second row is the published row of the model's input
-    size."""
+    work/16k beside evar/metadata), an 80x512 encoder: each task at the table's clip length,
+    the 80x512 published row under the model's; another checkpoint with the same --out
+    computes every task again, the same one reuses them."""
     meta, audio_root = tmp_path / "evar" / "metadata", tmp_path / "work" / "16k"
     make_evar_task(meta, audio_root, "spcv2", 12, [0.6, 1.3])  # unit_sec 1.0
     make_evar_task(meta, audio_root, "cremad", 12, [1.5, 2.8])  # unit_sec 2.5
+    mc = dataclasses.replace(MICRO, input_size=(80, 512))
     out = tmp_path / "res"
     argv = ["--suite", str(meta), "--out", str(out), "--no-cache", *FAST]
-
-    def run(*model):
-        assert evaluate.main([*model, *argv]) == 0
+    for seed, enc in enumerate([str(tmp_path / "enc_a"), str(tmp_path / "enc_b")]):
+        write_encoder(enc, mc, seed=seed)
+        assert evaluate.main(["--checkpoint", enc, *argv]) == 0
         got = capsys.readouterr()
-        results = {n: json.loads((out / f"{n}.json").read_text()) for n in ("spcv2", "cremad")}
-        return got, results
-
-    got, res = run("--baseline", "logmel")
-    for name, unit_sec in (("spcv2", 1.0), ("cremad", 2.5)):
-        r = res[name]
-        assert r["settings"]["unit_sec"] == unit_sec, name
-        assert r["clips"] == {"train": 8, "valid": 2, "test": 2} and r["skipped"]["count"] == 0
-        assert r["suite"]["task_settings"] == "EVAR table"
-        assert r["suite"]["audio_dir"] == str(audio_root / name)
-    assert "suite [1/2] spcv2" in got.err and "suite [2/2] cremad" in got.err
-    assert got.out.splitlines()[3] == "| MSM-MAE 80x208p16x16 (published) | 91.1 | 66.9 | 79.0 |"
-
-    mc = dataclasses.replace(MICRO, input_size=(80, 512))
-    enc_a = write_encoder(str(tmp_path / "enc_a"), mc, seed=0)
-    enc_b = write_encoder(str(tmp_path / "enc_b"), mc, seed=1)
-    for enc in (enc_a, enc_b):
-        got, res = run("--checkpoint", enc)
-        assert got.err.count("done in") == 2 and "(reused)" not in got.err, enc
+        assert "suite [1/2] spcv2" in got.err and "suite [2/2] cremad" in got.err
+        assert got.err.count("done in") == 2 and "(reused)" not in got.err, (
+            f"{enc}: a task took the results of another model"
+        )
         for name, unit_sec in (("spcv2", 1.0), ("cremad", 2.5)):
-            assert res[name]["model"] == enc and res[name]["settings"]["unit_sec"] == unit_sec
-            assert res[name]["settings"]["run_name_prefix"] == "80x512p16x16"
+            r = json.loads((out / f"{name}.json").read_text())
+            assert r["model"] == enc, f"{name}: results of another model"
+            assert r["settings"]["unit_sec"] == unit_sec, f"{name} ran at another clip length"
+            assert r["settings"]["run_name_prefix"] == "80x512p16x16"
+            assert r["clips"] == {"train": 8, "valid": 2, "test": 2} and not r["skipped"]["count"]
+            assert r["suite"]["task_settings"] == "EVAR table"
+            assert r["suite"]["audio_dir"] == str(audio_root / name)
         table = got.out.splitlines()
+        assert table[0] == "| model | spcv2 | cremad | average |"
         assert table[2].startswith(f"| {enc} | ")
         assert table[3] == "| MSM-MAE 80x512p16x16 (published) | 93.1 | 70.1 | 81.6 |"
-    got, _ = run("--checkpoint", enc_b)
-    assert got.err.count("(reused)") == 2
+    assert evaluate.main(["--checkpoint", enc, *argv]) == 0
+    assert capsys.readouterr().err.count("(reused)") == 2
 
 
 def test_a_finished_task_is_computed_again_when_its_clip_length_or_audio_changes(tmp_path, capsys):
@@ -321,13 +313,13 @@ def test_a_finished_task_is_computed_again_when_its_clip_length_or_audio_changes
     assert run() == ["esc50", "us8k"]
     settings = json.loads((root / "esc50.json").read_text())
     (root / "esc50.json").write_text(json.dumps({**settings, "unit_sec": 0.3}))
-    assert run() == ["esc50"]  # us8k reused
+    assert run() == ["esc50"], "esc50 reused at its former clip length (or us8k computed)"
     assert json.loads((out / "esc50.json").read_text())["settings"]["unit_sec"] == 0.3
     # one of us8k's clips recorded again; its CSV and settings as they were
     wav, _ = synthetic.make_clip(3, 99, 0.35)
     sf.write(root / "audio" / "us8k" / "3.wav", wav, 16000)
-    assert run() == ["us8k"]
-    assert run() == []
+    assert run() == ["us8k"], "us8k reused though one of its clips changed"
+    assert run() == [], "a task computed again though nothing changed"
 
 
 def test_extraction_refuses_a_clip_length_that_is_not_one(tmp_path):

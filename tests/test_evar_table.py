@@ -4,6 +4,8 @@ key checked, a bad value named with its file and key, never read as another valu
 import dataclasses
 import json
 import math
+import pathlib
+import re
 
 import pytest
 
@@ -64,7 +66,8 @@ def test_the_published_rows_are_the_official_readmes():
             expected["80x208p16x16"] = README_80x208[name]
         if name in README_80x512:
             expected["80x512p16x16"] = README_80x512[name]
-        assert dict(info.published) == expected, name  # fsd50k: no published number
+        # fsd50k: no published number
+        assert dict(info.published) == expected, f"{name}: not the official README's numbers"
     # what a built task's settings carry (`tasks make`), for both input sizes
     for name in ORDER:
         s = TaskSettings.for_task(TASKS[name], audio_dir=".", found_clips=1, split="x")
@@ -74,7 +77,8 @@ def test_the_published_rows_are_the_official_readmes():
 def test_every_task_has_evars_folds_clip_length_classes_and_metric():
     for name, (folds, unit_sec, classes) in EVAR_TASKS.items():
         info = TASKS[name]
-        assert (info.folds, info.unit_sec, info.classes) == (folds, unit_sec, classes), name
+        got = (info.folds, info.unit_sec, info.classes)
+        assert got == (folds, unit_sec, classes), f"{name}: not EVAR's folds, unit_sec, classes"
         assert info.metric == ("mAP" if name == "fsd50k" else "accuracy"), name
         s = TaskSettings.for_task(info, audio_dir=".", found_clips=1, split="x")
         assert (s.folds, s.unit_sec, s.classes, s.metric) == (folds, unit_sec, classes, info.metric)
@@ -148,3 +152,24 @@ def test_a_damaged_file_is_named_never_read_in_part(tmp_path):
     (tmp_path / "cremad.json").write_bytes(b"\xff\xfe{}")
     with pytest.raises(TaskError, match="task settings cannot be read"):
         read_settings(path)
+
+
+def test_the_readme_quotes_the_published_numbers():
+    """README "Results" quotes both rows: the same numbers as the official README."""
+    readme = " ".join((pathlib.Path(__file__).parents[1] / "README.md").read_text().split())
+    names = {
+        "ESC-50": "esc50",
+        "US8K": "us8k",
+        "SPCV2": "spcv2",
+        "VoxCeleb1": "vc1",
+        "VoxForge": "voxforge",
+        "CREMA-D": "cremad",
+        "GTZAN": "gtzan",
+        "NSynth": "nsynth",
+        "Surge": "surge",
+    }
+    quoted = re.findall(rf"\b({'|'.join(names)}) (\d+\.\d) / (\d+\.\d)\b", readme)
+    assert sorted(q[0] for q in quoted) == sorted(names), quoted
+    for label, a208, a512 in quoted:
+        task = names[label]
+        assert (float(a208), float(a512)) == (README_80x208[task], README_80x512[task]), label
