@@ -62,11 +62,12 @@ def _convert(argv: list[str], prog: str) -> int:
             "give --norm-mean/--norm-std (statistics of your data) or --per-batch-norm; "
             "the official checkpoints carry no normalisation statistics"
         )
-    from msm_mae_jax.core import outputs
+    from msm_mae_jax.core import output_kinds, outputs
     from msm_mae_jax.core.errors import UserError
     from msm_mae_jax.data.normalization import NormStats
 
-    outputs.check_dir(a.out_dir, "OUT_DIR")  # before the weights are read
+    src = outputs.Input(a.src, "SRC, the weights")  # before the weights are read
+    outputs.check_dir(a.out_dir, "OUT_DIR", output_kinds.MODEL_DIR, [src], replaces=True)
     from msm_mae_jax.model.convert import convert
 
     try:

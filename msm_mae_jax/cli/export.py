@@ -29,10 +29,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae export") -> int
 
 def _export(argv: list[str], prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
-    from msm_mae_jax.core import outputs
+    from msm_mae_jax.core import output_kinds, outputs
     from msm_mae_jax.core.errors import UserError
 
-    outputs.check_dir(args.out)  # before jax starts
+    run = outputs.Input(args.workdir, "the training workdir")
+    outputs.check_dir(args.out, "--out", output_kinds.MODEL_DIR, [run], replaces=True)
     from msm_mae_jax.train.export import export
 
     try:

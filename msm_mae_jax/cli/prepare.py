@@ -46,10 +46,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae prepare") -> in
 
 def _prepare(argv: list[str], prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
-    from msm_mae_jax.core import outputs
+    from msm_mae_jax.core import output_kinds, outputs
     from msm_mae_jax.core.errors import UserError
 
-    outputs.check_dir(args.out, "OUT")  # before any file is read
+    src = args.src.removeprefix("files:")
+    src = outputs.Input(src.split("*")[0].split("?")[0].split("[")[0] or ".", "SRC, the corpus")
+    outputs.check_dir(args.out, "OUT", output_kinds.LMS_DIR, [src])  # before any file is read
     from msm_mae_jax.data.prepare import prepare
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

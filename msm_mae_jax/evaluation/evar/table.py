@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.core.errors import TaskError
 
 SETTINGS_VERSION = 1
@@ -109,9 +109,8 @@ class TaskSettings:
 
 
 def write_settings(path: str, settings: TaskSettings) -> str:
-    with fs.atomic_write(path) as f:
-        f.write(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
-    return path
+    text = json.dumps(dataclasses.asdict(settings), indent=2) + "\n"
+    return outputs.write_text(path, text, "OUT_DIR:")
 
 
 def read_settings(path: str) -> TaskSettings:
