@@ -194,14 +194,36 @@ def test_truncated_header(tmp_path):
     assert_audio_error(tmp_path / "cut.wav")
 
 
-def test_truncated_data_keeps_what_is_there(tmp_path):
+def test_truncated_data_keeps_what_is_there_and_says_so(tmp_path, caplog):
+    """A WAV cut short (libsndfile hides it: its frame count is what is there) and a FLAC
+    whose decoder loses sync part-way: read as far as they go, each file named in one warning
+    (once), in `load_audio` and `iter_blocks` alike; a whole file gives no warning."""
     y = tone(0.5, SR)
     sf.write(tmp_path / "ok.wav", y, SR, subtype="PCM_16")
     data = (tmp_path / "ok.wav").read_bytes()
     (tmp_path / "cut.wav").write_bytes(data[: len(data) - 2 * (y.size - 4000)])  # int16 frames
+    sf.write(tmp_path / "ok.flac", tone(2.0, SR), SR)
+    flac = (tmp_path / "ok.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(flac[: len(flac) // 2])
+    caplog.set_level("WARNING", logger="msm_mae_jax")
     out = load_audio(tmp_path / "cut.wav")
     assert out.shape == (4000,)
     np.testing.assert_allclose(out, y[:4000], atol=1 / 32768)
+    np.testing.assert_array_equal(
+        np.concatenate(list(audio_io.iter_blocks(tmp_path / "cut.wav", 999))), out
+    )
+    flac_out = load_audio(tmp_path / "cut.flac")
+    assert 4096 <= flac_out.size < 16000  # whole blocks up to the lost sync
+    np.testing.assert_allclose(flac_out, tone(2.0, SR)[: flac_out.size], atol=1e-4)
+    streamed = np.concatenate(list(audio_io.iter_blocks(tmp_path / "cut.flac", 4096)))
+    assert streamed.size >= 4096
+    load_audio(tmp_path / "ok.wav")
+    load_audio(tmp_path / "ok.flac")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2, warned  # once per file
+    assert warned[0].startswith(f"{tmp_path / 'cut.wav'}: cut short: 4000 of the 8000 samples")
+    assert warned[1].startswith(f"{tmp_path / 'cut.flac'}: cut short: ")
+    assert all("fetch it again" in w for w in warned)
 
 
 def test_non_audio_file_with_audio_extension(tmp_path):
