@@ -252,6 +252,9 @@ def test_a_replaced_folder_is_swapped_in_whole(tmp_path):
     with outputs.replacing_dir(str(out)) as new:
         (open(os.path.join(new, "b"), "w")).write("3")
     assert os.listdir(out) == ["b"] and sorted(os.listdir(tmp_path)) == ["model"]
+    with pytest.raises(OutputError, match=r"model/b/x: cannot write it \("):
+        with outputs.replacing_dir(str(out / "b" / "x")):
+            pass
 
 
 def test_describe_names_common_files(tmp_path):

@@ -72,20 +72,6 @@ def test_prepare_writes_shards_manifest_and_exact_stats(corpus, tmp_path):
         assert records == by_shard[s["name"]]
 
 
-def test_a_fifo_in_the_corpus_is_skipped_and_counted_never_opened(fsdd_dir, tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    shutil.copy(fsdd_dir / NAMES[0], src / NAMES[0])
-    os.mkfifo(src / "pipe.wav")  # opened, it would block until a writer came: forever
-    m = prepare.prepare(str(src), str(tmp_path / "lms"), shard_size=4, workers=1, progress=False)
-    assert m["num_records"] == 1 and m["skipped"] == [
-        {
-            "path": "pipe.wav",
-            "reason": f"{src / 'pipe.wav'}: a named pipe (FIFO), not a regular file",
-        }
-    ]
-
-
 def test_prepare_resumes_only_missing_shards(corpus, tmp_path):
     out = tmp_path / "lms"
     prepare.prepare(str(corpus), str(out), shard_size=2, workers=1, progress=False)

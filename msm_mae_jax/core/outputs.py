@@ -282,14 +282,19 @@ def replacing_dir(path: str) -> Iterator[str]:
     process killed at any moment leaves the old folder or the new one, plus at most a
     `.partial-`/`.replaced-` folder that the next write removes. Object stores have no
     rename: there `path` itself is yielded, and the writer removes its completion marker first
-    and writes it last (a cut write leaves no output rather than a mixed one)."""
+    and writes it last (a cut write leaves no output rather than a mixed one). An OSError is
+    an OutputError naming `path`."""
     if fs.is_remote(path):
         yield path
         return
     path = os.path.abspath(path).rstrip(os.sep)
     parent, base = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
-    for name in os.listdir(parent):  # folders of earlier writes that were killed
+    try:
+        os.makedirs(parent, exist_ok=True)
+        names = os.listdir(parent)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write it ({e.strerror or e})") from None
+    for name in names:  # folders of earlier writes that were killed
         for kind in (".partial-", ".replaced-"):
             prefix = f".{base}{kind}"
             if name.startswith(prefix) and not _alive(name[len(prefix) :]):
@@ -301,6 +306,9 @@ def replacing_dir(path: str) -> Iterator[str]:
         yield tmp
         _pause_for_tests()
         _swap_in(tmp, path, os.path.join(parent, f".{base}.replaced-{os.getpid()}"))
+    except OSError as e:  # a full disk, a read-only folder: nothing was replaced
+        why = e.strerror or f"{type(e).__name__}: {e}"
+        raise OutputError(f"{path}: cannot write it ({why}); nothing was replaced") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
