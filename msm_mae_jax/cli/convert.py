@@ -28,7 +28,7 @@ def build_parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     add = p.add_argument
     add("src", help="official .pth checkpoint or .npz of the same names")
-    add("out_dir", help="output encoder artifact directory")
+    add("out_dir", help="output encoder artifact directory: new, empty or a model to replace")
     add("--input-size", type=_size, help="FxT, e.g. 80x208 (default: run name)")
     add("--patch-size", type=_size, help="phxpw, e.g. 16x16 (default: run name)")
     add("--num-heads", type=common.number(int, 1), help="encoder heads (default: width / 64)")

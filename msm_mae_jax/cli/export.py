@@ -16,7 +16,11 @@ from msm_mae_jax.cli import common
 def build_parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     p.add_argument("--workdir", required=True, help="training run directory")
-    p.add_argument("--out", required=True, help="directory to write the encoder artifact to")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="directory to write the encoder artifact to: new, empty or a model to replace",
+    )
     p.add_argument(
         "--step", type=common.number(int, 0), default=None, help="checkpoint step (default: latest)"
     )

@@ -47,7 +47,11 @@ def build_parser(prog: str) -> common.Parser:
     )
     task_args.add_task_args(p)
     add("--out", metavar="FILE", help="write the results as JSON here")
-    add("--workdir", metavar="DIR", help="run directory (default: from --out)")
+    add(
+        "--workdir",
+        metavar="DIR",
+        help="run directory: new, empty or this job's (resumed) (default: from --out)",
+    )
     add(
         "--config",
         default=DEFAULT_CONFIG,

@@ -19,7 +19,9 @@ def build_parser(prog: str) -> common.Parser:
 
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     p.add_argument("src", help="audio directory, glob, or files: spec")
-    p.add_argument("out", help="output directory (created; re-run to resume)")
+    p.add_argument(
+        "out", help="output directory: new, empty or one prepare wrote (re-run to resume)"
+    )
     p.add_argument(
         "--shard-size",
         type=common.number(int, 1),
