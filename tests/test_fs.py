@@ -2,11 +2,11 @@
 emulator, see conftest.py)."""
 
 import os
-import threading
 import time
 import uuid
 
 import pytest
+from fifo import unblock_readers
 
 from msm_mae_jax.core import fs, staging
 
@@ -177,28 +177,12 @@ def test_stamps_change_when_a_file_is_rewritten(root):
     assert fs.stamp(path)[0] == 3 and fs.stamp(path) != before
 
 
-def _unblock_readers(path, seconds):
-    """Opens the FIFO `path` for writing once a reader waits on it (within `seconds`), so that
-    a read that should have been refused ends (empty) instead of blocking the suite."""
-
-    def run():
-        end = time.time() + seconds
-        while time.time() < end:
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-                return
-            except OSError:  # no reader yet
-                time.sleep(0.05)
-
-    threading.Thread(target=run, daemon=True).start()
-
-
 def test_reads_refuse_a_fifo_instead_of_waiting_for_a_writer(tmp_path):
     from msm_mae_jax.core.scan import NotRegularFileError
 
     fifo = str(tmp_path / "settings.json")
     os.mkfifo(fifo)
-    _unblock_readers(fifo, 20)
+    unblock_readers(fifo, 20)
     for read in (fs.read_bytes, fs.read_text, lambda p: fs.open(p).read()):
         t0 = time.time()
         with pytest.raises(NotRegularFileError, match="a named pipe \\(FIFO\\), not a regular"):
