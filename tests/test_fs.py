@@ -178,7 +178,7 @@ def test_stamps_change_when_a_file_is_rewritten(root):
 
 
 def test_reads_refuse_a_fifo_instead_of_waiting_for_a_writer(tmp_path):
-    from msm_mae_jax.core.scan import NotRegularFileError
+    from msm_mae_jax.core.paths import NotRegularFileError
 
     fifo = str(tmp_path / "settings.json")
     os.mkfifo(fifo)

@@ -23,7 +23,8 @@ import shutil
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
+from msm_mae_jax.core.paths import check_regular, is_remote
+
 _COPY_CHUNK = 8 * 2**20
 
 
@@ -55,11 +56,6 @@ def use_emulator_env(environ: dict | None = None) -> dict:
 
 
 use_emulator_env()  # before gcsfs or epath is imported by anyone
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    """True for `scheme://...` URLs (they go through fsspec), False for local paths."""
-    return bool(_URL.match(os.fspath(path)))
 
 
 def _fs(path: str) -> tuple[Any, str]:
@@ -236,11 +232,11 @@ def size(path: str) -> int:
 
 def open(path: str, mode: str = "r", **kwargs: Any) -> IO:  # noqa: A001
     """A file object (text or binary). Append and update modes are refused on URLs; a local
-    FIFO, socket or device is refused for reading (`core.scan.NotRegularFileError`): opening
+    FIFO, socket or device is refused for reading (`core.paths.NotRegularFileError`): opening
     a FIFO would wait for a writer forever."""
     if not is_remote(path):
         if "r" in mode:
-            _check_regular(path)
+            check_regular(path)
         return builtins.open(path, mode, **kwargs)
     if "a" in mode or "+" in mode:
         raise ValueError(f"{path}: mode {mode!r} is not supported on object stores")
@@ -258,16 +254,10 @@ def open(path: str, mode: str = "r", **kwargs: Any) -> IO:  # noqa: A001
     return io.TextIOWrapper(fs.open(p, mode.replace("t", "") + "b", **file_kw), **kwargs)
 
 
-def _check_regular(path: str) -> None:
-    from msm_mae_jax.core.scan import check_regular  # noqa: PLC0415 (scan imports fs)
-
-    check_regular(path)
-
-
 def read_bytes(path: str) -> bytes:
     """A file's bytes (a local FIFO, socket or device is refused, as by `open`)."""
     if not is_remote(path):
-        _check_regular(path)
+        check_regular(path)
         with builtins.open(path, "rb") as f:
             return f.read()
     fs, p = _fs(path)

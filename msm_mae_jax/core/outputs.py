@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
-from msm_mae_jax.core import fs, scan
+from msm_mae_jax.core import fs, paths
 from msm_mae_jax.core.errors import UserError
 
 PROBE_BYTES = 64 * 1024  # enough to meet a full disk (one block would be: more is safer)
@@ -88,7 +88,7 @@ def check_file(path: str, kind: Kind, flag: str = "--out", inputs: Sequence[Inpu
         )
     _check_inputs(path, full, inputs, flag, holds=False)
     if os.path.exists(full):
-        why = scan.not_regular(full)
+        why = paths.not_regular(full)
         if why:
             raise OutputError(f"{flag} {path} is {why}; give a file to write; {_NOTHING_DONE}")
         if os.path.getsize(full) and not kind.recognise(full):

@@ -1,13 +1,10 @@
 """Listing a user's folder without blocking on, or wandering out through, what is in it.
 
-A folder may hold things that are not files: a named pipe (FIFO) blocks whoever opens it until
-a writer comes (forever, for a reader that was not expecting one), a device may never end, a
-socket cannot be opened at all; a symbolic link may lead anywhere (one to `/` makes a walk of
-the whole file system). So nothing of the kind is ever opened: every reader asks `not_regular`
-before it opens a local path (`core.fs` reads, `data.audio_io`), so that a FIFO among the files
-of a scan (embed, the `files:` source, prepare, a task's clips) is skipped and counted like an
-unreadable file where it is read; `walk` (tasks make) and `names` (the suite folder) list
-regular files only and say what they left out and why.
+A folder may hold FIFOs, sockets and devices, which are never opened (`core.paths`): a FIFO
+among the files of a plain listing (embed, the `files:` source, prepare, a task's clips) is
+skipped and counted like an unreadable file where it is read; `walk` (tasks make) and `names`
+(the suite folder) list regular files only and say what they left out and why. A symbolic link
+may lead anywhere (one to `/` makes a walk of the whole file system).
 
 `walk` follows symbolic links to folders (datasets often link their parts in from elsewhere),
 each folder once; with `inside=FOLDER` links that lead out of that folder are not followed
@@ -19,45 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 
 from msm_mae_jax.core import fs
-
-_SPECIAL = (
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
-class NotRegularFileError(OSError):
-    """A path that is not a regular file (a FIFO, a socket, a device); never opened."""
-
-
-def special_kind(mode: int) -> str | None:
-    """What a stat mode is when it is neither a regular file nor a folder, in words."""
-    return next((what for test, what in _SPECIAL if test(mode)), None)
-
-
-def not_regular(path: str) -> str | None:
-    """Why a local `path` must not be opened as a file ('a named pipe (FIFO), not a regular
-    file'), or None: a regular file, a folder, something missing (the opener says so) or a
-    URL. Follows symbolic links (a link to a FIFO is a FIFO)."""
-    if fs.is_remote(path):
-        return None
-    try:
-        what = special_kind(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return None
-    return f"{what}, not a regular file" if what else None
-
-
-def check_regular(path: str) -> None:
-    """NotRegularFileError naming `path` when it is a FIFO, a socket or a device."""
-    why = not_regular(path)
-    if why:
-        raise NotRegularFileError(f"{path}: {why}")
+from msm_mae_jax.core.paths import not_regular, special_kind
 
 
 def names(folder: str) -> tuple[list[str], list[tuple[str, str]]]:

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from msm_mae_jax.core import fs, scan
+from msm_mae_jax.core import fs, paths
 from msm_mae_jax.data import audio_cut
 from msm_mae_jax.data.audio import HOP_LENGTH, MAX_ABS_SAMPLE, SAMPLE_RATE
 
@@ -356,7 +356,7 @@ def _read_frames_into(f: sf.SoundFile, out: np.ndarray) -> int:
 def _check_regular(name: str) -> None:
     """A FIFO, a socket or a device is never opened (a FIFO would block until a writer
     comes): an AudioError, so that it is skipped and counted like an unreadable file."""
-    why = scan.not_regular(name)
+    why = paths.not_regular(name)
     if why:
         raise AudioError(f"{name}: {why}")
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from msm_mae_jax.core import fs, outputs, scan
+from msm_mae_jax.core import fs, outputs, paths
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio, audio_io
 
@@ -75,7 +75,7 @@ def find_audio(inputs: Sequence[str]) -> list[tuple[str, str]]:
     items: list[tuple[str, str]] = []
     seen: set[str] = set()
     for arg in inputs:
-        if fs.isfile(arg) or scan.not_regular(arg):  # a FIFO given by name: skipped when read
+        if fs.isfile(arg) or paths.not_regular(arg):  # a FIFO given by name: skipped when read
             found = [(arg, arg)]
         elif fs.isdir(arg):
             found = [(p, fs.relpath(p, arg)) for p in _audio_under(arg)]

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 
-from msm_mae_jax.core import scan
+from msm_mae_jax.core import paths, scan
 from msm_mae_jax.core.errors import TaskError
 
 SPLITS = ("train", "valid", "test")
@@ -113,7 +113,7 @@ def read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
     """The rows of a metadata CSV; DatasetLayoutError naming the file when it cannot be read
     or lacks one of `columns`."""
     try:
-        scan.check_regular(path)
+        paths.check_regular(path)
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             rows = list(reader)
@@ -131,7 +131,7 @@ def read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
 def read_lines(path: str) -> list[str]:
     """The non-empty, stripped lines of a text file."""
     try:
-        scan.check_regular(path)
+        paths.check_regular(path)
         with open(path, encoding="utf-8") as f:
             return [line.strip() for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
