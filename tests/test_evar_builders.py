@@ -153,15 +153,31 @@ def test_voxforge_language_from_the_path_and_a_stable_archive_split(tmp_path):
     assert s.split.startswith("seeded: archive-disjoint 70/15/15")
 
 
-def test_list_files_follows_linked_folders_once(tmp_path):
-    _audio(tmp_path / "elsewhere", "a/1.wav", "a/2.WAV", "a/.hidden.wav")
-    _text(tmp_path / "elsewhere", "a/3.txt", "not audio")
-    os.makedirs(tmp_path / "root")
-    os.symlink(tmp_path / "elsewhere", tmp_path / "root" / "audio")
-    os.symlink(tmp_path / "root", tmp_path / "elsewhere" / "loop")  # a cycle
-    _audio(tmp_path / "root", "top.wav")
-    expected = ["audio/a/1.wav", "audio/a/2.WAV", "top.wav"]
-    assert layout.list_files(str(tmp_path / "root")) == expected
+def test_list_files_stays_in_the_dataset_and_lists_regular_files(tmp_path):
+    """Links inside the dataset are followed (each folder once, a cycle too); links out of it
+    (a folder elsewhere, `/`, a file elsewhere) are not, nor FIFOs or empty files: each is
+    counted in the notes `tasks make` shows."""
+    root = tmp_path / "root"
+    _audio(root, "a/1.wav", "a/2.WAV", "a/.hidden.wav", "top.wav")
+    _text(root, "a/3.txt", "not audio")
+    os.symlink(root / "a", root / "again")  # the same folder again: walked once
+    os.symlink(root, root / "a" / "loop")  # a cycle
+    os.symlink(root / "top.wav", root / "alias.wav")  # a file inside: listed
+    _audio(tmp_path / "elsewhere", "x.wav")
+    os.symlink(tmp_path / "elsewhere", root / "out")
+    os.symlink("/", root / "slash")  # the whole file system: never walked
+    os.symlink(tmp_path / "elsewhere" / "x.wav", root / "linked.wav")
+    os.mkfifo(root / "a" / "fifo.wav")
+    (root / "a" / "empty.wav").write_bytes(b"")
+    with layout.scan_notes() as notes:
+        got = layout.list_files(str(root))
+    assert got == ["a/1.wav", "a/2.WAV", "alias.wav", "top.wav"]
+    assert notes == [
+        f"3 skipped: a symbolic link out of {root}, not followed",
+        "1 skipped: empty (0 bytes)",
+        "1 skipped: a named pipe (FIFO), not a regular file",
+    ]
+    assert layout.list_files(str(root), "a", recursive=False) == ["a/1.wav", "a/2.WAV"]
 
 
 def test_seeded_split_proportions_and_independence():

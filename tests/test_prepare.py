@@ -4,11 +4,13 @@ import json
 import os
 import re
 import shutil
+import time
 
 import librosa
 import numpy as np
 import pytest
 import soundfile as sf
+from fifo import unblock_readers
 from reference import librosa_log_mel
 
 from configs.msm_mae import get_config
@@ -70,6 +72,21 @@ def test_prepare_writes_shards_manifest_and_exact_stats(corpus, tmp_path):
     for s in m["shards"]:
         records = [r.numpy() for r in tf.data.TFRecordDataset(str(out / s["name"]))]
         assert records == by_shard[s["name"]]
+
+
+def test_a_fifo_in_the_corpus_is_skipped_and_counted_never_opened(fsdd_dir, tmp_path):
+    """Opened, a FIFO blocks until a writer comes: forever. A writer thread ends such a wait
+    after a few seconds (the test then fails on the time) instead of blocking the suite."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(fsdd_dir / NAMES[0], src / NAMES[0])
+    os.mkfifo(src / "pipe.wav")
+    unblock_readers(str(src / "pipe.wav"), 30)
+    t0 = time.time()
+    m = prepare.prepare(str(src), str(tmp_path / "lms"), shard_size=4, workers=1, progress=False)
+    assert time.time() - t0 < 25
+    why = f"{src / 'pipe.wav'}: a named pipe (FIFO), not a regular file"
+    assert m["num_records"] == 1 and m["skipped"] == [{"path": "pipe.wav", "reason": why}]
 
 
 def test_prepare_resumes_only_missing_shards(corpus, tmp_path):

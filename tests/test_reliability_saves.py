@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from train_utils import RUN_FLAGS, run, subprocess_env
 
+from msm_mae_jax.core import outputs
 from msm_mae_jax.features.runtime import Runtime
 from msm_mae_jax.model import artifact
 from msm_mae_jax.train import checkpoints
@@ -274,7 +275,7 @@ def test_export_killed_mid_write_leaves_the_old_one(trained, tmp_path, env):
     marker = tmp_path / "paused"
     proc = subprocess.Popen(
         _cli("export", "--workdir", trained, "--out", out, "--step", 6),
-        env={**env, artifact.PAUSE_ENV: str(marker)},
+        env={**env, outputs.PAUSE_ENV: str(marker)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -308,7 +309,7 @@ def test_replacing_without_an_atomic_swap_and_what_is_never_replaced(
     cfg, params, stats = checkpoints.load_encoder_from_workdir(trained, 2)
     out = tmp_path / "m"
     artifact.save_model_dir(str(out), cfg, params, stats, source="a")
-    monkeypatch.setattr(artifact, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(outputs, "_exchange", lambda a, b: False)
     artifact.save_model_dir(str(out), cfg, params, stats, source="b")
     assert artifact.load_model_dir(str(out))[3]["source"] == "b"
     assert sorted(os.listdir(tmp_path)) == ["m"]

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 
 from msm_mae_jax.cli import common
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.core.errors import ConfigError
 
 
@@ -62,6 +62,7 @@ def _demo(argv: list[str], prog: str) -> int:
 
     t_start = time.time()
     work = fs.absolute(args.workdir)
+    outputs.check_dir(work, "--workdir")  # before the long part
     train_dir, export_dir = fs.join(work, "train"), fs.join(work, "export")
     spec = args.config if ":" in args.config else f"configs/msm_mae.py:{args.config}"
     # a bad spec, key or value fails here, before jax starts
@@ -130,7 +131,8 @@ def _demo(argv: list[str], prog: str) -> int:
         "results": results,
         "wall_s": round(time.time() - t_start, 1),
     }
-    fs.write_text(fs.join(work, "results.json"), json.dumps(summary, indent=2, default=float))
+    results_json = json.dumps(summary, indent=2, default=float)
+    outputs.write_text(fs.join(work, "results.json"), results_json, "--workdir")
     print("\n" + table)
     print(f"\n[demo] done in {summary['wall_s']:.0f} s. Outputs in {work}:")
     print("  train/         checkpoints, metrics.jsonl, TensorBoard (train/tb), config.json")

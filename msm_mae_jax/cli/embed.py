@@ -9,7 +9,9 @@ be read are skipped and listed in the summary and in the .npz (skipped_paths,
 skipped_reasons). The .npz: paths [N] (as given, or relative to a folder argument), scene
 float32 [N, D]; with --frames also frames [sum T_i, D], frame_offsets int64 [N + 1] and
 timestamps_ms float32 [sum T_i] (file i: rows frame_offsets[i]:frame_offsets[i + 1]).
-The file is written atomically. See msm_mae_jax/features/embed.py.
+The file is written beside and swapped in (a kill leaves the old file or the new one); an
+existing --out must be such a .npz (an input, a WAV or a CSV there is refused). See
+msm_mae_jax/features/embed.py.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from collections.abc import Sequence
 
 from msm_mae_jax.cli import common
-from msm_mae_jax.core import fs, outputs
+from msm_mae_jax.core import fs, output_kinds, outputs
 from msm_mae_jax.core.errors import UserError
 
 
@@ -68,7 +70,11 @@ def _embed(argv: list[str], prog: str) -> int:
     args = p.parse_args(argv)
     if not fs.exists(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
-    outputs.check_file(args.out, example="embeddings.npz")  # before any work
+    inputs = [
+        outputs.Input(a, "one of the INPUT files") for a in args.inputs if not fs.is_remote(a)
+    ]
+    inputs.append(outputs.Input(args.checkpoint, "the checkpoint"))
+    outputs.check_file(args.out, output_kinds.EMBEDDINGS, "--out", inputs)  # before any work
     from msm_mae_jax.features import embed
 
     items = embed.find_audio(args.inputs)

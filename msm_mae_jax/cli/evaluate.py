@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from msm_mae_jax.cli import common, task_args
-from msm_mae_jax.core import fs, outputs
+from msm_mae_jax.core import fs, output_kinds, outputs
 from msm_mae_jax.core.errors import UserError
 
 
@@ -148,8 +148,8 @@ def _evaluate(argv: list[str], prog: str) -> int:
         p.error(f"--seeds {args.seeds} --first-seed {args.first_seed}: need >= 1 and >= 0")
     if args.suite is not None:
         return _suite(args, prog, p)
-    if args.out:
-        outputs.check_file(args.out)  # before the extraction, not after it
+    if args.out:  # before the extraction, not after it
+        outputs.check_file(args.out, output_kinds.RESULTS, "--out", task_args.task_inputs(args))
     from msm_mae_jax.evaluation import linear
 
     try:
@@ -169,8 +169,7 @@ def _evaluate(argv: list[str], prog: str) -> int:
         raise UserError(str(e)) from None
     print(linear.format_table(result))
     if args.out:
-        fs.makedirs(fs.dirname(fs.absolute(args.out)))
-        fs.write_text(args.out, json.dumps(result, indent=2))
+        outputs.write_text(args.out, json.dumps(result, indent=2))
     return 0
 
 
@@ -215,7 +214,7 @@ def _suite(args: Any, prog: str, p: common.Parser) -> int:
     # every task's settings, before jax starts: a broken one is one line in a second
     found = suite_tasks.discover(args.suite, args.suite_audio, only, log=_log)
     from msm_mae_jax.evaluation.embeddings import check_arguments
-    from msm_mae_jax.evaluation.evar import suite, summary
+    from msm_mae_jax.evaluation.evar import suite, suite_outputs, summary
 
     kw = _extract_kw(args)
     model = suite.Model(kw.pop("checkpoint"), kw.pop("baseline"), kw.pop("config"))
@@ -225,7 +224,7 @@ def _suite(args: Any, prog: str, p: common.Parser) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     out = args.out or model.default_out_dir()
-    suite.check_out_dir(out, args.suite)
+    suite_outputs.check_out_dir(out, args.suite, found, model)
     protocol = suite.Protocol(
         seeds=_seeds(args),
         norm=kw.pop("norm"),

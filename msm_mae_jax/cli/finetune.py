@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from msm_mae_jax.cli import common, task_args
-from msm_mae_jax.core import outputs
+from msm_mae_jax.core import output_kinds, outputs
 from msm_mae_jax.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,7 +47,11 @@ def build_parser(prog: str) -> common.Parser:
     )
     task_args.add_task_args(p)
     add("--out", metavar="FILE", help="write the results as JSON here")
-    add("--workdir", metavar="DIR", help="run directory (default: from --out)")
+    add(
+        "--workdir",
+        metavar="DIR",
+        help="run directory: new, empty or this job's (resumed) (default: from --out)",
+    )
     add(
         "--config",
         default=DEFAULT_CONFIG,
@@ -97,9 +101,11 @@ def _finetune(argv: list[str], prog: str) -> int:
     args, extras = build_parser(prog).parse_known_args(argv)
     config = load_config(args.config, extras)
     workdir = args.workdir or default_workdir(args.out)
+    inputs = task_args.task_inputs(args)
     if args.out:  # the outputs before any work
-        outputs.check_file(args.out)
-    outputs.check_dir(workdir, "--workdir" if args.workdir else "--workdir (from --out)")
+        outputs.check_file(args.out, output_kinds.RESULTS, "--out", inputs)
+    flag = "--workdir" if args.workdir else "--workdir (from --out)"
+    outputs.check_dir(workdir, flag, output_kinds.FINETUNE_WORKDIR, inputs)
     if args.checkpoint and not os.path.exists(args.checkpoint):
         raise ConfigError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
     if args.random_init:
@@ -123,9 +129,7 @@ def _finetune(argv: list[str], prog: str) -> int:
         return preemption.EXIT_PREEMPTED
     print(results.format_table(result))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        outputs.write_text(args.out, json.dumps(result, indent=2))
     return 0
 
 

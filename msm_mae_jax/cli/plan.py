@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from msm_mae_jax.cli import common, config_args
 from msm_mae_jax.cli.train import DEFAULT_CONFIG, _prescan_config
+from msm_mae_jax.core import output_kinds, outputs
 from msm_mae_jax.core.errors import ConfigError
 
 SWEEP_PER_CHIP = (64, 128, 256)
@@ -76,7 +77,11 @@ def build_parser(prog: str, spec: str) -> common.Parser:
         default=",".join(map(str, SWEEP_FSDP)),
         help="fsdp sizes the sweep tries (default %(default)s: a host's 4 chips)",
     )
-    p.add_argument("--json", help="write every plan to this JSON file (rewritten per case)")
+    p.add_argument(
+        "--json",
+        help="write every plan to this JSON file (checked before compiling; rewritten, whole, "
+        "after each case)",
+    )
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--libtpu", help="libtpu.so, or a folder holding it (default: see README)")
     p.add_argument(
@@ -114,8 +119,14 @@ def _cases(args, slice_) -> list[tuple[int, dict]]:
 def _plan(argv: list[str], prog: str) -> int:
     args, extras = build_parser(prog, _prescan_config(argv)).parse_known_args(argv)
     config = config_args.parse_config(args.config, extras)
+    if args.json:  # before the compiles (minutes each), not after them
+        outputs.check_file(args.json, output_kinds.PLAN, "--json")
     from msm_mae_jax.train.plan import chips, devices, gpus
 
+    flag, spec = ("--gpu", args.gpu) if args.gpu is not None else ("--tpu", args.tpu)
+    if not any(s.strip() for s in spec.split(",")):
+        example = "h100-8" if flag == "--gpu" else "v5e-16"
+        raise ConfigError(f"{flag} {spec!r}: no slice given, e.g. {flag} {example}")
     if args.gpu:
         slices = [gpus.parse_gpus(s) for s in args.gpu.split(",") if s.strip()]
         plugin = gpus.plugin_dir(args.cuda_plugin)
@@ -164,6 +175,4 @@ def _plan(argv: list[str], prog: str) -> int:
 
 
 def _write(path: str, doc: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+    outputs.write_text(path, json.dumps(doc, indent=1) + "\n", "--json")

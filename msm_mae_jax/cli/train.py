@@ -20,13 +20,12 @@ import glob
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 
 import ml_collections
 
 from msm_mae_jax.cli import common, config_args
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.core.errors import ConfigError, DataError
 from msm_mae_jax.train import config_rules
 
@@ -104,23 +103,9 @@ def check_sources(config: ml_collections.ConfigDict) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-    """The workdir exists (created here) and takes files; ConfigError otherwise. A remote
-    workdir (gs://...) is checked when its lock is written."""
-    if fs.is_remote(workdir):
-        if fs.isfile(workdir):
-            raise ConfigError(f"--workdir {workdir} exists and is not a directory")
-        return
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"--workdir {workdir} exists and is not a directory")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=workdir):
-            pass
-    except OSError as e:  # read-only file system, permissions
-        raise ConfigError(
-            f"--workdir {workdir} is not writable ({e.strerror or e}); training writes its "
-            "checkpoints and logs there"
-        ) from None
+    """The workdir can be written (`core.outputs.check_dir`: a folder, or a place to make one,
+    that takes files); OutputError naming it otherwise. Its lock creates it."""
+    outputs.check_dir(workdir, "--workdir")
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "msm-mae train") -> int:

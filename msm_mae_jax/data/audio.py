@@ -48,6 +48,13 @@ FMAX = 8000.0
 LOG_OFFSET = 1.1920929e-07  # float32 machine epsilon, as the official code
 N_FREQS = N_FFT // 2 + 1
 _PAD = N_FFT // 2
+# Waveforms are full scale in [-1, 1] (integer PCM is read scaled into it and cannot exceed
+# it; float files and arrays hold samples as they are). Beyond this peak a waveform is
+# mis-scaled (integer values written as float, say): using it would silently distort the
+# normalisation statistics and everything learnt from them, so it is refused like a corrupt
+# file (`audio_io`) or a bad argument (the runtime, HEAR). Real recordings that clip a little
+# after processing stay far below.
+MAX_ABS_SAMPLE = 16.0
 
 
 def num_frames(samples: int) -> int:

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, paths
 from msm_mae_jax.core.errors import DataError, TaskError
 from msm_mae_jax.data import audio_io, synthetic
 from msm_mae_jax.data.sources import AudioSource, FileSource, SyntheticSource, TfdsSource
@@ -240,8 +240,8 @@ def load_csv_task(
 
 def _missing_files(files: list[str], base: str) -> list[str]:
     """The files that do not exist; below a URL one listing instead of a request per file."""
-    if not fs.is_remote(base):
-        return [f for f in files if not os.path.isfile(f)]
+    if not fs.is_remote(base):  # a FIFO is there (skipped and counted when it is read)
+        return [f for f in files if not os.path.isfile(f) and not paths.not_regular(f)]
     present = set(fs.walk_files(base))
     return [f for f in files if f not in present and not fs.isfile(f)]
 

@@ -170,8 +170,13 @@ def convert(
         raise ConversionError(f"{src}: {e}") from e
     config = ModelConfig(**kw)
     extra: dict[str, Any] = {"normalization": "per_batch" if per_batch_norm else "dataset"}
-    if keep_decoder and params["decoder"] is not None:
+    files = {}
+    if keep_decoder and params["decoder"] is not None:  # inside the artifact: one swap
         extra["decoder_params"] = DECODER_SIDE_FILE
+        flat = {"/".join(p): np.asarray(a) for p, a in tree_paths(params["decoder"])}
+        buf = io.BytesIO()
+        np.savez(buf, **flat)
+        files[DECODER_SIDE_FILE] = buf.getvalue()
     save_model_dir(
         out_dir,
         config,
@@ -179,11 +184,8 @@ def convert(
         norm_stats if norm_stats is not None else NormStats(0.0, 1.0),
         source=f"converted from {fs.absolute(src)}",
         extra=extra,
+        files=files,
     )
-    if keep_decoder and params["decoder"] is not None:
-        flat = {"/".join(p): np.asarray(a) for p, a in tree_paths(params["decoder"])}
-        with fs.atomic_write(fs.join(out_dir, DECODER_SIDE_FILE), "wb") as f:
-            np.savez(f, **flat)
     return out_dir
 
 

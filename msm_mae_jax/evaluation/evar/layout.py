@@ -9,13 +9,16 @@ that is not the dataset is a `DatasetLayoutError` naming what is missing.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 
+from msm_mae_jax.core import paths, scan
 from msm_mae_jax.core.errors import TaskError
 
 SPLITS = ("train", "valid", "test")
@@ -57,44 +60,60 @@ def find_root(dataset_dir: str, marker: str, inside: Sequence[str], expected: st
     raise DatasetLayoutError(f"{dataset_dir}: no {where} (expected {expected})")
 
 
-def list_files(root: str, sub: str = "", exts: Iterable[str] = (".wav",)) -> list[str]:
-    """Files below `root/sub` whose extension (lower-cased) is in `exts`, as sorted '/'-joined
-    paths relative to `root`; hidden files and folders are skipped."""
+_NOTES: contextvars.ContextVar[list | None] = contextvars.ContextVar("scan_notes", default=None)
+
+
+@contextlib.contextmanager
+def scan_notes() -> Iterator[list[str]]:
+    """Collects, for the lines `tasks make` shows, what the `list_files` calls of a build
+    skipped: one note per reason with its count (filled in when the block ends)."""
+    skipped: list[tuple[str, str]] = []
+    notes: list[str] = []
+    token = _NOTES.set(skipped)
+    try:
+        yield notes
+    finally:
+        _NOTES.reset(token)
+        counts: dict[str, int] = {}
+        for _, why in dict(skipped).items():  # a file listed twice is counted once
+            counts[why] = counts.get(why, 0) + 1
+        notes += [f"{n:,} skipped: {why}" for why, n in counts.items()]
+
+
+def list_files(
+    root: str, sub: str = "", exts: Iterable[str] = (".wav",), recursive: bool = True
+) -> list[str]:
+    """Regular, non-empty files below `root/sub` (only those directly in it unless
+    `recursive`) whose extension (lower-cased) is in `exts`, as sorted '/'-joined paths
+    relative to `root`; hidden files and folders are left out. Symbolic links are followed
+    while they stay inside `root` (`core.scan.walk`): one to `/` is never walked. FIFOs,
+    sockets, devices, empty files and links out of `root` are skipped (`scan_notes`)."""
     exts = tuple(e.lower() for e in exts)
     top = os.path.join(root, sub) if sub else root
-    out, seen = [], set()
-    _first_visit(top, "", seen)
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        # symlinked folders are followed (datasets often live elsewhere), each folder once
-        dirnames[:] = [
-            d for d in dirnames if not d.startswith(".") and _first_visit(dirpath, d, seen)
-        ]
-        rel = os.path.relpath(dirpath, root)
-        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        out += [
-            prefix + f
-            for f in filenames
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts
+    if not os.path.isdir(top):
+        return []
+    depth = None if recursive else 0
+    listing = scan.walk(top, inside=root, skip_empty=True, hidden=False, max_depth=depth)
+    out = [
+        os.path.relpath(p, root).replace(os.sep, "/")
+        for p in listing.files
+        if os.path.splitext(p)[1].lower() in exts
+    ]
+    skipped = _NOTES.get()
+    if skipped is not None:  # of the files asked for, and links to folders
+        skipped += [
+            (p, why)
+            for p, why in listing.skipped
+            if os.path.splitext(p)[1].lower() in exts or "symbolic link" in why
         ]
     return sorted(out)
-
-
-def _first_visit(parent: str, name: str, seen: set[tuple[int, int]]) -> bool:
-    try:
-        st = os.stat(os.path.join(parent, name))
-    except OSError:
-        return False
-    key = (st.st_dev, st.st_ino)
-    if key in seen:
-        return False
-    seen.add(key)
-    return True
 
 
 def read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
     """The rows of a metadata CSV; DatasetLayoutError naming the file when it cannot be read
     or lacks one of `columns`."""
     try:
+        paths.check_regular(path)
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             rows = list(reader)
@@ -112,6 +131,7 @@ def read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
 def read_lines(path: str) -> list[str]:
     """The non-empty, stripped lines of a text file."""
     try:
+        paths.check_regular(path)
         with open(path, encoding="utf-8") as f:
             return [line.strip() for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as e:

@@ -1,10 +1,11 @@
 """`msm-mae tasks make NAME DATASET_DIR OUT_DIR`: one of the paper's tasks from its dataset.
 
 `BUILDERS` maps each task of `table.TASKS` to its builder and to the folder the user points
-at. `make_task` runs the builder, writes OUT_DIR/NAME.csv (EVAR's metadata format) and
-OUT_DIR/NAME.json (`table.TaskSettings`) and returns the lines to show: how many of the
-expected clips were found, what was left out, the clips per split or fold, and any split or
-fold left empty.
+at. `make_task` checks OUT_DIR first (`check_out_dir`), runs the builder, writes
+OUT_DIR/NAME.csv (EVAR's metadata format) and OUT_DIR/NAME.json (`table.TaskSettings`) and
+returns the lines to show: how many of the expected clips were found, what was left out (files
+the scans skipped: FIFOs, empty files, links out of the dataset), the clips per split or fold,
+and any split or fold left empty.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, output_kinds, outputs
 from msm_mae_jax.evaluation.evar import make_music, make_sound, make_speech
-from msm_mae_jax.evaluation.evar.layout import SPLITS, Built, DatasetLayoutError
+from msm_mae_jax.evaluation.evar.layout import SPLITS, Built, DatasetLayoutError, scan_notes
 from msm_mae_jax.evaluation.evar.table import ORDER, TASKS, TaskSettings, write_settings
 
 
@@ -48,18 +49,36 @@ class Made:
     lines: list[str]  # what to show the user
 
 
+def check_out_dir(name: str, out_dir: str) -> None:
+    """OUT_DIR takes NAME.csv and NAME.json (`core.outputs`): checked before the dataset is
+    scanned; an existing NAME.csv or NAME.json must be a task's (made here before)."""
+    outputs.check_dir(out_dir, "OUT_DIR")
+    kinds = {f"{name}.csv": output_kinds.TASK_CSV, f"{name}.json": output_kinds.TASK_SETTINGS}
+    for file, kind in kinds.items():
+        path = fs.join(out_dir, file)
+        if fs.isdir(path):
+            raise outputs.OutputError(
+                f"OUT_DIR {out_dir}: {file} there is a folder, where the task's {file} goes; "
+                "give another OUT_DIR or move it; nothing was done"
+            )
+        outputs.check_file(path, kind, "OUT_DIR:")
+
+
 def make_task(name: str, dataset_dir: str, out_dir: str) -> Made:
-    """Builds task `name` from `dataset_dir` into `out_dir` (created); DatasetLayoutError
-    (a TaskError) when the folder is not the dataset or holds none of its clips."""
+    """Builds task `name` from `dataset_dir` into `out_dir` (created; `check_out_dir` first);
+    DatasetLayoutError (a TaskError) when the folder is not the dataset or holds none of its
+    clips."""
     info, builder = TASKS[name], BUILDERS[name]
-    built = builder.build(dataset_dir)
+    check_out_dir(name, out_dir)
+    with scan_notes() as skipped:  # what the builder's scans of the dataset left out
+        built = builder.build(dataset_dir)
     if not built.rows:
         raise DatasetLayoutError(
             f"{dataset_dir}: none of the {name} clips found (expected {builder.point_at})"
+            + "".join(f"; {note}" for note in skipped)
         )
-    fs.makedirs(out_dir)
     csv_path = fs.join(out_dir, f"{name}.csv")
-    with fs.atomic_write(csv_path) as f:
+    with outputs.writing(csv_path, flag="OUT_DIR:") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["file_name", "label", built.by])
         w.writerows(built.rows)
@@ -71,7 +90,7 @@ def make_task(name: str, dataset_dir: str, out_dir: str) -> Made:
     found, expected = len(built.rows), info.expected_clips
     of = f" of {expected:,}" if expected else ""
     lines = [f"{name}: {found:,}{of} clips found in {dataset_dir}"]
-    lines += [f"{name}: {note}" for note in built.notes]
+    lines += [f"{name}: {note}" for note in [*skipped, *built.notes]]
     lines.append(
         f"{name}: wrote {csv_path} ({_summary(built, info.multilabel)}) and "
         f"{fs.basename(settings_path)}"

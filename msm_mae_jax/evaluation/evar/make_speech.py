@@ -113,7 +113,7 @@ def cremad(dataset_dir: str) -> Built:
     actors = shipped_split("cremad_actors.csv")
     for sub in ("", "AudioWAV", "CREMA-D/AudioWAV"):
         root = os.path.join(base, sub) if sub else base
-        names = sorted(n for n in _listdir(root) if _CREMAD.match(n))
+        names = sorted(n for n in list_files(root, recursive=False) if _CREMAD.match(n))
         if names:
             break
     else:
@@ -142,10 +142,3 @@ def _need(root: str, name: str, expected: str) -> str:
     if not os.path.exists(path):
         raise DatasetLayoutError(f"{root}: no {name} (expected {expected})")
     return path
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []

@@ -109,7 +109,7 @@ class Outcome:
 
 def check_out_dir(out_dir: str, suite_dir: str) -> None:
     """The results folder can be written and is not the tasks' folder (NAME.json would be
-    overwritten)."""
+    overwritten); `suite_outputs.check_out_dir` checks the files written there too."""
     if fs.absolute(out_dir).rstrip("/") == fs.absolute(suite_dir).rstrip("/"):
         raise UserError(
             f"--out {out_dir}: the results folder is the --suite folder, whose NAME.json "
@@ -136,6 +136,10 @@ def result_key(st: SuiteTask, task: tasks.Task, model: Model, protocol: Protocol
 
 def result_path(out_dir: str, name: str) -> str:
     return fs.join(out_dir, f"{path_component(name)}.json")
+
+
+def error_path(out_dir: str, name: str) -> str:
+    return fs.join(out_dir, f"{path_component(name)}.error.txt")
 
 
 def _finished(path: str, key: str) -> dict | None:
@@ -195,7 +199,7 @@ def run_task(
         "audio_dir": st.audio_dir,
         "published": st.published,
     }
-    fs.write_text(path, json.dumps(result, indent=2))  # atomic: only a finished task
+    outputs.write_text(path, json.dumps(result, indent=2), "--out:")  # only a finished task
     return Outcome(st, "done", path, result)
 
 
@@ -217,7 +221,7 @@ def run_suite(
         head = f"suite [{k}/{len(suite_tasks)}] {st.name}"
         log(f"{head}: {st.csv} (audio {st.audio_dir}), unit_sec {st.unit_sec:g}")
         t0 = time.time()
-        error_file = fs.join(out_dir, f"{path_component(st.name)}.error.txt")
+        error_file = error_path(out_dir, st.name)
         try:
             o = run_task(
                 st,
@@ -231,7 +235,7 @@ def run_suite(
             )
         except Exception as e:  # noqa: BLE001 (a task's failure must not end a long suite)
             message = _one_line(e)
-            fs.write_text(error_file, traceback.format_exc())
+            outputs.write_text(error_file, traceback.format_exc(), "--out:")
             log(f"{head}: FAILED: {message} (details: {error_file})")
             outcomes.append(Outcome(st, "failed", result_path(out_dir, st.name), error=message))
             continue

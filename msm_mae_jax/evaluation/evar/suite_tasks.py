@@ -12,7 +12,8 @@ JSON, a missing or unknown key, a `unit_sec` that is not a number of seconds > 0
 settings file whose CSV is not a file, or two tasks with one name (two settings files, or a
 settings file and an EVAR CSV) end the command with one line naming the files and the key,
 before any work; nothing is "ignored" that was meant as a task. Other CSVs are named as
-ignored. Only regular files are read (a named pipe would block the read for ever).
+ignored. Only regular files are read: FIFOs, sockets and devices (a named pipe would block
+the read for ever) are skipped and named (`core.scan.names`).
 
 This module imports neither jax nor TensorFlow: the suite's mistakes are found in a second.
 """
@@ -23,7 +24,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Sequence
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, scan
 from msm_mae_jax.core.errors import TaskError, UserError
 from msm_mae_jax.evaluation.evar.table import ORDER, TASKS, read_settings
 
@@ -86,7 +87,9 @@ def discover(
     missing, or EVAR CSVs have no audio root."""
     if not fs.isdir(suite_dir):
         raise UserError(f"--suite {suite_dir}: not a folder")
-    names = fs.listdir(suite_dir)
+    names, special = scan.names(suite_dir)
+    if special:
+        log(f"suite: skipped in {suite_dir}: {', '.join(f'{n} ({why})' for n, why in special)}")
     problems: list[str] = []
     built: list[SuiteTask] = []
     for n in (n for n in names if n.endswith(".json")):

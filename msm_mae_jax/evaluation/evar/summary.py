@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.evaluation.evar.suite import Model, Outcome
+from msm_mae_jax.evaluation.evar.suite_outputs import SUMMARY_CSV, SUMMARY_MD
 from msm_mae_jax.model.config import ModelConfig
 
 NONE, FAILED = "—", "failed"
@@ -107,6 +108,6 @@ def write_summary(out_dir: str, outcomes: Sequence[Outcome], model: Model) -> st
     prefix = input_prefix(outcomes, model.input_prefix())
     header, table = rows(outcomes, model.label(), prefix)
     md = markdown(header, table, notes(outcomes, header, table))
-    fs.write_text(fs.join(out_dir, "summary.csv"), to_csv(header, table))
-    fs.write_text(fs.join(out_dir, "summary.md"), md + "\n")
+    outputs.write_text(fs.join(out_dir, SUMMARY_CSV), to_csv(header, table), "--out:")
+    outputs.write_text(fs.join(out_dir, SUMMARY_MD), md + "\n", "--out:")
     return md

@@ -18,7 +18,7 @@ import math
 import os
 from collections.abc import Callable
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.core.config_checks import Rule
 from msm_mae_jax.core.errors import TaskError
 
@@ -112,9 +112,8 @@ class TaskSettings:
 
 
 def write_settings(path: str, settings: TaskSettings) -> str:
-    with fs.atomic_write(path) as f:
-        f.write(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
-    return path
+    text = json.dumps(dataclasses.asdict(settings), indent=2) + "\n"
+    return outputs.write_text(path, text, "OUT_DIR:")
 
 
 def read_settings(path: str) -> TaskSettings:
