@@ -235,20 +235,20 @@ logging.disable(logging.WARNING)
 from msm_mae_jax.data import file_scan
 from msm_mae_jax.data.source_base import parse_spec
 from msm_mae_jax.evaluation import task_audio, tasks
-from msm_mae_jax.evaluation.evar import suite
+from msm_mae_jax.evaluation.evar import suite_tasks
 found = file_scan.scan_files(parse_spec("files:" + sys.argv[1], "*"))
 task = tasks.load_csv_task(sys.argv[2])
 skipped = {}
 read = [k for k, _ in task_audio.read_clips(task, range(len(task.y)), None, skipped)]
 logged = []
-suite_tasks = suite.discover(sys.argv[3], log=logged.append)
+in_suite = suite_tasks.discover(sys.argv[3], log=logged.append)
 print(json.dumps({
     "files": [p.rsplit("/", 1)[1] for p in found.paths],
     "skipped": found.report.count,
     "task_clips": len(task.y),
     "read": read,
     "unread": {str(k): v.rsplit("/", 1)[1] for k, v in skipped.items()},
-    "suite": [t.name for t in suite_tasks],
+    "suite": [t.name for t in in_suite],
     "logged": logged,
 }))
 """
