@@ -12,7 +12,8 @@ exactly, bytes up to what libtpu counts beyond these rules (shown as 'not attrib
 percent: its gathers and prefetch copies).
 
 Each op's bytes are also split by where its arrays live: HBM (memory space 0) or on chip
-(VMEM and the scalar memories). XLA's total counts both; only the first is HBM traffic.
+(the alternate memory XLA keeps arrays in, the scalar memories). XLA's total counts both;
+only the first is HBM traffic.
 """
 
 from __future__ import annotations

@@ -4,11 +4,12 @@ array shapes with their layouts, and what an array occupies in the target's memo
 On TPU every array has a tiled layout, printed as `f32[4,65,64]{1,2,0:T(8,128)S(1)}`:
 `{1,2,0}` is minor-to-major, `T(8,128)` tiles the two minor-most physical dimensions (8
 rows of 128 elements; further tiles such as `(2,1)` subdivide a tile and add no padding),
-`S(1)` the memory space (0, the default, is HBM; XLA's memory-space assignment puts arrays it
-keeps on chip in space 1, the TensorCore's VMEM; small scalars live in other on-chip spaces).
-A tiled array occupies its dimensions rounded up to whole tiles, so f32[17,64] with T(8,128)
-takes 24 x 128 elements: libtpu's cost analysis counts those tiled bytes (checked in
-tests/test_plan.py against single-op programs).
+`S(n)` the memory space: 0 (the default, printed as nothing) is HBM; XLA's memory-space
+assignment keeps arrays in an alternate, on-chip memory (space 1 in v5e programs, 3 in v4
+programs), and scalars and flags live in other on-chip spaces. A tiled array occupies
+its dimensions rounded up to whole tiles, so f32[17,64] with T(8,128) takes 24 x 128
+elements: libtpu's cost analysis counts those tiled bytes (tests/test_tpu_compile.py checks
+this against libtpu on single-op programs).
 """
 
 from __future__ import annotations
