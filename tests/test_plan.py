@@ -249,6 +249,8 @@ def test_breakdown_of_a_cpu_program_sums_to_xlas_totals():
 def test_op_sources_drop_wrappers_and_block_numbers():
     name = "jit(_train_step)/transpose(jvp(MaskedAutoencoder))/decoder/decoder_blocks_2/mlp/fc2"
     assert breakdown.source_of(name) == "decoder/decoder_blocks_*/mlp/fc2"
+    remat = "jit(f)/transpose(jvp(M))/encoder/blocks_3/attn/encoder/blocks_3/attn/checkpoint/exp"
+    assert breakdown.source_of(remat) == "encoder/blocks_*/attn/checkpoint/exp"
     assert breakdown.phase_of(name, "fusion") == "backward"
     assert breakdown.phase_of("jit(_train_step)/jvp(MaskedAutoencoder)/x", "fusion") == "forward"
     assert breakdown.phase_of("jit(_train_step)/add", "fusion") == "update"

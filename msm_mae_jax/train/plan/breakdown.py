@@ -154,6 +154,10 @@ def source_of(op_name: str) -> str:
     """'jit(_train_step)/transpose(jvp(MaskedAutoencoder))/encoder/blocks_3/mlp/fc1/dot_general'
     -> 'encoder/blocks_*/mlp/fc1/dot_general' (the jit, jvp and transpose wrappers dropped)."""
     parts = [p for p in op_name.split("/") if p and not re.match(r"^(jit|jvp|transpose)\(", p)]
+    for k in range(len(parts) // 2, 0, -1):  # inside jax.checkpoint the scope comes twice
+        if parts[:k] == parts[k : 2 * k]:
+            parts = parts[k:]
+            break
     return re.sub(r"blocks_\d+", "blocks_*", "/".join(parts))
 
 
