@@ -60,7 +60,7 @@ def main(before_path: str, after_path: str) -> None:
     print(
         "| slice | model | samples/chip | GFLOP/sample | MB/sample, XLA's count "
         "| MB/sample to/from HBM | samples/s ≤ (XLA's bytes) | samples/s ≤ (HBM part) "
-        "| compute alone ≤ |"
+        "| compute alone ≤ (after) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for line in rows(before, after):

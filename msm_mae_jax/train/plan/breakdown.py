@@ -111,6 +111,7 @@ class Breakdown:
             "total_bytes": self.total_bytes,
             "attributed_flops": self.attributed_flops,
             "attributed_bytes": self.attributed_bytes,
+            "unattributed_bytes": self.unattributed_bytes,
             "hbm_bytes": self.hbm_bytes,
             "ops": len(self.ops),
             "estimated_ops": self.estimated_ops,
