@@ -163,6 +163,14 @@ def _operands(text: str) -> tuple[tuple[str, ...], str]:
     return tuple(re.findall(r"%([\w.\-]+)", text[:j])), text[j + 1 :]
 
 
+def with_operands(i: Instruction, name: str, operands: list[str]) -> str:
+    """The instruction's line as `ROOT %name = ...` with other operand names."""
+    rest = i.line[_INSTR.match(i.line).end() :]
+    start = rest.index(i.opcode + "(") + len(i.opcode) + 1
+    _, attrs = _operands(rest[start:])
+    return f"  ROOT %{name} = {rest[:start]}{', '.join('%' + o for o in operands)}){attrs}"
+
+
 def parse_instruction(line: str) -> Instruction | None:
     m = _INSTR.match(line)
     if not m:
