@@ -133,6 +133,10 @@ CASES = {
     ),
     "plan --tpu empty": (["plan", "--tpu", "", "--batch", "8"], "--tpu '': no slice given"),
     "plan --gpu empty": (["plan", "--gpu", " , ", "--batch", "8"], "--gpu ' , ': no slice given"),
+    "plan --breakdown 0": (
+        ["plan", "--tpu", "v5e-16", "--batch", "8", "--breakdown", "0"],
+        "--breakdown 0: the number of largest ops to list, >= 1",
+    ),
     "tasks make OUT_DIR is a file": (
         ["tasks", "make", "esc50", "esc", "a_file"],
         "OUT_DIR a_file is a file; give a folder to write into",

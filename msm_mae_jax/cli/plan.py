@@ -12,6 +12,8 @@ the compile time, and a roofline bound, step >= max(FLOPs / peak, HBM bytes / ba
 from the chip's published figures, as the best possible samples/s and hours for AudioSet-2M
 x 100 epochs. These are compiler figures, not timings. --sweep tries global batches and
 meshes (all chips on data; data x fsdp) and recommends the fastest plan that fits.
+--breakdown [N] adds where the FLOPs and bytes go, op by op (the N largest), and which part
+of XLA's byte count is HBM traffic (the rest is on-chip memory).
 TPU compilation needs libtpu, which is not in the default install: `make setup-tpu`
 (or --libtpu PATH). --gpu h100-8 (a100, h200) plans for NVIDIA GPUs the same way, through
 jax's CUDA plugin (`make setup-gpu-plan`, ~5 GB): memory and a compute-only bound.
@@ -31,6 +33,7 @@ from msm_mae_jax.core.errors import ConfigError
 
 SWEEP_PER_CHIP = (64, 128, 256)
 SWEEP_FSDP = (4,)
+BREAKDOWN_TOP = 15
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -49,7 +52,8 @@ def build_parser(prog: str, spec: str) -> common.Parser:
         description=__doc__.split("\n\n", 2)[2],
         epilog=config_args.help_epilog(spec),
         usage=f"{prog} (--tpu SLICE[,...] | --gpu GPU-N[,...]) [--config PATH[:VARIANT]] "
-        "[--batch N | --batch-per-chip N] [--mesh AXIS=SIZE,...] [--sweep] [--json FILE] "
+        "[--batch N | --batch-per-chip N] [--mesh AXIS=SIZE,...] [--sweep] [--breakdown [N]] "
+        "[--json FILE] "
         "[--config.KEY=VALUE ...]",
     )
     target = p.add_mutually_exclusive_group(required=True)
@@ -76,6 +80,15 @@ def build_parser(prog: str, spec: str) -> common.Parser:
         "--fsdp",
         default=",".join(map(str, SWEEP_FSDP)),
         help="fsdp sizes the sweep tries (default %(default)s: a host's 4 chips)",
+    )
+    p.add_argument(
+        "--breakdown",
+        nargs="?",
+        type=int,
+        const=BREAKDOWN_TOP,
+        metavar="N",
+        help="per-op FLOPs and bytes of each compiled step, by phase, category, source and "
+        f"the N largest ops (default {BREAKDOWN_TOP}); in --json too",
     )
     p.add_argument(
         "--json",
@@ -119,6 +132,8 @@ def _cases(args, slice_) -> list[tuple[int, dict]]:
 def _plan(argv: list[str], prog: str) -> int:
     args, extras = build_parser(prog, _prescan_config(argv)).parse_known_args(argv)
     config = config_args.parse_config(args.config, extras)
+    if args.breakdown is not None and args.breakdown < 1:
+        raise ConfigError(f"--breakdown {args.breakdown}: the number of largest ops to list, >= 1")
     if args.json:  # before the compiles (minutes each), not after them
         outputs.check_file(args.json, output_kinds.PLAN, "--json")
     from msm_mae_jax.train.plan import chips, devices, gpus
@@ -153,7 +168,11 @@ def _plan(argv: list[str], prog: str) -> int:
             file=sys.stderr,
             flush=True,
         )
-        plans.append(planner.plan(config, s, devices_of(s), batch, mesh, platform))
+        plans.append(
+            planner.plan(
+                config, s, devices_of(s), batch, mesh, platform, breakdown=bool(args.breakdown)
+            )
+        )
         if args.json:
             _write(args.json, report.document(plans, command))
     if args.sweep:
@@ -168,6 +187,10 @@ def _plan(argv: list[str], prog: str) -> int:
                 f"(<= {pick.samples_per_second:,.0f} samples/s, "
                 f"{pick.memory_bytes / chips.GiB:.2f} GiB of {pick.chip.hbm_bytes / chips.GiB:.0f})"
             )
+    if args.breakdown:
+        for p in plans:
+            print()
+            print(report.breakdown_text(p, args.breakdown))
     if args.json:
         _write(args.json, report.document(plans, command, picks))
     print("Compiler figures (XLA's analysis of the compiled step per chip), not timings.")

@@ -109,5 +109,23 @@ def document(
     }
 
 
+def breakdown_text(p: Plan, top: int) -> str:
+    """The per-op breakdown of a plan's compiled step, per sample (one line where there is
+    none: out of memory, or a GPU target, for which XLA gives no cost analysis)."""
+    from msm_mae_jax.train.plan import breakdown
+
+    title = f"{p.slice.name} {p.variant} {p.dtype} batch {p.batch} {mesh_text(p.mesh)}"
+    if p.breakdown is None:
+        return f"{title}: no per-op breakdown (no cost analysis of a compiled program)"
+    hbm = p.hbm_step_seconds
+    bound = "compute" if p.analysis.flops / p.chip.peak_bf16_flops >= hbm else "memory"
+    return (
+        f"{title}: the compiled step op by op, per sample ({p.samples_per_chip:g} a chip)\n"
+        f"roofline with XLA's bytes: {p.step_seconds * 1e3:.1f} ms ({p.bound}); with their "
+        f"HBM part: {hbm * 1e3:.1f} ms ({bound})\n"
+        + breakdown.table(p.breakdown, top, per=p.samples_per_chip)
+    )
+
+
 def _index(plans: Sequence[Plan], plan: Plan | None) -> int | None:
     return next((i for i, p in enumerate(plans) if p is plan), None)
