@@ -6,7 +6,7 @@ architecture pages): v4 275 TFLOP/s bf16, 32 GiB HBM at 1200 GB/s; v5e 197 TFLOP
 
 import pytest
 
-from msm_mae_jax.train.plan import analysis, chips, planner
+from msm_mae_jax.train.plan import analysis, chips, gpus, planner
 
 # chip -> HBM bytes per chip (GiB = 1,073,741,824 bytes; GB = 10^9 bytes)
 HBM = {"v4": 34_359_738_368, "v5e": 17_179_869_184, "v5p": 95_000_000_000, "v6e": 32_000_000_000}
@@ -19,6 +19,10 @@ STEPS = {
     "v6e": ((1.836e13, 1.638e10), (9.18e12, 4.914e10)),
 }
 BATCH = 1024
+# GPUs (NVIDIA data sheets, SXM, dense bf16): a100 312 TFLOP/s, 80 GB; h100 989 TFLOP/s, 80 GB;
+# h200 989 TFLOP/s, 141 GB. XLA reports no bytes for GPU programs: the compute bound alone.
+GPU_HBM = {"a100": 80_000_000_000, "h100": 80_000_000_000, "h200": 141_000_000_000}
+GPU_FLOPS = {"a100": 3.12e12, "h100": 9.89e12, "h200": 9.89e12}  # 10 ms at the peak
 # (A) 0.02 s a step: 1024 / 0.02 = 51,200 samples/s; 2e8 samples / 51,200 = 3,906.25 s
 # (B) 0.03 s a step: 34,133.33 samples/s; 5,859.375 s
 ROOFLINE = {
@@ -38,6 +42,7 @@ def _plan(chip, flops=1.0, bytes_accessed=1.0, **memory):
 
 def test_every_chip_is_covered():
     assert sorted(chips.CHIPS) == sorted(HBM) == sorted(STEPS)
+    assert sorted(chips.GPUS) == sorted(GPU_HBM) == sorted(GPU_FLOPS)
 
 
 def test_memory_total_is_what_must_fit_at_once():
@@ -75,3 +80,22 @@ def test_roofline_of_every_chip(chip, case):
     assert p.audioset_hours == pytest.approx(hours, rel=1e-6)
     roofline = p.as_dict()["roofline"]
     assert roofline["step_seconds"] == pytest.approx(step, rel=1e-9) and roofline["bound"] == bound
+
+
+@pytest.mark.parametrize("gpu", sorted(GPU_HBM))
+def test_gpu_fits_and_roofline(gpu):
+    """8 GPUs on data, 1024 samples a step of 10 ms: 102,400 samples/s; fits is the GPU's
+    whole memory (one device per GPU)."""
+
+    def plan(flops, **memory):
+        mem = {"argument": 0, "output": 0, "alias": 0, "temp": 0, "code": 0, **memory}
+        a = analysis.Analysis(analysis.Memory(**mem), flops, 0.0, (), 1.0)
+        s = gpus.GpuSlice(chips.GPUS[gpu], 8)
+        return planner.Plan(s, "base_208", "bfloat16", BATCH, {"data": 8}, a)
+
+    hbm = GPU_HBM[gpu]
+    assert plan(1.0, argument=hbm).fits and not plan(1.0, argument=hbm + 1).fits
+    assert not plan(1.0, argument=hbm // 2, temp=hbm // 2 + 1).fits
+    p = plan(GPU_FLOPS[gpu])
+    assert p.step_seconds == pytest.approx(0.01, rel=1e-9) and p.bound == "compute"
+    assert p.samples_per_second == pytest.approx(102_400.0, rel=1e-9)
