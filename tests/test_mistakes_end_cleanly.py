@@ -303,7 +303,7 @@ def test_plan_writes_its_json_into_a_new_folder_after_checking_it_first(
 
     compiled = []
 
-    def fake_plan(config, slice_, devs, batch, mesh, platform="tpu"):
+    def fake_plan(config, slice_, devs, batch, mesh, platform="tpu", breakdown=False):
         compiled.append(slice_.name)
         mem = analysis.Memory(argument=2**30, output=0, alias=0, temp=2**29, code=0)
         a = analysis.Analysis(mem, 197e12 * 0.01, 819e9 * 0.001, (), 12.0)

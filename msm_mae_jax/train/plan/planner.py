@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -168,6 +168,12 @@ def parse_mesh(text: str | None, chips: int) -> dict[str, int]:
     return sizes
 
 
+def mesh_text(mesh: dict[str, int]) -> str:
+    """{'data': 4, 'fsdp': 4, 'tensor': 1} -> 'data4 x fsdp4' (axes of size 1 left out)."""
+    parts = [f"{k}{v}" for k, v in mesh.items() if v > 1]
+    return " x ".join(parts) or "1 chip"
+
+
 def run_config(
     config: ml_collections.ConfigDict, batch: int, mesh: dict[str, int]
 ) -> ml_collections.ConfigDict:
@@ -233,6 +239,29 @@ def plan(
         compiled=compiled if keep_compiled else None,
         breakdown=per_op,
     )
+
+
+def plan_cases(
+    config: ml_collections.ConfigDict,
+    targets: Any,
+    work: Sequence[tuple[Any, int, dict[str, int]]],
+    *,
+    breakdown: bool = False,
+    log: Callable[[str], None] = print,
+    after_each: Callable[[list[Plan]], None] | None = None,
+) -> list[Plan]:
+    """`plan` of every (slice, global batch, mesh) of `work` on `targets`
+    (`targets.Targets`), in order; `after_each(plans so far)` after each compile (minutes
+    each), e.g. to save what is done."""
+    plans: list[Plan] = []
+    for i, (s, batch, mesh) in enumerate(work, 1):
+        where = f"{s.name} ({s.topology}, {s.chips} chips, {s.hosts} host(s))"
+        log(f"[{i}/{len(work)}] {where} {config.variant} batch {batch} {mesh_text(mesh)} ...")
+        devices = targets.devices_of(s)
+        plans.append(plan(config, s, devices, batch, mesh, targets.platform, breakdown=breakdown))
+        if after_each is not None:
+            after_each(plans)
+    return plans
 
 
 def sweep_meshes(chips: int, fsdp: Sequence[int] = (4,)) -> list[dict[str, int]]:
