@@ -19,6 +19,8 @@ from msm_mae_jax.core.config_checks import (
     check,
     each,
 )
+from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.data.normalization import NORM_STATS_METHODS
 from msm_mae_jax.model.config import ModelConfig
 
 RULES: dict[str, Rule] = {
@@ -72,6 +74,18 @@ RULES: dict[str, Rule] = {
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """ConfigError naming the first key whose value is invalid (the model's keys as
-    `ModelConfig` checks them too)."""
+    `ModelConfig` checks them too, the statistics' method and the init source's spelling)."""
     check(config, RULES)
+    method = config.data.norm_stats_method
+    if method not in NORM_STATS_METHODS:
+        raise ConfigError(
+            f"config.data.norm_stats_method={method!r}; expected one of {NORM_STATS_METHODS}"
+        )
+    if not isinstance(config.init_from, str):
+        raise ConfigError(f"config.init_from={config.init_from!r} must be a path or URL ('': none)")
+    if config.data.norm_from_init and not config.init_from:
+        raise ConfigError(
+            "config.data.norm_from_init=True keeps the statistics of config.init_from, "
+            "which is not set (--init-from SRC)"
+        )
     ModelConfig.from_dict(config.model)
