@@ -7,6 +7,8 @@ warmup_epochs", "optim.lr 0: from blr").
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 from msm_mae_jax.core.config_checks import (
@@ -72,6 +74,15 @@ RULES: dict[str, Rule] = {
 }
 
 
+_AT_STEP = re.compile(r"^(?P<path>.+)@(?P<step>\d+)$")
+
+
+def split_init_from(spec: str) -> tuple[str, int | None]:
+    """`config.init_from` 'DIR@STEP' -> (DIR, STEP); anything else -> (spec, None)."""
+    m = _AT_STEP.match(spec)
+    return (m["path"], int(m["step"])) if m else (spec, None)
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """ConfigError naming the first key whose value is invalid (the model's keys as
     `ModelConfig` checks them too, the statistics' method and the init source's spelling)."""
@@ -87,5 +98,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "config.data.norm_from_init=True keeps the statistics of config.init_from, "
             "which is not set (--init-from SRC)"
+        )
+    if config.data.norm_from_init and config.data.norm_std > 0:
+        raise ConfigError(
+            "config.data.norm_from_init=True and config.data.norm_std > 0 both give the "
+            "statistics; set one"
         )
     ModelConfig.from_dict(config.model)
