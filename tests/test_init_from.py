@@ -294,6 +294,16 @@ def test_damaged_weights_are_one_line(converted, tmp_path):
     with pytest.raises(ConfigError, match=rf"^config.init_from='{bad}': checksum mismatch in "
                        rf"{name} .*; the model is damaged"):  # fmt: skip
         _start(_config(bad))
+    # The converted decoder: its SHA-256 is recorded with the artifact.
+    shutil.rmtree(bad)
+    shutil.copytree(path, bad)
+    npz = os.path.join(bad, convert.DECODER_SIDE_FILE)
+    data = bytearray(open(npz, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    open(npz, "wb").write(bytes(data))
+    with pytest.raises(ConfigError, match=rf"^config.init_from='{bad}': its parameters do not "
+                       rf"read \(ValueError: .*decoder_params.npz: checksum mismatch"):  # fmt: skip
+        _start(_config(bad))
 
 
 def test_the_record_is_a_checksum_of_the_weights_taken(converted):

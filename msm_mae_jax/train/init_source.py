@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 from typing import Any
 
 import flax.linen as nn
@@ -195,15 +194,13 @@ def _artifact_params(source: InitSource, abstract: Any) -> dict[str, Any]:
         raise _fail(source.spec, f"{bad}; the model is damaged, export or convert it again")
     decoder = None
     if source.has_decoder:
-        data = fs.read_bytes(fs.join(source.path, convert.DECODER_SIDE_FILE))
-        with np.load(io.BytesIO(data)) as z:
-            stored = {k: z[k] for k in z.files}
-        decoder = _place(stored, abstract["decoder"], source.spec)
+        decoder = _place(convert.load_decoder_params(source.path), abstract["decoder"], source.spec)
     return {"encoder": encoder, "decoder": decoder}
 
 
-def _place(stored: dict[str, np.ndarray], abstract: Any, spec: str) -> Any:
-    """Arrays named 'a/b/c' -> the tree of `abstract`, each built shard by shard."""
+def _place(tree: Any, abstract: Any, spec: str) -> Any:
+    """A nested dict of numpy arrays -> the tree of `abstract`, each built shard by shard."""
+    stored = {checksums.path_name(p): a for p, a in jax.tree_util.tree_flatten_with_path(tree)[0]}
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
     out = []
     for path, want in flat:
