@@ -50,7 +50,11 @@ class NonFiniteError(UserError, FloatingPointError):
 
 # ---- the loop -----------------------------------------------------------------------------------
 def _norm_stats(
-    config, workdir: str, ckpt_meta: dict | None, is_main: bool, source=None
+    config,
+    workdir: str,
+    ckpt_meta: dict | None,
+    is_main: bool,
+    source: init_source.InitSource | None = None,
 ) -> NormStats:
     """The run's statistics: its checkpoint's, those of a start stopped before its first
     checkpoint, the config's, the init source's (`data.norm_from_init`) or computed."""
@@ -246,8 +250,8 @@ def train_and_evaluate(
             init_record = init_source.record(source, params)
             state = setup.init_state_from(int(config.seed), params)
             del params
-            stats_kept = bool(config.data.norm_from_init) and config.data.norm_std <= 0
-            writer.console(init_source.start_line(source, init_record, stats_kept))
+            kept = bool(config.data.norm_from_init)  # (with norm_std > 0: refused)
+            writer.console(init_source.start_line(source, init_record, kept))
         else:
             state, init_record = setup.init_state(int(config.seed)), None
         del restored  # the loop donates the state's buffers
