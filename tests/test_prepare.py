@@ -116,6 +116,7 @@ def _lms_config(out, frames=32, batch=2):
     c = get_config("tiny")
     c.batch_size, c.model.input_size = batch, (80, frames)
     c.data.source, c.data.shuffle_buffer = f"lms:{out}", 4
+    c.data.norm_stats_method = "frames"  # the manifest's statistics (of the real frames)
     return c
 
 
@@ -205,6 +206,11 @@ def test_version1_corpus_is_still_read(corpus, tmp_path):
     c = _lms_config(tmp_path / "v1")
     stats = ip.compute_norm_stats(c)
     assert stats.to_dict() == m["norm_stats"]
+    # The official statistics of records read in order: crops of a seeded pass, with their
+    # zero padding (the clips' log-mels are negative: it raises the mean).
+    c.data.norm_stats_method, c.data.norm_stats_crops = "official", 6
+    official = ip.compute_norm_stats(c)
+    assert official.mean > stats.mean and official.std > 0
     it = ip.train_iterator(c, stats)
     a = [next(it)["lms"] for _ in range(4)]  # crosses the epoch boundary (5 records)
     assert all(x.shape == (2, 1, 80, 32) and np.isfinite(x).all() for x in a)

@@ -51,6 +51,14 @@ def build_parser(prog: str, spec: str) -> common.Parser:
         "--workdir", required=True, help="run directory: checkpoints, logs, figures (resumes)"
     )
     p.add_argument(
+        "--init-from",
+        metavar="SRC",
+        help="further pre-training: start from these weights (step 0, a fresh optimizer): "
+        "converted official weights (encoder and decoder), an export (the encoder; the "
+        "decoder from its initialiser) or a training workdir (DIR or DIR@STEP), local or "
+        "gs://; the same as --config.init_from=SRC. Resuming never reads it again",
+    )
+    p.add_argument(
         "--allow-config-change",
         action="store_true",
         help="resume even though keys that define the run (batch size, seed, data source, "
@@ -102,6 +110,23 @@ def check_sources(config: ml_collections.ConfigDict) -> None:
                 )
 
 
+def check_init_from(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The init source exists where the run starts fresh (a resumed run never reads it);
+    ConfigError otherwise. What it holds is checked when training starts."""
+    spec = str(config.init_from)
+    if not spec:
+        return
+    path, _ = config_rules.split_init_from(spec)
+    if fs.exists(path):
+        return
+    ckpts = fs.join(workdir, "checkpoints")
+    if fs.isdir(ckpts) and any(n.isdigit() for n in fs.listdir(ckpts)):
+        return  # resuming
+    raise ConfigError(
+        f"config.init_from={spec!r}: {path} does not exist (relative paths start at {os.getcwd()})"
+    )
+
+
 def check_workdir(workdir: str) -> None:
     """The workdir can be written (`core.outputs.check_dir`: a folder, or a place to make one,
     that takes files); OutputError naming it otherwise. Its lock creates it."""
@@ -115,9 +140,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae train") -> int:
 def _train(argv: list[str], prog: str) -> int:
     args, extras = build_parser(prog, _prescan_config(argv)).parse_known_args(argv)
     config = config_args.parse_config(args.config, extras)
+    if args.init_from is not None:
+        if config.init_from and config.init_from != args.init_from:
+            raise common.UsageError(
+                f"--init-from {args.init_from} and --config.init_from={config.init_from} "
+                "differ; give one"
+            )
+        config.init_from = args.init_from
     config_rules.check_config(config)
     check_sources(config)
     check_workdir(args.workdir)
+    check_init_from(config, args.workdir)
     common.setup_logging()
 
     import jax

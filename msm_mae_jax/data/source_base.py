@@ -227,16 +227,6 @@ class IndexedSource(DataSource):
         start_step: int,
         frames: int,
     ) -> Any:
-        tf = tensorflow()
-        loader = self.batch_loader(mix_seed(seed, 2), frames)
-        out_dtype = tf.as_dtype(loader.dtype)
-
-        def load(g, i):  # noqa: ANN001, ANN202
-            x, n = tf.numpy_function(loader.load, [g, i], (out_dtype, tf.int32), stateful=False)
-            x.set_shape([local_batch, *loader.row_shape])
-            n.set_shape([local_batch])
-            return {loader.key: loader.finish(x) if loader.finish else x, "frames": n}
-
         stream = global_index_stream(
             self.total_examples,
             mix_seed(seed, 1),
@@ -245,7 +235,35 @@ class IndexedSource(DataSource):
             local_batch,
             local_batch * process_count,
         )
-        return stream.batch(local_batch, drop_remainder=True).map(plain(load), tf.data.AUTOTUNE)
+        pairs = stream.batch(local_batch, drop_remainder=True)
+        return self._load(pairs, mix_seed(seed, 2), frames, local_batch)
+
+    def crops_at(
+        self, *, crop_seed: int, frames: int, positions: Any, indices: Any, batch: int
+    ) -> Any:
+        """Finite tf.data Dataset of the crops of clips `indices[k]` at positions
+        `positions[k]`, in order, `batch` at a time (the last batch may be shorter), in the
+        format of `batches`; crop k starts at `crops.crop_start(crops.uniform(crop_seed,
+        positions[k]), clip frames, frames)`."""
+        tf = tensorflow()
+        pos = np.asarray(positions, np.int64)
+        idx = np.asarray(indices, np.int64)
+        pairs = tf.data.Dataset.from_tensor_slices((pos, idx)).batch(int(batch))
+        return self._load(pairs, crop_seed, frames, None)
+
+    def _load(self, pairs: Any, crop_seed: int, frames: int, rows: int | None) -> Any:
+        """Batches of (positions, clip indices) -> batches of their crops (`batch_loader`)."""
+        tf = tensorflow()
+        loader = self.batch_loader(crop_seed, frames)
+        out_dtype = tf.as_dtype(loader.dtype)
+
+        def load(g, i):  # noqa: ANN001, ANN202
+            x, n = tf.numpy_function(loader.load, [g, i], (out_dtype, tf.int32), stateful=False)
+            x.set_shape([rows, *loader.row_shape])
+            n.set_shape([rows])
+            return {loader.key: loader.finish(x) if loader.finish else x, "frames": n}
+
+        return pairs.map(plain(load), tf.data.AUTOTUNE)
 
 
 # ---- seeds and orders --------------------------------------------------------------------------

@@ -108,10 +108,9 @@ def _check_replaceable(path: str) -> None:
         )
 
 
-def load_model_dir(path: str) -> tuple[ModelConfig, Any, NormStats, dict]:
-    """Returns (model config, encoder params as numpy, normalisation stats, metadata).
-
-    ValueError naming the array when a checksum recorded at export does not match."""
+def load_meta(path: str) -> dict:
+    """The artifact's metadata (`msm_mae.json`) as a dict; FileNotFoundError when `path` is no
+    artifact, ValueError (DataError when not JSON) naming the file when it is damaged."""
     meta_path = fs.join(path, META_FILE)
     if not fs.isfile(meta_path):
         raise FileNotFoundError(f"{path}: not an msm_mae_jax model directory (no {META_FILE})")
@@ -122,6 +121,15 @@ def load_model_dir(path: str) -> tuple[ModelConfig, Any, NormStats, dict]:
         raise ValueError(
             f"{meta_path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}"
         )
+    return meta
+
+
+def load_model_dir(path: str) -> tuple[ModelConfig, Any, NormStats, dict]:
+    """Returns (model config, encoder params as numpy, normalisation stats, metadata).
+
+    ValueError naming the array when a checksum recorded at export does not match."""
+    meta_path = fs.join(path, META_FILE)
+    meta = load_meta(path)
     try:
         model_config = ModelConfig.from_dict(meta["model"])
         norm_stats = NormStats.from_dict(meta["norm_stats"])
