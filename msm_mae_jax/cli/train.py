@@ -15,18 +15,13 @@ stopped by SIGTERM (a checkpoint saved; run the same command again to continue),
 
 from __future__ import annotations
 
-import difflib
-import glob
 import json
-import os
 import sys
 from collections.abc import Sequence
 
-import ml_collections
-
 from msm_mae_jax.cli import common, config_args
-from msm_mae_jax.core import fs, outputs
-from msm_mae_jax.core.errors import ConfigError, DataError
+from msm_mae_jax.core import outputs
+from msm_mae_jax.data import source_base
 from msm_mae_jax.train import config_rules
 
 DEFAULT_CONFIG = "msm_mae.py"  # the bundled file, whatever the current directory holds
@@ -77,62 +72,6 @@ def _prescan_config(argv: Sequence[str]) -> str:
     return DEFAULT_CONFIG
 
 
-def check_sources(config: ml_collections.ConfigDict) -> None:
-    """The data sources' kind and paths, without importing jax or TF; DataError otherwise
-    (ConfigError: the log-mel on the device asked of log-mel shards)."""
-    from msm_mae_jax.data import source_base
-
-    for key in ("source", "eval_source"):
-        spec = str(config.data.get(key, "") or "")
-        if not spec:
-            continue
-        try:
-            source = source_base.parse_spec(spec, config.data.file_pattern)
-        except DataError as e:
-            kind = spec.partition(":")[0]
-            close = difflib.get_close_matches(kind, source_base.SOURCE_KINDS, n=1)
-            hint = f" (did you mean {close[0]}:?)" if close and close[0] != kind else ""
-            raise DataError(f"{str(e).replace('data.source', f'data.{key}')}{hint}") from None
-        if key == "source" and source.kind == "lms" and config.data.get("logmel_on_device"):
-            raise ConfigError(
-                f"config.data.logmel_on_device needs an audio source (files, synthetic, tfds); "
-                f"{spec!r} holds log-mels already (set data.logmel_on_device=False)"
-            )
-        if source.kind in ("files", "lms"):
-            root = source.path
-            if glob.has_magic(root):  # the folder the glob starts from
-                root = root.split("*")[0].split("?")[0].split("[")[0]
-                root = fs.dirname(root) if not root.endswith(("/", os.sep)) else root
-            if not fs.exists(root or "."):
-                raise DataError(
-                    f"config.data.{key}={spec!r}: {root} does not exist (relative paths "
-                    f"start at {os.getcwd()})"
-                )
-
-
-def check_init_from(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """The init source exists where the run starts fresh (a resumed run never reads it);
-    ConfigError otherwise. What it holds is checked when training starts."""
-    spec = str(config.init_from)
-    if not spec:
-        return
-    path, _ = config_rules.split_init_from(spec)
-    if fs.exists(path):
-        return
-    ckpts = fs.join(workdir, "checkpoints")
-    if fs.isdir(ckpts) and any(n.isdigit() for n in fs.listdir(ckpts)):
-        return  # resuming
-    raise ConfigError(
-        f"config.init_from={spec!r}: {path} does not exist (relative paths start at {os.getcwd()})"
-    )
-
-
-def check_workdir(workdir: str) -> None:
-    """The workdir can be written (`core.outputs.check_dir`: a folder, or a place to make one,
-    that takes files); OutputError naming it otherwise. Its lock creates it."""
-    outputs.check_dir(workdir, "--workdir")
-
-
 def main(argv: Sequence[str] | None = None, prog: str = "msm-mae train") -> int:
     return common.run_command(prog, _train, argv)
 
@@ -148,9 +87,9 @@ def _train(argv: list[str], prog: str) -> int:
             )
         config.init_from = args.init_from
     config_rules.check_config(config)
-    check_sources(config)
-    check_workdir(args.workdir)
-    check_init_from(config, args.workdir)
+    source_base.check_sources(config.data)
+    outputs.check_dir(args.workdir, "--workdir")  # the lock creates it
+    config_rules.check_init_from(config, args.workdir)
     common.setup_logging()
 
     import jax

@@ -25,6 +25,8 @@ shard of the records, so their order depends on the process count (`global_order
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import glob
 import logging
 import os
 import re
@@ -34,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from msm_mae_jax.core.errors import DataError
+from msm_mae_jax.core import fs
+from msm_mae_jax.core.errors import ConfigError, DataError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.data.tf_setup import plain, tensorflow
 
@@ -83,6 +86,38 @@ def parse_spec(spec: str, file_pattern: str = "*") -> SourceSpec:
         f"config.data.source={spec!r} is not a data source; expected 'synthetic', "
         "'files:/dir/or/glob', 'tfds:name:split' or 'lms:/dir'"
     )
+
+
+def check_sources(data: Any) -> None:
+    """`config.data`'s sources (`source`, `eval_source`): their kind and that their paths
+    exist, without importing jax or TF; DataError naming the key otherwise (ConfigError: the
+    log-mel on the device asked of log-mel shards)."""
+    for key in ("source", "eval_source"):
+        spec = str(data.get(key, "") or "")
+        if not spec:
+            continue
+        try:
+            source = parse_spec(spec, data.file_pattern)
+        except DataError as e:
+            kind = spec.partition(":")[0]
+            close = difflib.get_close_matches(kind, SOURCE_KINDS, n=1)
+            hint = f" (did you mean {close[0]}:?)" if close and close[0] != kind else ""
+            raise DataError(f"{str(e).replace('data.source', f'data.{key}')}{hint}") from None
+        if key == "source" and source.kind == "lms" and data.get("logmel_on_device"):
+            raise ConfigError(
+                f"config.data.logmel_on_device needs an audio source (files, synthetic, tfds); "
+                f"{spec!r} holds log-mels already (set data.logmel_on_device=False)"
+            )
+        if source.kind in ("files", "lms"):
+            root = source.path
+            if glob.has_magic(root):  # the folder the glob starts from
+                root = root.split("*")[0].split("?")[0].split("[")[0]
+                root = fs.dirname(root) if not root.endswith(("/", os.sep)) else root
+            if not fs.exists(root or "."):
+                raise DataError(
+                    f"config.data.{key}={spec!r}: {root} does not exist (relative paths "
+                    f"start at {os.getcwd()})"
+                )
 
 
 class SkipReport:

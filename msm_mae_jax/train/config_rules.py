@@ -7,10 +7,12 @@ warmup_epochs", "optim.lr 0: from blr").
 
 from __future__ import annotations
 
+import os
 import re
 
 import ml_collections
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.config_checks import (
     ANY,
     FRACTION,
@@ -81,6 +83,23 @@ def split_init_from(spec: str) -> tuple[str, int | None]:
     """`config.init_from` 'DIR@STEP' -> (DIR, STEP); anything else -> (spec, None)."""
     m = _AT_STEP.match(spec)
     return (m["path"], int(m["step"])) if m else (spec, None)
+
+
+def check_init_from(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The init source exists where the run starts fresh (a resumed run never reads it);
+    ConfigError otherwise. What it holds is checked when training starts."""
+    spec = str(config.init_from)
+    if not spec:
+        return
+    path, _ = split_init_from(spec)
+    if fs.exists(path):
+        return
+    ckpts = fs.join(workdir, "checkpoints")
+    if fs.isdir(ckpts) and any(n.isdigit() for n in fs.listdir(ckpts)):
+        return  # resuming
+    raise ConfigError(
+        f"config.init_from={spec!r}: {path} does not exist (relative paths start at {os.getcwd()})"
+    )
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
