@@ -10,9 +10,9 @@ import soundfile as sf
 from msm_mae_jax.cli.finetune import load_config
 from msm_mae_jax.data import synthetic
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation import tasks
 from msm_mae_jax.model import artifact, mae
 from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.tasks import specs
 
 # 80 mel bins x 32 frames, 16x16 patches: 5 x 2 patches per unit, 160-d frame features.
 MICRO = ModelConfig(
@@ -66,4 +66,4 @@ def synthetic_csv(
         labels.append(";".join(sorted(set(names))))
         # every class in every split once n >= 6 * classes
         splits.append(["train", "train", "train", "train", "valid", "test"][(i + i // classes) % 6])
-    return tasks.write_csv(os.path.join(root, "task.csv"), files, labels, splits=splits)
+    return specs.write_csv(os.path.join(root, "task.csv"), files, labels, splits=splits)

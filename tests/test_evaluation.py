@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 
 from msm_mae_jax.data import audio, synthetic
-from msm_mae_jax.evaluation import embeddings, linear, tasks
+from msm_mae_jax.evaluation import embeddings, linear
+from msm_mae_jax.tasks import specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,8 +27,8 @@ def _fsdd_task(fsdd_dir, tmp_path, every=1):
     assert files, fsdd_dir
     names = [os.path.basename(f)[:-4].split("_") for f in files]
     splits = ["test" if int(n[2]) < 5 else "train" for n in names]
-    path = tasks.write_csv(str(tmp_path / "fsdd.csv"), files, [n[0] for n in names], splits)
-    return tasks.parse_task(f"csv:{path}")
+    path = specs.write_csv(str(tmp_path / "fsdd.csv"), files, [n[0] for n in names], splits)
+    return specs.parse_task(f"csv:{path}")
 
 
 def _synthetic_csv(tmp_path, n=48, seconds=0.5, folds=None):
@@ -39,15 +40,15 @@ def _synthetic_csv(tmp_path, n=48, seconds=0.5, folds=None):
         sf.write(files[-1], wav, 16000)
         labels.append(synthetic.CLASS_NAMES[y])
     if folds:
-        return tasks.write_csv(
+        return specs.write_csv(
             str(tmp_path / "t.csv"), files, labels, folds=[(i // 6) % folds for i in range(n)]
         )
     splits = ["train" if i < n * 2 // 3 else "test" for i in range(n)]
-    return tasks.write_csv(str(tmp_path / "t.csv"), files, labels, splits=splits)
+    return specs.write_csv(str(tmp_path / "t.csv"), files, labels, splits=splits)
 
 
 def test_norm_stats_and_logmel_features_match_numpy():
-    task = tasks.parse_task("synthetic:12")
+    task = specs.parse_task("synthetic:12")
     clips = linear.Clips(task, unit_sec=0.5, progress=False)
     wavs = [linear.fit_length(w, 8000) for w in task.source.iterate(range(12), 0.5)]
     lms = np.stack([_lms(w) for w in wavs])
@@ -148,7 +149,7 @@ def test_random_tiny_encoder_full_path_on_fsdd(fsdd_dir, tmp_path):
 
 
 def test_cache_hit_skips_extraction(tmp_path, monkeypatch):
-    task = tasks.parse_task(f"csv:{_synthetic_csv(tmp_path)}")
+    task = specs.parse_task(f"csv:{_synthetic_csv(tmp_path)}")
     kw = dict(
         baseline="logmel",
         unit_sec=0.5,
@@ -198,7 +199,7 @@ def test_cache_entry_of_a_checkpoint_is_not_reused_once_its_files_change(tmp_pat
         params = linear.random_runtime(cfg, NormStats(-5.0, 3.0), seed=seed)._params
         return artifact.save_model_dir(path, cfg, params, NormStats(-5.0, 3.0), source="t")
 
-    task = tasks.parse_task("synthetic:12")
+    task = specs.parse_task("synthetic:12")
     kw = dict(checkpoint=write(1), norm="checkpoint", unit_sec=0.5, progress=False)
     kw.update(cache_dir=str(tmp_path / "cache"), log=lambda m: None)
     first, info = linear.extract(task, **kw)
@@ -219,7 +220,7 @@ def test_cache_entry_of_a_checkpoint_is_not_reused_once_its_files_change(tmp_pat
 
 
 def test_fold_task_reports_mean_and_std_over_folds(tmp_path):
-    task = tasks.parse_task(f"csv:{_synthetic_csv(tmp_path, n=60, folds=3)}")
+    task = specs.parse_task(f"csv:{_synthetic_csv(tmp_path, n=60, folds=3)}")
     res = linear.evaluate(
         task,
         baseline="logmel",
@@ -239,7 +240,7 @@ def test_fold_task_reports_mean_and_std_over_folds(tmp_path):
 
 
 def test_argument_errors(tmp_path):
-    task = tasks.parse_task("synthetic:12")
+    task = specs.parse_task("synthetic:12")
     with pytest.raises(ValueError, match="exactly one"):
         linear.extract(task, unit_sec=0.5)
     with pytest.raises(ValueError, match="--norm checkpoint needs"):
@@ -325,7 +326,7 @@ def test_checkpoint_features_with_checkpoint_norm_and_layers(tmp_path):
     ckpt = artifact.save_model_dir(
         str(tmp_path / "model"), cfg, rt._params, NormStats(-5.0, 3.0), source="test"
     )
-    task = tasks.parse_task("synthetic:24")
+    task = specs.parse_task("synthetic:24")
     kw = dict(checkpoint=ckpt, unit_sec=0.5, cache_dir=None, progress=False, log=lambda m: None)
     own = linear.evaluate(task, norm="checkpoint", seeds=(0,), probe_kw={"max_epochs": 3}, **kw)
     assert own["settings"]["norm_stats"] == {"mean": -5.0, "std": 3.0}

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_mae_jax.evaluation.finetune import augment
+from msm_mae_jax.finetune import augment
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.config import ModelConfig
 

@@ -10,7 +10,7 @@ import pytest
 
 from configs.finetune import get_config
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.evaluation.finetune import model, optimizer
+from msm_mae_jax.finetune import model, optimizer
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.config import ModelConfig
 

@@ -20,8 +20,8 @@ from train_utils import tiny_config
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import lms_shards
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation.finetune import export as ft_export
 from msm_mae_jax.features.runtime import Runtime
+from msm_mae_jax.finetune import export as ft_export
 from msm_mae_jax.model import artifact, checksums, mae
 from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.train import checkpoints, optim

@@ -40,9 +40,9 @@ def _embeddings() -> Embeddings:
 
 # ---- the kinds: each recognises its writer's real output and nothing else --------------------
 def test_each_kind_recognises_its_writers_output_and_not_the_others(tmp_path):
-    from msm_mae_jax.evaluation.evar import layout, make
-    from msm_mae_jax.evaluation.finetune import results
-    from msm_mae_jax.evaluation.tasks import load_synthetic_task
+    from msm_mae_jax.finetune import results
+    from msm_mae_jax.tasks.evar import layout, make
+    from msm_mae_jax.tasks.specs import load_synthetic_task
 
     made = {}
     made["embeddings"] = save_npz(_embeddings(), str(tmp_path / "e.npz"))

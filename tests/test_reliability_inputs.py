@@ -23,8 +23,8 @@ from train_utils import run, subprocess_env
 from msm_mae_jax.core import config_files
 from msm_mae_jax.core.names import path_component
 from msm_mae_jax.data import synthetic
-from msm_mae_jax.evaluation import task_checks, tasks
 from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.tasks import specs, task_checks
 from msm_mae_jax.train import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +82,7 @@ def _escaping_task(tmp):
 
 def _independent_leaks(csv_path):
     """The expected counts, by plain set arithmetic on the parsed task's paths."""
-    task = tasks.parse_task(f"csv:{csv_path}")
+    task = specs.parse_task(f"csv:{csv_path}")
     paths = task.source.paths
     dup = len(paths) - len(set(paths))
     per = {}
@@ -188,14 +188,14 @@ def test_split_values_that_are_paths_are_refused(tmp_path, env):
 
 def test_leak_counts_of_a_clean_and_a_split_task(tmp_path):
     """No counts for a clean task; a split task whose test rows repeat train rows."""
-    clean = tasks.load_synthetic_task(40)
+    clean = specs.load_synthetic_task(40)
     assert task_checks.leaks(clean)["duplicate_rows"] == 0
     for name in "xyz":
         (tmp_path / f"{name}.wav").write_bytes(b"")
     rows = ["x.wav,a,train", "y.wav,b,train", "x.wav,a,valid", "z.wav,a,valid"]
     rows += ["z.wav,a,test", "y.wav,b,test", "y.wav,b,test"]  # z: only in valid before
     (tmp_path / "t.csv").write_text("\n".join(["file,label,split", *rows]) + "\n")
-    found = task_checks.leaks(tasks.parse_task(f"csv:{tmp_path / 't.csv'}"))
+    found = task_checks.leaks(specs.parse_task(f"csv:{tmp_path / 't.csv'}"))
     assert found == {
         "duplicate_rows": 4,
         "test_in_train": 3,
@@ -203,7 +203,7 @@ def test_leak_counts_of_a_clean_and_a_split_task(tmp_path):
         "per_fold": {"split": {"test_in_train": 3, "valid_in_train": 1}},
     }
     logged = []
-    task_checks.report(tasks.parse_task(f"csv:{tmp_path / 't.csv'}"), logged.append)
+    task_checks.report(specs.parse_task(f"csv:{tmp_path / 't.csv'}"), logged.append)
     assert len(logged) == 1 and "4 row(s)" in logged[0] and "3 test clip(s)" in logged[0]
 
 

@@ -67,8 +67,9 @@ def _demo(argv: list[str], prog: str) -> int:
     spec = args.config if ":" in args.config else f"configs/msm_mae.py:{args.config}"
     # a bad spec, key or value fails here, before jax starts
     config = config_args.parse_config(args.config, extras)
-    from msm_mae_jax.evaluation import linear, tasks
+    from msm_mae_jax.evaluation import linear
     from msm_mae_jax.model.config import ModelConfig
+    from msm_mae_jax.tasks import specs
     from msm_mae_jax.train import export, loop
 
     if args.steps > 0:
@@ -95,7 +96,7 @@ def _demo(argv: list[str], prog: str) -> int:
     export.export(train_dir, export_dir)
 
     print(f"[demo] 3/3 linear probe on {args.task}: model vs baselines", flush=True)
-    task = tasks.parse_task(args.task)
+    task = specs.parse_task(args.task)
     shared = dict(
         seeds=tuple(range(args.seeds)),
         progress=False,

@@ -7,13 +7,13 @@ whole folder of tasks (`--suite`).
     msm-mae eval --checkpoint runs/base --suite tasks/ --out results/base
 
 Tasks: csv:FILE (file, label and split or fold columns), folder:DIR (class sub-folders),
-tfds:NAME, synthetic[:N]; see msm_mae_jax/evaluation/tasks.py. --suite DIR runs every task of
+tfds:NAME, synthetic[:N]; see msm_mae_jax/tasks/specs.py. --suite DIR runs every task of
 DIR (NAME.json + NAME.csv as `msm-mae tasks make` writes them, or EVAR's metadata CSVs such as
 esc50.csv with their audio in --suite-audio ROOT/<task>/), each with its own unit_sec, writes
 OUT/NAME.json per task as it completes and the table (OUT/summary.csv, Markdown on stdout);
 the same command again reuses the finished tasks. Exit status: 0, 1 when a task of the suite
 failed (the others complete), 2 a mistake in the arguments. The logic lives in
-msm_mae_jax/evaluation/linear.py and msm_mae_jax/evaluation/evar/suite.py.
+msm_mae_jax/evaluation/linear.py and msm_mae_jax/evaluation/suite.py.
 """
 
 from __future__ import annotations
@@ -206,15 +206,15 @@ def _suite(args: Any, prog: str, p: common.Parser) -> int:
     for flag in ("unit_sec", "audio_dir", "file_column"):
         if getattr(args, flag):
             p.error(f"--{flag.replace('_', '-')} applies to --task; each suite task has its own")
-    from msm_mae_jax.evaluation.evar import suite_tasks
+    from msm_mae_jax.evaluation import suite_tasks
 
     only = (
         [t.strip() for t in args.suite_tasks.split(",") if t.strip()] if args.suite_tasks else None
     )
     # every task's settings, before jax starts: a broken one is one line in a second
     found = suite_tasks.discover(args.suite, args.suite_audio, only, log=_log)
+    from msm_mae_jax.evaluation import suite, suite_outputs, suite_summary
     from msm_mae_jax.evaluation.embeddings import check_arguments
-    from msm_mae_jax.evaluation.evar import suite, suite_outputs, summary
 
     kw = _extract_kw(args)
     model = suite.Model(kw.pop("checkpoint"), kw.pop("baseline"), kw.pop("config"))
@@ -240,7 +240,7 @@ def _suite(args: Any, prog: str, p: common.Parser) -> int:
         f"{list(protocol.seeds)}, results in {out} (run the same command again to resume)"
     )
     outcomes = suite.run_suite(found, model, protocol, out, log=_log, **kw)
-    print(summary.write_summary(out, outcomes, model))
+    print(suite_summary.write_summary(out, outcomes, model))
     failed = [o.task.name for o in outcomes if o.status == "failed"]
     if failed:
         _log(

@@ -12,7 +12,7 @@ for multi-label tasks) are printed and written to --out. Runs live in --workdir 
 --out path without .json, plus `_finetune`); the same command again resumes them.
 Exit status: 0 done, 2 a mistake in the arguments or data (one line on stderr), 3 stopped by
 SIGTERM (state saved; run the same command again to continue), 130 Ctrl-C. The logic lives in
-msm_mae_jax/evaluation/finetune/.
+msm_mae_jax/finetune/.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def build_parser(prog: str) -> common.Parser:
 def load_config(spec: str, extras: Sequence[str]):
     """The fine-tuning config of `spec` with the `--config.KEY=VALUE` overrides applied."""
     from msm_mae_jax.cli import config_args
-    from msm_mae_jax.evaluation.finetune import config_rules
+    from msm_mae_jax.finetune import config_rules
 
     try:  # a bare VARIANT names the bundled finetune.py
         config = config_args.parse_config(spec, extras, default_file=CONFIG_FILE)
@@ -113,7 +113,7 @@ def _finetune(argv: list[str], prog: str) -> int:
     # Before jax starts: a task's mistakes (one class, an empty split, no such label) are
     # reported in a second, not after the accelerator and the model have been set up.
     task = task_args.parse_task(args)
-    from msm_mae_jax.evaluation.finetune import results, run
+    from msm_mae_jax.finetune import results, run
     from msm_mae_jax.train import preemption
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731

@@ -38,7 +38,9 @@ from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.evaluation import embedding_cache
 from msm_mae_jax.evaluation.embedding_cache import Features
-from msm_mae_jax.evaluation.task_audio import (
+from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.tasks.specs import Task
+from msm_mae_jax.tasks.task_audio import (
     NORM_STATS_CLIPS,
     TEST,
     Clips,
@@ -51,8 +53,6 @@ from msm_mae_jax.evaluation.task_audio import (
     task_norm_stats,
     task_views,
 )
-from msm_mae_jax.evaluation.tasks import Task
-from msm_mae_jax.model.config import ModelConfig
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "msm_mae_jax", "embeddings")
 # 2: the skipped clips are part of an entry; 3: EVAR's fitting (end padding, random crops of

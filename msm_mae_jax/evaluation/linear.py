@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from msm_mae_jax.evaluation import probe, task_checks
+from msm_mae_jax.evaluation import probe
 from msm_mae_jax.evaluation.embeddings import (  # noqa: F401 (the public names of linear.py)
     BASELINES,
     CACHE_VERSION,
@@ -31,7 +31,9 @@ from msm_mae_jax.evaluation.embeddings import (  # noqa: F401 (the public names 
     parse_layers,
     random_runtime,
 )
-from msm_mae_jax.evaluation.task_audio import (  # noqa: F401
+from msm_mae_jax.tasks import task_checks
+from msm_mae_jax.tasks.specs import Task
+from msm_mae_jax.tasks.task_audio import (  # noqa: F401
     IN_MEMORY_BYTES,
     MAX_DEFAULT_UNIT_SEC,
     TEST,
@@ -42,7 +44,6 @@ from msm_mae_jax.evaluation.task_audio import (  # noqa: F401
     random_crop_start,
     task_norm_stats,
 )
-from msm_mae_jax.evaluation.tasks import Task
 
 MAX_NAMED_SKIPS = 5  # skipped clips named in the printed table (all are in the results)
 EVAR_SEEDS = (42, 43, 44)  # EVAR's 2pass_lineareval.py: seed 42, then 43 and 44

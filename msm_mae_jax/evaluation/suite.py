@@ -28,14 +28,15 @@ from collections.abc import Callable, Sequence
 from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.core.errors import UserError
 from msm_mae_jax.core.names import path_component
-from msm_mae_jax.evaluation import linear, tasks
+from msm_mae_jax.evaluation import linear
 from msm_mae_jax.evaluation.embeddings import (
     CACHE_VERSION,
     FIT,
     load_model_config,
     model_identity,
 )
-from msm_mae_jax.evaluation.evar.suite_tasks import SuiteTask
+from msm_mae_jax.evaluation.suite_tasks import SuiteTask
+from msm_mae_jax.tasks import specs
 
 SUITE_VERSION = 1
 DEFAULT_OUT_ROOT = "evar-results"
@@ -118,7 +119,7 @@ def check_out_dir(out_dir: str, suite_dir: str) -> None:
     outputs.check_dir(out_dir)
 
 
-def result_key(st: SuiteTask, task: tasks.Task, model: Model, protocol: Protocol) -> str:
+def result_key(st: SuiteTask, task: specs.Task, model: Model, protocol: Protocol) -> str:
     """Digest of everything that decides a task's numbers (see the module docstring)."""
     what = {
         "version": SUITE_VERSION,
@@ -168,7 +169,7 @@ def run_task(
 ) -> Outcome:
     """One task: its finished results when the key matches, else evaluated and written."""
     path = result_path(out_dir, st.name)
-    task = tasks.load_csv_task(
+    task = specs.load_csv_task(
         st.csv, label=protocol.label, seed=protocol.split_seed, audio_dir=st.audio_dir
     )
     key = result_key(st, task, model, protocol)

@@ -31,10 +31,10 @@ from msm_mae_jax.core import json_files
 from msm_mae_jax.core.errors import ConfigError, DataError, UserError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.evaluation import probe
-from msm_mae_jax.evaluation.finetune import augment, data, export
-from msm_mae_jax.evaluation.finetune.state import FinetuneState, Setup
-from msm_mae_jax.evaluation.tasks import Fold, Task
+from msm_mae_jax.finetune import augment, data, export
+from msm_mae_jax.finetune.state import FinetuneState, Setup
 from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.tasks.specs import Fold, Task
 from msm_mae_jax.train import checkpoints, metrics, preemption
 
 RESULT_FILE = "result.json"

@@ -25,7 +25,7 @@ from msm_mae_jax.core import fs
 from msm_mae_jax.core.errors import TaskError
 
 if TYPE_CHECKING:
-    from msm_mae_jax.evaluation.tasks import Task
+    from msm_mae_jax.tasks.specs import Task
 
 
 def read_csv(path: str) -> tuple[list[dict], list[str]]:

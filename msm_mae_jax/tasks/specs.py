@@ -39,9 +39,9 @@ from msm_mae_jax.core import fs, paths
 from msm_mae_jax.core.errors import DataError, TaskError
 from msm_mae_jax.data import audio_io, synthetic
 from msm_mae_jax.data.sources import AudioSource, FileSource, SyntheticSource, TfdsSource
-from msm_mae_jax.evaluation import task_checks
-from msm_mae_jax.evaluation.labels import encode_labels
-from msm_mae_jax.evaluation.splits import (
+from msm_mae_jax.tasks import task_checks
+from msm_mae_jax.tasks.labels import encode_labels
+from msm_mae_jax.tasks.splits import (
     SPLIT_NAMES,
     Fold,
     strata_of,

@@ -26,8 +26,8 @@ from msm_mae_jax.core import json_files
 from msm_mae_jax.core.errors import ConfigError, TaskError
 from msm_mae_jax.core.names import path_component
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation import linear, task_checks
-from msm_mae_jax.evaluation.finetune import (
+from msm_mae_jax.evaluation import linear
+from msm_mae_jax.finetune import (
     config_rules,
     data,
     loop,
@@ -35,10 +35,11 @@ from msm_mae_jax.evaluation.finetune import (
     optimizer,
     results,
 )
-from msm_mae_jax.evaluation.finetune.state import Setup
-from msm_mae_jax.evaluation.tasks import Task
+from msm_mae_jax.finetune.state import Setup
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.tasks import task_checks
+from msm_mae_jax.tasks.specs import Task
 from msm_mae_jax.train import checkpoints, distributed
 
 NORMS = ("task", "checkpoint")
