@@ -10,6 +10,7 @@ from msm_mae_jax.evaluation import embeddings, linear, probe
 from msm_mae_jax.tasks import specs, task_audio
 from msm_mae_jax.tasks.labels import encode_labels
 from msm_mae_jax.tasks.splits import Fold
+from msm_mae_jax.tasks.task import Task
 
 
 def test_fit_length_pads_at_the_end_and_crops_where_asked():
@@ -109,7 +110,7 @@ def test_fold_tasks_embed_long_clips_in_both_fits(tmp_path):
 
 def test_norm_stats_clips_are_the_first_folds_training_clips():
     idx = np.arange(20)
-    fold_task = specs.Task(
+    fold_task = Task(
         "t",
         None,
         idx % 2,
@@ -124,7 +125,7 @@ def test_norm_stats_clips_are_the_first_folds_training_clips():
     got = task_audio.norm_stats_indices(fold_task, 0, limit=6)
     assert len(got) == 6 and set(got) <= set(idx[5:]) and np.all(np.diff(got) > 0)
     np.testing.assert_array_equal(got, task_audio.norm_stats_indices(fold_task, 0, limit=6))
-    split_task = specs.Task(
+    split_task = Task(
         "t", None, idx % 2, ["a", "b"], False, [Fold("split", idx[:12], idx[12:15], idx[15:])]
     )
     np.testing.assert_array_equal(task_audio.norm_stats_indices(split_task, 0), idx[:12])

@@ -24,7 +24,8 @@ from msm_mae_jax.core import config_files
 from msm_mae_jax.core.names import path_component
 from msm_mae_jax.data import synthetic
 from msm_mae_jax.model.config import ModelConfig
-from msm_mae_jax.tasks import specs, task_checks
+from msm_mae_jax.tasks import specs
+from msm_mae_jax.tasks.task import leaks, report_leaks
 from msm_mae_jax.train import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,13 +190,13 @@ def test_split_values_that_are_paths_are_refused(tmp_path, env):
 def test_leak_counts_of_a_clean_and_a_split_task(tmp_path):
     """No counts for a clean task; a split task whose test rows repeat train rows."""
     clean = specs.load_synthetic_task(40)
-    assert task_checks.leaks(clean)["duplicate_rows"] == 0
+    assert leaks(clean)["duplicate_rows"] == 0
     for name in "xyz":
         (tmp_path / f"{name}.wav").write_bytes(b"")
     rows = ["x.wav,a,train", "y.wav,b,train", "x.wav,a,valid", "z.wav,a,valid"]
     rows += ["z.wav,a,test", "y.wav,b,test", "y.wav,b,test"]  # z: only in valid before
     (tmp_path / "t.csv").write_text("\n".join(["file,label,split", *rows]) + "\n")
-    found = task_checks.leaks(specs.parse_task(f"csv:{tmp_path / 't.csv'}"))
+    found = leaks(specs.parse_task(f"csv:{tmp_path / 't.csv'}"))
     assert found == {
         "duplicate_rows": 4,
         "test_in_train": 3,
@@ -203,7 +204,7 @@ def test_leak_counts_of_a_clean_and_a_split_task(tmp_path):
         "per_fold": {"split": {"test_in_train": 3, "valid_in_train": 1}},
     }
     logged = []
-    task_checks.report(specs.parse_task(f"csv:{tmp_path / 't.csv'}"), logged.append)
+    report_leaks(specs.parse_task(f"csv:{tmp_path / 't.csv'}"), logged.append)
     assert len(logged) == 1 and "4 row(s)" in logged[0] and "3 test clip(s)" in logged[0]
 
 

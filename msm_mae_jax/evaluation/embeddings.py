@@ -39,7 +39,7 @@ from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.evaluation import embedding_cache
 from msm_mae_jax.evaluation.embedding_cache import Features
 from msm_mae_jax.model.config import ModelConfig
-from msm_mae_jax.tasks.specs import Task
+from msm_mae_jax.tasks.task import Task
 from msm_mae_jax.tasks.task_audio import (
     NORM_STATS_CLIPS,
     TEST,

@@ -31,8 +31,7 @@ from msm_mae_jax.evaluation.embeddings import (  # noqa: F401 (the public names 
     parse_layers,
     random_runtime,
 )
-from msm_mae_jax.tasks import task_checks
-from msm_mae_jax.tasks.specs import Task
+from msm_mae_jax.tasks.task import Task, report_leaks
 from msm_mae_jax.tasks.task_audio import (  # noqa: F401
     IN_MEMORY_BYTES,
     MAX_DEFAULT_UNIT_SEC,
@@ -117,7 +116,7 @@ def evaluate(
     if skipped:
         log(f"skipped {len(skipped)} clip(s) that could not be decoded")
         task = task.without([s["index"] for s in skipped])
-    checks = task_checks.report(task, log)  # repeated clips, test clips also trained on
+    checks = report_leaks(task, log)  # repeated clips, test clips also trained on
     t0 = time.time()
     metric = "mAP" if task.multilabel else "accuracy"
     train_rows = getattr(feats, "train_rows", lambda name: feats[name])

@@ -37,6 +37,7 @@ from msm_mae_jax.evaluation.embeddings import (
 )
 from msm_mae_jax.evaluation.suite_tasks import SuiteTask
 from msm_mae_jax.tasks import specs
+from msm_mae_jax.tasks.task import Task
 
 SUITE_VERSION = 1
 DEFAULT_OUT_ROOT = "evar-results"
@@ -119,7 +120,7 @@ def check_out_dir(out_dir: str, suite_dir: str) -> None:
     outputs.check_dir(out_dir)
 
 
-def result_key(st: SuiteTask, task: specs.Task, model: Model, protocol: Protocol) -> str:
+def result_key(st: SuiteTask, task: Task, model: Model, protocol: Protocol) -> str:
     """Digest of everything that decides a task's numbers (see the module docstring)."""
     what = {
         "version": SUITE_VERSION,

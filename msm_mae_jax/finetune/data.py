@@ -32,7 +32,7 @@ from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.features.runtime import bucket_size
-from msm_mae_jax.tasks.specs import Task
+from msm_mae_jax.tasks.task import Task
 from msm_mae_jax.tasks.task_audio import fit_length, read_clips
 
 LOG_MEL_BATCH = 32

@@ -34,7 +34,8 @@ from msm_mae_jax.evaluation import probe
 from msm_mae_jax.finetune import augment, data, export
 from msm_mae_jax.finetune.state import FinetuneState, Setup
 from msm_mae_jax.model.config import ModelConfig
-from msm_mae_jax.tasks.specs import Fold, Task
+from msm_mae_jax.tasks.splits import Fold
+from msm_mae_jax.tasks.task import Task
 from msm_mae_jax.train import checkpoints, metrics, preemption
 
 RESULT_FILE = "result.json"

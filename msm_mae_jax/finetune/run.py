@@ -38,8 +38,7 @@ from msm_mae_jax.finetune import (
 from msm_mae_jax.finetune.state import Setup
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.config import ModelConfig
-from msm_mae_jax.tasks import task_checks
-from msm_mae_jax.tasks.specs import Task
+from msm_mae_jax.tasks.task import Task, report_leaks
 from msm_mae_jax.train import checkpoints, distributed
 
 NORMS = ("task", "checkpoint")
@@ -143,7 +142,7 @@ def finetune(
     config_rules.check_config(config)
     process_index, process_count = distributed.initialize(config)
     check_task(task)
-    checks = task_checks.report(task, log)  # repeated clips, test clips also trained on
+    checks = report_leaks(task, log)  # repeated clips, test clips also trained on
     if config.data.norm not in NORMS:
         raise ConfigError(f"config.data.norm={config.data.norm!r}; expected one of {NORMS}")
     if int(config.num_seeds) < 1:

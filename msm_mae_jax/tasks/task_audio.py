@@ -31,7 +31,7 @@ import numpy as np
 from msm_mae_jax.data import audio, audio_io
 from msm_mae_jax.data.normalization import NormAccumulator, NormStats
 from msm_mae_jax.data.sources import FileSource
-from msm_mae_jax.tasks.specs import Task
+from msm_mae_jax.tasks.task import Task
 
 log = logging.getLogger(__name__)
 
