@@ -12,6 +12,7 @@ import soundfile as sf
 
 from msm_mae_jax.data import audio, synthetic
 from msm_mae_jax.evaluation import embeddings, linear
+from msm_mae_jax.model.config import load_model_config
 from msm_mae_jax.tasks import specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,7 +193,7 @@ def test_cache_entry_of_a_checkpoint_is_not_reused_once_its_files_change(tmp_pat
     from msm_mae_jax.data.normalization import NormStats
     from msm_mae_jax.model import artifact
 
-    cfg = linear.load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
+    cfg = load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
     path = str(tmp_path / "model")
 
     def write(seed):
@@ -321,7 +322,7 @@ def test_checkpoint_features_with_checkpoint_norm_and_layers(tmp_path):
     from msm_mae_jax.data.normalization import NormStats
     from msm_mae_jax.model import artifact
 
-    cfg = linear.load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
+    cfg = load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
     rt = linear.random_runtime(cfg, NormStats(-5.0, 3.0), seed=1)
     ckpt = artifact.save_model_dir(
         str(tmp_path / "model"), cfg, rt._params, NormStats(-5.0, 3.0), source="test"

@@ -17,11 +17,10 @@ from finetune_utils import MICRO, encoder_params, ft_config, synthetic_csv, writ
 from msm_mae_jax.cli import finetune as cli
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation import probe
 from msm_mae_jax.finetune import data, export, model, optimizer, run, state
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.frames import encode_frames
-from msm_mae_jax.tasks import specs
+from msm_mae_jax.tasks import metrics, specs
 from msm_mae_jax.train import checkpoints
 
 
@@ -303,7 +302,7 @@ def test_multilabel_task_end_to_end_with_export(tmp_path, encoder_dir):
     scores = ft.predict(wavs)
     assert np.all((scores > 0) & (scores < 1))
     m = float(
-        probe.mean_average_precision(
+        metrics.mean_average_precision(
             jnp.asarray(scores), jnp.asarray(task.y[fold.test], jnp.float32)
         )
     )

@@ -21,14 +21,10 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from msm_mae_jax.cli import common, task_args
 from msm_mae_jax.core import output_kinds, outputs
 from msm_mae_jax.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from msm_mae_jax.model.config import ModelConfig
 
 CONFIG_FILE = "finetune.py"  # the bundled file, whatever the current directory holds
 DEFAULT_CONFIG = f"{CONFIG_FILE}:base"
@@ -79,14 +75,6 @@ def load_config(spec: str, extras: Sequence[str]):
     return config
 
 
-def random_model_config(spec: str) -> ModelConfig:
-    """The model config `--random-init` names (read without starting jax)."""
-    from msm_mae_jax.core.config_files import load_config as load_model_file
-    from msm_mae_jax.model.config import ModelConfig
-
-    return ModelConfig.from_dict(load_model_file(spec).model)
-
-
 def default_workdir(out: str | None) -> str:
     if not out:
         raise ConfigError("give --workdir (or --out, which names the default workdir)")
@@ -109,7 +97,9 @@ def _finetune(argv: list[str], prog: str) -> int:
     if args.checkpoint and not os.path.exists(args.checkpoint):
         raise ConfigError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
     if args.random_init:
-        random_model_config(args.random_init)  # a bad spec fails before start-up
+        from msm_mae_jax.model.config import load_model_config
+
+        load_model_config(args.random_init)  # a bad spec fails before start-up
     # Before jax starts: a task's mistakes (one class, an empty split, no such label) are
     # reported in a second, not after the accelerator and the model have been set up.
     task = task_args.parse_task(args)

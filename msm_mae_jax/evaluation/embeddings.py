@@ -33,12 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from msm_mae_jax.core import fs
-from msm_mae_jax.core.config_files import load_config
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.evaluation import embedding_cache
 from msm_mae_jax.evaluation.embedding_cache import Features
-from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.model.config import ModelConfig, load_model_config
+from msm_mae_jax.model.identity import checkpoint_identity
 from msm_mae_jax.tasks.task import Task
 from msm_mae_jax.tasks.task_audio import (
     NORM_STATS_CLIPS,
@@ -178,16 +178,6 @@ def encoder_features(
 
 
 # ---- models and their identities (for the cache) ----------------------------------------------
-def load_model_config(spec: str | ModelConfig | None) -> ModelConfig:
-    """None -> the default ViT-B 80x208; 'configs/msm_mae.py:tiny' -> that config's model; a
-    ModelConfig as it is."""
-    if isinstance(spec, ModelConfig):
-        return spec
-    if not spec:
-        return ModelConfig()
-    return ModelConfig.from_dict(load_config(spec).model)
-
-
 def random_runtime(model_config: ModelConfig, norm_stats: NormStats, seed: int = 0):
     from msm_mae_jax.features.runtime import Runtime
     from msm_mae_jax.model.mae import Encoder
@@ -195,17 +185,6 @@ def random_runtime(model_config: ModelConfig, norm_stats: NormStats, seed: int =
     lms = jnp.zeros((1, 1, *model_config.input_size), jnp.float32)
     params = jax.jit(Encoder(model_config).init)(jax.random.key(seed), lms)["params"]
     return Runtime(model_config, params, norm_stats, {"source": f"random init (seed {seed})"})
-
-
-def checkpoint_identity(path: str) -> str:
-    """Path plus size and mtime of every file that defines the model (not logs or figures)."""
-    path = fs.absolute(path)
-    h = hashlib.sha256(path.encode())
-    ckpts = fs.join(path, "checkpoints")
-    root = ckpts if fs.isdir(ckpts) else path
-    for f, size, version in fs.stamps(root):
-        h.update(f"{fs.relpath(f, path)}\0{size}\0{version}\n".encode())
-    return h.hexdigest()
 
 
 # ---- extraction ----------------------------------------------------------------------------------

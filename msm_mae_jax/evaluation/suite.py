@@ -32,10 +32,10 @@ from msm_mae_jax.evaluation import linear
 from msm_mae_jax.evaluation.embeddings import (
     CACHE_VERSION,
     FIT,
-    load_model_config,
     model_identity,
 )
 from msm_mae_jax.evaluation.suite_tasks import SuiteTask
+from msm_mae_jax.model.config import load_model_config
 from msm_mae_jax.tasks import specs
 from msm_mae_jax.tasks.task import Task
 

@@ -26,7 +26,6 @@ from msm_mae_jax.core import json_files
 from msm_mae_jax.core.errors import ConfigError, TaskError
 from msm_mae_jax.core.names import path_component
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation import linear
 from msm_mae_jax.finetune import (
     config_rules,
     data,
@@ -37,7 +36,8 @@ from msm_mae_jax.finetune import (
 )
 from msm_mae_jax.finetune.state import Setup
 from msm_mae_jax.model import mae
-from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.model.config import ModelConfig, load_model_config
+from msm_mae_jax.model.identity import checkpoint_identity
 from msm_mae_jax.tasks.task import Task, report_leaks
 from msm_mae_jax.train import checkpoints, distributed
 
@@ -85,7 +85,7 @@ def load_pretrained(checkpoint: str) -> Pretrained:
         None if per_batch else rt.norm_stats,
         {
             "checkpoint": os.path.abspath(checkpoint),
-            "files": linear.checkpoint_identity(checkpoint),
+            "files": checkpoint_identity(checkpoint),
         },
     )
 
@@ -93,7 +93,7 @@ def load_pretrained(checkpoint: str) -> Pretrained:
 def random_init(model_spec: str, seed: int = 0) -> Pretrained:
     """The encoder of a model config (e.g. 'configs/msm_mae.py:fsdd_small') with random
     weights: the baseline that shows what pre-training adds."""
-    mc = linear.load_model_config(model_spec)
+    mc = load_model_config(model_spec)
     x = mae.dummy_input(mc)
     params = nn.unbox(jax.jit(mae.Encoder(mc).init)(jax.random.key(seed), x)["params"])
     name = f"random init ({model_spec}, seed {seed})"
