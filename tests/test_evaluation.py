@@ -12,6 +12,7 @@ import soundfile as sf
 
 from msm_mae_jax.data import audio, synthetic
 from msm_mae_jax.evaluation import embeddings, linear
+from msm_mae_jax.evaluation.protocol import Model, Protocol
 from msm_mae_jax.model.config import load_model_config
 from msm_mae_jax.tasks import specs
 
@@ -95,9 +96,9 @@ def test_logmel_baseline_on_fsdd_digits(fsdd_dir, fsdd_synthetic, tmp_path):
         assert task.folds[0].sizes() == {"train": 2430, "valid": 270, "test": 300}
     res = linear.evaluate(
         task,
-        baseline="logmel",
+        Model(baseline="logmel"),
+        Protocol(seeds=(0,)),
         unit_sec=1.0,
-        seeds=(0,),
         cache_dir=None,
         progress=False,
         log=lambda m: None,
@@ -117,11 +118,9 @@ def test_random_tiny_encoder_full_path_on_fsdd(fsdd_dir, tmp_path):
     task = _fsdd_task(fsdd_dir, tmp_path, every=every)
     res = linear.evaluate(
         task,
-        baseline="random",
-        config=os.path.join(ROOT, "configs/msm_mae.py:tiny"),
+        Model(baseline="random", config=os.path.join(ROOT, "configs/msm_mae.py:tiny")),
+        Protocol(seeds=(0, 1), layers="all"),
         unit_sec=1.0,
-        layers="all",
-        seeds=(0, 1),
         cache_dir=None,
         progress=False,
         log=lambda m: None,
@@ -152,12 +151,11 @@ def test_random_tiny_encoder_full_path_on_fsdd(fsdd_dir, tmp_path):
 def test_cache_hit_skips_extraction(tmp_path, monkeypatch):
     task = specs.parse_task(f"csv:{_synthetic_csv(tmp_path)}")
     kw = dict(
-        baseline="logmel",
+        model=Model(baseline="logmel"),
+        protocol=Protocol(seeds=(0,), probe_kw={"max_epochs": 5}),
         unit_sec=0.5,
-        seeds=(0,),
         cache_dir=str(tmp_path / "cache"),
         progress=False,
-        probe_kw={"max_epochs": 5},
         log=lambda m: None,
     )
     first = linear.evaluate(task, **kw)
@@ -224,12 +222,11 @@ def test_fold_task_reports_mean_and_std_over_folds(tmp_path):
     task = specs.parse_task(f"csv:{_synthetic_csv(tmp_path, n=60, folds=3)}")
     res = linear.evaluate(
         task,
-        baseline="logmel",
+        Model(baseline="logmel"),
+        Protocol(seeds=(0, 1), probe_kw={"max_epochs": 10}),
         unit_sec=0.5,
-        seeds=(0, 1),
         cache_dir=None,
         progress=False,
-        probe_kw={"max_epochs": 10},
         log=lambda m: None,
     )
     acc = res["accuracy"]
@@ -328,8 +325,10 @@ def test_checkpoint_features_with_checkpoint_norm_and_layers(tmp_path):
         str(tmp_path / "model"), cfg, rt._params, NormStats(-5.0, 3.0), source="test"
     )
     task = specs.parse_task("synthetic:24")
-    kw = dict(checkpoint=ckpt, unit_sec=0.5, cache_dir=None, progress=False, log=lambda m: None)
-    own = linear.evaluate(task, norm="checkpoint", seeds=(0,), probe_kw={"max_epochs": 3}, **kw)
+    run = dict(unit_sec=0.5, cache_dir=None, progress=False, log=lambda m: None)
+    kw = dict(checkpoint=ckpt, **run)
+    protocol = Protocol(seeds=(0,), norm="checkpoint", probe_kw={"max_epochs": 3})
+    own = linear.evaluate(task, Model(checkpoint=ckpt), protocol, **run)
     assert own["settings"]["norm_stats"] == {"mean": -5.0, "std": 3.0}
     assert own["feature_dim"] == cfg.feature_dim and own["model"] == ckpt
     # 2 s clips, 0.5 s unit: test clips cropped from the start, the others (train and valid)

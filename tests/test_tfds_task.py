@@ -10,6 +10,7 @@ import pytest
 from msm_mae_jax.data import audio_io
 from msm_mae_jax.data.tfds_audio_folder import build_audio_folder
 from msm_mae_jax.evaluation import linear
+from msm_mae_jax.evaluation.protocol import Model, Protocol
 from msm_mae_jax.tasks import specs
 
 DIGITS = ("0", "1", "2")
@@ -70,9 +71,9 @@ def test_tfds_task_with_train_and_test_splits(fsdd_dir, tmp_path):
 
     res = linear.evaluate(
         task,
-        baseline="logmel",
+        Model(baseline="logmel"),
+        Protocol(seeds=(0, 1)),
         unit_sec=1.0,
-        seeds=(0, 1),
         cache_dir=None,
         progress=False,
         log=lambda m: None,

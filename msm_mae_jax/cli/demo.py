@@ -68,6 +68,7 @@ def _demo(argv: list[str], prog: str) -> int:
     # a bad spec, key or value fails here, before jax starts
     config = config_args.parse_config(args.config, extras)
     from msm_mae_jax.evaluation import linear
+    from msm_mae_jax.evaluation.protocol import Model, Protocol
     from msm_mae_jax.model.config import ModelConfig
     from msm_mae_jax.tasks import specs
     from msm_mae_jax.train import export, loop
@@ -97,21 +98,20 @@ def _demo(argv: list[str], prog: str) -> int:
 
     print(f"[demo] 3/3 linear probe on {args.task}: model vs baselines", flush=True)
     task = specs.parse_task(args.task)
-    shared = dict(
-        seeds=tuple(range(args.seeds)),
-        progress=False,
-        cache_dir=None,
-        log=lambda m: print(f"[demo]   {m}", flush=True),
-    )
-    runs = {
-        "msm_mae (pre-trained)": dict(checkpoint=export_dir),
+    protocol = Protocol(seeds=tuple(range(args.seeds)))
+    log = lambda m: print(f"[demo]   {m}", flush=True)  # noqa: E731
+    models = {
+        "msm_mae (pre-trained)": Model(checkpoint=export_dir),
         # the encoder as configured here, overrides included
-        "random init (same encoder)": dict(
+        "random init (same encoder)": Model(
             baseline="random", config=ModelConfig.from_dict(config.model)
         ),
-        "logmel baseline": dict(baseline="logmel"),
+        "logmel baseline": Model(baseline="logmel"),
     }
-    results = {name: linear.evaluate(task, **kw, **shared) for name, kw in runs.items()}
+    results = {
+        name: linear.evaluate(task, m, protocol, progress=False, cache_dir=None, log=log)
+        for name, m in models.items()
+    }
 
     rows = [f"{'model':<28} {'accuracy (%)':>16}  feature dim"]
     for name, r in results.items():

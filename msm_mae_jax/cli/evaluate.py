@@ -21,11 +21,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msm_mae_jax.cli import common, task_args
 from msm_mae_jax.core import fs, output_kinds, outputs
 from msm_mae_jax.core.errors import UserError
+
+if TYPE_CHECKING:  # jax is imported once the arguments are checked
+    from msm_mae_jax.evaluation.protocol import Model, Protocol
 
 
 def build_parser(prog: str) -> common.Parser:
@@ -157,11 +160,11 @@ def _evaluate(argv: list[str], prog: str) -> int:
         _log(f"{prog}: {common.backend_line()}")
         result = linear.evaluate(
             task,
-            **_extract_kw(args),
+            _model(args),
+            _protocol(args),
             unit_sec=args.unit_sec or None,
-            seeds=_seeds(args),
-            probe_kw=_probe_kw(args),
             log=_log,
+            **_run_kw(args),
         )
     except UserError:
         raise
@@ -177,26 +180,35 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _seeds(args: Any) -> tuple[int, ...]:
-    return tuple(range(args.first_seed, args.first_seed + args.seeds))
+def _model(args: Any) -> Model:
+    """What the flags evaluate."""
+    from msm_mae_jax.evaluation.protocol import Model
+
+    return Model(args.checkpoint, args.baseline, args.config)
 
 
-def _probe_kw(args: Any) -> dict:
-    return {"lr": args.lr, "max_epochs": args.max_epochs, "patience": args.patience}
+def _protocol(args: Any) -> Protocol:
+    """How the flags evaluate it."""
+    from msm_mae_jax.evaluation.protocol import Protocol
+
+    return Protocol(
+        seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
+        norm=args.norm,
+        layers=args.layers,
+        layer_mode=args.layer_mode,
+        probe_kw={"lr": args.lr, "max_epochs": args.max_epochs, "patience": args.patience},
+        label=args.label,
+        split_seed=args.split_seed,
+    )
 
 
-def _extract_kw(args: Any) -> dict:
-    from msm_mae_jax.evaluation import linear
+def _run_kw(args: Any) -> dict:
+    """How the evaluation runs (not what it computes): batch, cache, progress bars."""
+    from msm_mae_jax.evaluation.embeddings import DEFAULT_CACHE_DIR
 
     return {
-        "checkpoint": args.checkpoint,
-        "baseline": args.baseline,
-        "config": args.config,
-        "layers": args.layers,
-        "layer_mode": args.layer_mode,
-        "norm": args.norm,
         "batch_size": args.batch_size,
-        "cache_dir": None if args.no_cache else (args.cache_dir or linear.DEFAULT_CACHE_DIR),
+        "cache_dir": None if args.no_cache else (args.cache_dir or DEFAULT_CACHE_DIR),
         "progress": not args.no_progress,
     }
 
@@ -216,30 +228,20 @@ def _suite(args: Any, prog: str, p: common.Parser) -> int:
     from msm_mae_jax.evaluation import suite, suite_outputs, suite_summary
     from msm_mae_jax.evaluation.embeddings import check_arguments
 
-    kw = _extract_kw(args)
-    model = suite.Model(kw.pop("checkpoint"), kw.pop("baseline"), kw.pop("config"))
+    model, protocol = _model(args), _protocol(args)
     try:  # mistakes every task would repeat: one line, before any work
-        check_arguments(model.checkpoint, model.baseline, kw["norm"], kw["layer_mode"])
+        check_arguments(model.checkpoint, model.baseline, protocol.norm, protocol.layer_mode)
         model.input_prefix()
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
-    out = args.out or model.default_out_dir()
+    out = args.out or suite.default_out_dir(model)
     suite_outputs.check_out_dir(out, args.suite, found, model)
-    protocol = suite.Protocol(
-        seeds=_seeds(args),
-        norm=kw.pop("norm"),
-        layers=kw.pop("layers"),
-        layer_mode=kw.pop("layer_mode"),
-        probe_kw=_probe_kw(args),
-        label=args.label,
-        split_seed=args.split_seed,
-    )
     _log(f"{prog}: {common.backend_line()}")
     _log(
         f"{prog}: {len(found)} task(s) ({', '.join(t.name for t in found)}), seeds "
         f"{list(protocol.seeds)}, results in {out} (run the same command again to resume)"
     )
-    outcomes = suite.run_suite(found, model, protocol, out, log=_log, **kw)
+    outcomes = suite.run_suite(found, model, protocol, out, log=_log, **_run_kw(args))
     print(suite_summary.write_summary(out, outcomes, model))
     failed = [o.task.name for o in outcomes if o.status == "failed"]
     if failed:
