@@ -6,7 +6,7 @@ import numpy as np
 import soundfile as sf
 
 from msm_mae_jax.data import audio, synthetic
-from msm_mae_jax.evaluation import embeddings, linear, probe
+from msm_mae_jax.evaluation import embeddings, probe
 from msm_mae_jax.tasks import specs, task_audio
 from msm_mae_jax.tasks.labels import encode_labels
 from msm_mae_jax.tasks.splits import Fold
@@ -175,7 +175,7 @@ def test_early_stopping_counts_a_tie_as_better():
 def test_cache_entries_that_do_not_fit_the_task_are_misses(tmp_path, caplog):
     task = _task(tmp_path, [0.5] * 12)
     kw = dict(baseline="logmel", unit_sec=0.5, cache_dir=str(tmp_path / "c"), progress=False)
-    feats, info = linear.extract(task, log=lambda m: None, **kw)
+    feats, info = embeddings.extract(task, log=lambda m: None, **kw)
     path = info["cache_file"]
     meta = np.load(path)["__meta__"]
     x = feats["logmel"]
@@ -194,9 +194,9 @@ def test_cache_entries_that_do_not_fit_the_task_are_misses(tmp_path, caplog):
             logmel=bad,
             **{"logmel@train": rows},
         )
-        again, info = linear.extract(task, log=lambda m: None, **kw)
+        again, info = embeddings.extract(task, log=lambda m: None, **kw)
         assert not info["cache_hit"] and why in caplog.text, (why, caplog.text)
         np.testing.assert_array_equal(again["logmel"], x)
-        again, info = linear.extract(task, log=lambda m: None, **kw)
+        again, info = embeddings.extract(task, log=lambda m: None, **kw)
         assert info["cache_hit"], why  # the entry was rewritten
         np.testing.assert_array_equal(again["logmel"], x)

@@ -23,7 +23,7 @@ from train_utils import xla_flags
 
 from msm_mae_jax.cli import evaluate
 from msm_mae_jax.data import synthetic
-from msm_mae_jax.evaluation import linear
+from msm_mae_jax.evaluation import embeddings
 from msm_mae_jax.tasks import specs
 from msm_mae_jax.tasks.evar.table import TASKS, TaskSettings, write_settings
 
@@ -332,8 +332,8 @@ def test_extraction_refuses_a_clip_length_that_is_not_one(tmp_path):
     kw = dict(baseline="logmel", cache_dir=None, progress=False, log=lambda m: None)
     for bad in (0, 0.0, -1.0, math.nan, math.inf):
         with pytest.raises(ValueError, match=f"unit_sec={bad!r}; expected a clip length > 0 s"):
-            linear.extract(task, unit_sec=bad, **kw)
-    assert linear.extract(task, unit_sec=None, **kw)[1]["unit_sec"] == 0.5  # the longest clip
+            embeddings.extract(task, unit_sec=bad, **kw)
+    assert embeddings.extract(task, unit_sec=None, **kw)[1]["unit_sec"] == 0.5  # the longest clip
 
 
 def _hashes(root):

@@ -9,9 +9,9 @@ import pytest
 
 from msm_mae_jax.data import audio_io
 from msm_mae_jax.data.tfds_audio_folder import build_audio_folder
-from msm_mae_jax.evaluation import linear
+from msm_mae_jax.evaluation import embeddings, linear
 from msm_mae_jax.evaluation.protocol import Model, Protocol
-from msm_mae_jax.tasks import specs
+from msm_mae_jax.tasks import specs, task_audio
 
 DIGITS = ("0", "1", "2")
 
@@ -67,7 +67,7 @@ def test_tfds_task_with_train_and_test_splits(fsdd_dir, tmp_path):
     assert set(task.y[fold.train]) == {0, 1, 2}
     # Durations are unknown without decoding the dataset: unit_sec must be given.
     with pytest.raises(ValueError, match="give unit_sec"):
-        linear.default_unit_sec(task)
+        task_audio.default_unit_sec(task)
 
     res = linear.evaluate(
         task,
@@ -94,8 +94,8 @@ def test_tfds_task_with_train_and_test_splits(fsdd_dir, tmp_path):
     csv_task = specs.parse_task(f"csv:{csv}")
     np.testing.assert_array_equal(csv_task.y, task.y)
     kw = dict(baseline="logmel", unit_sec=1.0, cache_dir=None, progress=False, log=lambda m: None)
-    (f_tfds,) = linear.extract(task, **kw)[0].values()
-    (f_csv,) = linear.extract(csv_task, **kw)[0].values()
+    (f_tfds,) = embeddings.extract(task, **kw)[0].values()
+    (f_csv,) = embeddings.extract(csv_task, **kw)[0].values()
     np.testing.assert_allclose(f_tfds, f_csv, rtol=0, atol=1e-5)
     # and the same probe results: the accuracy is that of the clips' own labels and splits.
     # (Six test clips and 16 training clips, one probe step an epoch: too few for a bar above

@@ -18,30 +18,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from msm_mae_jax.evaluation import probe
-from msm_mae_jax.evaluation.embeddings import (  # noqa: F401 (the public names of linear.py)
-    BASELINES,
-    CACHE_VERSION,
-    DEFAULT_CACHE_DIR,
-    NORMS,
-    encoder_features,
-    extract,
-    logmel_features,
-    parse_layers,
-    random_runtime,
-)
+from msm_mae_jax.evaluation.embeddings import DEFAULT_CACHE_DIR, extract
 from msm_mae_jax.evaluation.protocol import EVAR_SEEDS, Model, Protocol
 from msm_mae_jax.tasks.task import Task, report_leaks
-from msm_mae_jax.tasks.task_audio import (  # noqa: F401
-    IN_MEMORY_BYTES,
-    MAX_DEFAULT_UNIT_SEC,
-    TEST,
-    TRAIN,
-    Clips,
-    default_unit_sec,
-    fit_length,
-    random_crop_start,
-    task_norm_stats,
-)
 
 MAX_NAMED_SKIPS = 5  # skipped clips named in the printed table (all are in the results)
 
