@@ -23,8 +23,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from msm_mae_jax.cli import common, task_args
-from msm_mae_jax.core import fs, output_kinds, outputs
+from msm_mae_jax.cli import common, encoder_args, task_args
+from msm_mae_jax.core import output_kinds, outputs
 from msm_mae_jax.core.errors import UserError
 
 if TYPE_CHECKING:  # jax is imported once the arguments are checked
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # jax is imported once the arguments are checked
 def build_parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     add = p.add_argument
-    add("--checkpoint", metavar="DIR", help="training workdir, exported or converted model dir")
+    encoder_args.add_encoder_args(p, required=False)
     add("--baseline", choices=("logmel", "random"), help="evaluate a baseline instead")
     add(
         "--config",
@@ -119,19 +119,11 @@ def _add_probe_args(add: Any) -> None:
         help="early-stopping patience (default: 20)",
     )
     add(
-        "--batch-size",
-        type=common.number(int, 1),
-        metavar="N",
-        default=32,
-        help="clips per encoder call (default: 32)",
-    )
-    add(
         "--cache-dir",
         metavar="DIR",
         help="embedding cache (default: ~/.cache/msm_mae_jax/embeddings)",
     )
     add("--no-cache", action="store_true", help="neither read nor write the cache")
-    add("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "msm-mae eval") -> int:
@@ -145,8 +137,7 @@ def _evaluate(argv: list[str], prog: str) -> int:
         p.error("give exactly one of --checkpoint and --baseline")
     if (args.task is None) == (args.suite is None):
         p.error("give exactly one of --task and --suite")
-    if args.checkpoint and not fs.exists(args.checkpoint):
-        raise UserError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
+    encoder_args.check_checkpoint(args)
     if args.seeds < 1 or args.first_seed < 0:
         p.error(f"--seeds {args.seeds} --first-seed {args.first_seed}: need >= 1 and >= 0")
     if args.suite is not None:
