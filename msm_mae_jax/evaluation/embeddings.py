@@ -22,7 +22,6 @@ Shape letters: N clips, B batch, S samples, F mel bins, T frames, D width, L lay
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -49,8 +48,7 @@ from msm_mae_jax.tasks.task_audio import (
     default_unit_sec,
     extraction_plan,
     log_mel,
-    norm_stats_indices,
-    task_norm_stats,
+    roles_digest,
     task_views,
 )
 
@@ -220,7 +218,6 @@ def model_identity(
 
 def _encoder_runtime(
     clips: Clips,
-    task: Task,
     checkpoint: str | None,
     baseline: str | None,
     config: str | ModelConfig | None,
@@ -231,7 +228,7 @@ def _encoder_runtime(
     """(runtime, the normalisation statistics to use); both recorded in `meta`."""
     stats = None
     if norm == "task" or baseline == "random":
-        stats = task_norm_stats(clips, norm_stats_indices(task, clips.crop_seed))
+        stats = clips.norm_stats()
     if baseline == "random":
         runtime = random_runtime(load_model_config(config), stats, seed)
     else:
@@ -242,15 +239,6 @@ def _encoder_runtime(
     meta["norm_stats"] = stats.to_dict()
     meta["model"] = runtime.model_config.run_name_prefix
     return runtime, stats
-
-
-def _roles(task: Task, crop_seed: int) -> str:
-    """Digest of what the splits decide about extraction: each clip's fits and the clips of
-    the normalisation statistics."""
-    test, train = task_views(task)
-    h = hashlib.sha256(np.packbits(test).tobytes() + np.packbits(train).tobytes())
-    h.update(norm_stats_indices(task, crop_seed).tobytes())
-    return h.hexdigest()[:16]
 
 
 def extract(
@@ -285,13 +273,14 @@ def extract(
     if isinstance(unit_sec, bool) or not (math.isfinite(unit_sec) and unit_sec > 0):
         raise ValueError(f"{task.spec}: unit_sec={unit_sec!r}; expected a clip length > 0 s")
     unit_sec = float(unit_sec)
+    roles = roles_digest(task, crop_seed)
     if baseline == "logmel":
         layers = None
     key = {
         "version": CACHE_VERSION,
         "model": model_identity(checkpoint, baseline, config, seed),
         "clips": task.fingerprint(),
-        "roles": _roles(task, crop_seed),
+        "roles": roles,
         "fit": FIT,
         "crop_seed": int(crop_seed),
         "unit_sec": unit_sec,
@@ -321,9 +310,7 @@ def extract(
     if baseline == "logmel":
         feats = logmel_features(clips, plan)
     else:
-        runtime, stats = _encoder_runtime(
-            clips, task, checkpoint, baseline, config, norm, seed, meta
-        )
+        runtime, stats = _encoder_runtime(clips, checkpoint, baseline, config, norm, seed, meta)
         depth = runtime.model_config.depth
         feats = encoder_features(
             runtime,
