@@ -16,6 +16,8 @@ import os
 import re
 import sys
 
+from msm_mae_jax.core import outputs
+
 NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
 
 
@@ -30,7 +32,6 @@ def main(argv=None) -> int:
         print(f"error: FSDD recordings not found at {a.root}", file=sys.stderr)
         return 2
     base = os.path.dirname(os.path.abspath(a.out))
-    os.makedirs(base, exist_ok=True)
     rows = []
     for name in sorted(os.listdir(a.root)):
         m = NAME.match(name)
@@ -44,10 +45,14 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    with open(a.out, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "digit", "speaker", "split"])
-        w.writerows(rows)
+    try:
+        with outputs.writing(a.out, flag="OUT") as f:  # written beside, then swapped in
+            w = csv.writer(f)
+            w.writerow(["file", "digit", "speaker", "split"])
+            w.writerows(rows)
+    except outputs.OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {len(rows)} clips to {a.out}")
     return 0
 

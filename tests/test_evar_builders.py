@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from msm_mae_jax.evaluation.evar import layout, make
-from msm_mae_jax.evaluation.evar.table import ORDER, TASKS, read_settings
+from msm_mae_jax.tasks.evar import layout, make
+from msm_mae_jax.tasks.evar.table import ORDER, TASKS, read_settings
 
 
 def _audio(root, *rels):

@@ -23,8 +23,9 @@ from train_utils import xla_flags
 
 from msm_mae_jax.cli import evaluate
 from msm_mae_jax.data import synthetic
-from msm_mae_jax.evaluation import linear, tasks
-from msm_mae_jax.evaluation.evar.table import TASKS, TaskSettings, write_settings
+from msm_mae_jax.evaluation import embeddings
+from msm_mae_jax.tasks import specs
+from msm_mae_jax.tasks.evar.table import TASKS, TaskSettings, write_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--seeds", "2", "--max-epochs", "8", "--no-progress"]
@@ -52,10 +53,10 @@ def make_task(root, name, n, seconds, unit_sec, folds=0, multilabel=False, class
         labels.append(",".join(names))
     path = os.path.join(root, f"{name}.csv")
     if folds:
-        tasks.write_csv(path, files, labels, folds=[1 + (i // 6) % folds for i in range(n)])
+        specs.write_csv(path, files, labels, folds=[1 + (i // 6) % folds for i in range(n)])
     else:
         split = ["train", "train", "train", "train", "valid", "test"]
-        tasks.write_csv(path, files, labels, splits=[split[(i + i // 6) % 6] for i in range(n)])
+        specs.write_csv(path, files, labels, splits=[split[(i + i // 6) % 6] for i in range(n)])
     s = TaskSettings.for_task(TASKS[name], audio_dir=".", found_clips=n, split="test")
     write_settings(os.path.join(root, f"{name}.json"), dataclasses.replace(s, unit_sec=unit_sec))
     return path
@@ -325,14 +326,14 @@ def test_a_finished_task_is_computed_again_when_its_clip_length_or_audio_changes
 def test_extraction_refuses_a_clip_length_that_is_not_one(tmp_path):
     """Only None means "the longest clip": 0, a negative or a non-finite unit_sec is an error,
     never replaced by the longest clip's length."""
-    task = tasks.parse_task(
+    task = specs.parse_task(
         f"csv:{make_task(tmp_path, 'esc50', 12, [0.5], 0.5, folds=2, classes=2)}"
     )
     kw = dict(baseline="logmel", cache_dir=None, progress=False, log=lambda m: None)
     for bad in (0, 0.0, -1.0, math.nan, math.inf):
         with pytest.raises(ValueError, match=f"unit_sec={bad!r}; expected a clip length > 0 s"):
-            linear.extract(task, unit_sec=bad, **kw)
-    assert linear.extract(task, unit_sec=None, **kw)[1]["unit_sec"] == 0.5  # the longest clip
+            embeddings.extract(task, unit_sec=bad, **kw)
+    assert embeddings.extract(task, unit_sec=None, **kw)[1]["unit_sec"] == 0.5  # the longest clip
 
 
 def _hashes(root):

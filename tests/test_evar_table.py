@@ -10,7 +10,7 @@ import re
 import pytest
 
 from msm_mae_jax.core.errors import TaskError
-from msm_mae_jax.evaluation.evar.table import (
+from msm_mae_jax.tasks.evar.table import (
     ORDER,
     SETTINGS_RULES,
     TASKS,

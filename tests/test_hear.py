@@ -4,18 +4,16 @@ themselves run in tests/test_hear_tools.py)."""
 import jax
 import numpy as np
 import pytest
+from model_utils import small_model
 
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.data.tf_setup import tensorflow
 from msm_mae_jax.features import hear
 from msm_mae_jax.model import artifact, mae
-from msm_mae_jax.model.config import ModelConfig
 
 tf = tensorflow()
 
-CFG = ModelConfig(
-    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
-)
+CFG = small_model()
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def _dataset(root):
     (root / "a_file").write_text("x")
     (root / "run" / "checkpoints").mkdir(parents=True)
     (root / "run" / "config.json").write_text("{}")
-    from msm_mae_jax.evaluation.evar import make
+    from msm_mae_jax.tasks.evar import make
 
     make.make_task("esc50", str(root / "esc"), str(root / "suite"))  # a suite of one task
     (root / "other").mkdir()
@@ -238,10 +238,10 @@ import json, logging, sys
 logging.disable(logging.WARNING)
 from msm_mae_jax.data import file_scan
 from msm_mae_jax.data.source_base import parse_spec
-from msm_mae_jax.evaluation import task_audio, tasks
-from msm_mae_jax.evaluation.evar import suite_tasks
+from msm_mae_jax.tasks import specs, task_audio
+from msm_mae_jax.evaluation import suite_tasks
 found = file_scan.scan_files(parse_spec("files:" + sys.argv[1], "*"))
-task = tasks.load_csv_task(sys.argv[2])
+task = specs.load_csv_task(sys.argv[2])
 skipped = {}
 read = [k for k, _ in task_audio.read_clips(task, range(len(task.y)), None, skipped)]
 logged = []

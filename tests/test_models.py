@@ -9,26 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
+from model_utils import small_model
 
 from msm_mae_jax.core.errors import ConfigError
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.config import ModelConfig, encoder_variant
 from msm_mae_jax.model.masking import masking_noise
 
-TINY = ModelConfig(
-    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
-)
+TINY = small_model()
 
 
-MICRO = ModelConfig(
-    input_size=(80, 64),
-    embed_dim=32,
-    depth=1,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-)
+MICRO = small_model(width=32, heads=2, depth=1, input_size=(80, 64))
 
 
 def random_params(config: ModelConfig, seed: int = 0):

@@ -40,9 +40,9 @@ def _embeddings() -> Embeddings:
 
 # ---- the kinds: each recognises its writer's real output and nothing else --------------------
 def test_each_kind_recognises_its_writers_output_and_not_the_others(tmp_path):
-    from msm_mae_jax.evaluation.evar import layout, make
-    from msm_mae_jax.evaluation.finetune import results
-    from msm_mae_jax.evaluation.tasks import load_synthetic_task
+    from msm_mae_jax.finetune import results
+    from msm_mae_jax.tasks.evar import layout, make
+    from msm_mae_jax.tasks.specs import load_synthetic_task
 
     made = {}
     made["embeddings"] = save_npz(_embeddings(), str(tmp_path / "e.npz"))
@@ -273,3 +273,25 @@ def test_describe_names_common_files(tmp_path):
         "t.csv": "a CSV file",
         "x.npz": "a zip archive (.npz)",
     }
+
+
+def test_the_fsdd_csv_script_writes_the_one_way(tmp_path, fsdd_dir, capsys):
+    """scripts/make_fsdd_csv.py: its CSV written beside and swapped in (no leftover); a folder
+    where the CSV goes is one line and exit 2, nothing written."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_fsdd_csv", os.path.join(ROOT, "scripts", "make_fsdd_csv.py")
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "eval" / "fsdd.csv"
+    assert script.main([str(out), "--root", str(fsdd_dir)]) == 0
+    rows = out.read_text().splitlines()
+    assert rows[0] == "file,digit,speaker,split" and len(rows) == 1 + len(os.listdir(fsdd_dir))
+    assert os.listdir(tmp_path / "eval") == ["fsdd.csv"]
+    capsys.readouterr()
+    assert script.main([str(tmp_path / "eval"), "--root", str(fsdd_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: OUT {tmp_path / 'eval'}: cannot write it (Is a directory)"], err
+    assert os.listdir(tmp_path / "eval") == ["fsdd.csv"]

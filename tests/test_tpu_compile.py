@@ -1,6 +1,6 @@
 """The production steps compiled for TPU slices on this CPU (libtpu's compile-only devices).
 
-Pre-training (`train.state.Setup`), fine-tuning (`evaluation.finetune.state.Setup`) and the
+Pre-training (`train.state.Setup`), fine-tuning (`finetune.state.Setup`) and the
 Runtime's encoder are traced on abstract inputs, lowered and compiled for v5e and v4 slices:
 an eager computation anywhere in set-up or init would fail here (compile-only devices run
 nothing). The compiled programs are checked against the CPU compile of the same step (FLOPs),
@@ -24,10 +24,10 @@ from jax.sharding import PartitionSpec as P
 from msm_mae_jax.cli import config_args
 from msm_mae_jax.cli import plan as cli
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.evaluation.finetune import model as ft_model
-from msm_mae_jax.evaluation.finetune import optimizer as ft_optimizer
-from msm_mae_jax.evaluation.finetune import state as ft_state
 from msm_mae_jax.features import calls, chunking
+from msm_mae_jax.finetune import model as ft_model
+from msm_mae_jax.finetune import optimizer as ft_optimizer
+from msm_mae_jax.finetune import state as ft_state
 from msm_mae_jax.model import mae, vit
 from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.train import optim

@@ -56,10 +56,10 @@ def task_inputs(args: argparse.Namespace) -> list[Any]:
 
 
 def parse_task(args: argparse.Namespace) -> Any:
-    """The `evaluation.tasks.Task` the flags name (its mistakes raise TaskError)."""
-    from msm_mae_jax.evaluation import tasks
+    """The `tasks.specs.Task` the flags name (its mistakes raise TaskError)."""
+    from msm_mae_jax.tasks import specs
 
-    return tasks.parse_task(
+    return specs.parse_task(
         args.task,
         label=args.label,
         file_column=args.file_column,

@@ -113,6 +113,17 @@ def hann_window() -> np.ndarray:
     return w.astype(np.float32)
 
 
+def reflect_index(i: np.ndarray, samples: int) -> np.ndarray:
+    """numpy's `mode='reflect'` index of positions `i` (any integers) into `samples` samples:
+    mirrored at both ends, repeated for positions farther than a clip length (period
+    2 (S - 1)); a single sample is repeated."""
+    if samples == 1:
+        return np.zeros_like(i)
+    period = 2 * (samples - 1)
+    j = np.mod(i, period)
+    return np.where(j < samples, j, period - j)
+
+
 def reflect_indices(samples: int) -> np.ndarray:
     """Indices into a length-`samples` signal giving numpy's reflect padding by 200 each side."""
     return _reflect_indices_np(samples, _PAD)
@@ -121,12 +132,7 @@ def reflect_indices(samples: int) -> np.ndarray:
 def _reflect_indices_np(samples: int, pad: int) -> np.ndarray:
     if samples <= 0:
         raise ValueError(f"log-mel needs at least one sample, got a waveform of {samples} samples")
-    i = np.arange(-pad, samples + pad)
-    if samples == 1:
-        return np.zeros_like(i)
-    period = 2 * (samples - 1)
-    j = np.mod(i, period)
-    return np.where(j < samples, j, period - j)
+    return reflect_index(np.arange(-pad, samples + pad), samples)
 
 
 def _frame_indices(samples: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 from msm_mae_jax.core import fs, scan
 from msm_mae_jax.core.errors import TaskError, UserError
-from msm_mae_jax.evaluation.evar.table import ORDER, TASKS, read_settings
+from msm_mae_jax.tasks.evar.table import ORDER, TASKS, read_settings
 
 EVAR_AUDIO = os.path.join("..", "..", "work", "16k")  # from evar/metadata to work/16k
 EVAR_TABLE = "EVAR table"  # the origin of an EVAR metadata CSV's settings

@@ -30,11 +30,12 @@ import numpy as np
 from msm_mae_jax.core import json_files
 from msm_mae_jax.core.errors import ConfigError, DataError, UserError
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation import probe
-from msm_mae_jax.evaluation.finetune import augment, data, export
-from msm_mae_jax.evaluation.finetune.state import FinetuneState, Setup
-from msm_mae_jax.evaluation.tasks import Fold, Task
+from msm_mae_jax.finetune import augment, data, export
+from msm_mae_jax.finetune.state import FinetuneState, Setup
 from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.tasks.metrics import mean_average_precision
+from msm_mae_jax.tasks.splits import Fold
+from msm_mae_jax.tasks.task import Task
 from msm_mae_jax.train import checkpoints, metrics, preemption
 
 RESULT_FILE = "result.json"
@@ -68,9 +69,9 @@ class Job:
 
 
 def score(logits_NC: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
-    """Accuracy, or macro mAP over classes with positives (as `evaluation.probe`)."""
+    """Accuracy, or macro mAP over classes with positives (`tasks.metrics`, as the linear probe)."""
     if multilabel:
-        s = probe.mean_average_precision(jax.nn.sigmoid(logits_NC), np.asarray(y, np.float32))
+        s = mean_average_precision(jax.nn.sigmoid(logits_NC), np.asarray(y, np.float32))
         return float(s)
     return float(np.mean(np.argmax(logits_NC, -1) == y))
 

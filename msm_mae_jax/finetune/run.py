@@ -26,8 +26,7 @@ from msm_mae_jax.core import json_files
 from msm_mae_jax.core.errors import ConfigError, TaskError
 from msm_mae_jax.core.names import path_component
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation import linear, task_checks
-from msm_mae_jax.evaluation.finetune import (
+from msm_mae_jax.finetune import (
     config_rules,
     data,
     loop,
@@ -35,10 +34,11 @@ from msm_mae_jax.evaluation.finetune import (
     optimizer,
     results,
 )
-from msm_mae_jax.evaluation.finetune.state import Setup
-from msm_mae_jax.evaluation.tasks import Task
+from msm_mae_jax.finetune.state import Setup
 from msm_mae_jax.model import mae
-from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.model.config import ModelConfig, load_model_config
+from msm_mae_jax.model.identity import checkpoint_identity
+from msm_mae_jax.tasks.task import Task, report_leaks
 from msm_mae_jax.train import checkpoints, distributed
 
 NORMS = ("task", "checkpoint")
@@ -85,7 +85,7 @@ def load_pretrained(checkpoint: str) -> Pretrained:
         None if per_batch else rt.norm_stats,
         {
             "checkpoint": os.path.abspath(checkpoint),
-            "files": linear.checkpoint_identity(checkpoint),
+            "files": checkpoint_identity(checkpoint),
         },
     )
 
@@ -93,7 +93,7 @@ def load_pretrained(checkpoint: str) -> Pretrained:
 def random_init(model_spec: str, seed: int = 0) -> Pretrained:
     """The encoder of a model config (e.g. 'configs/msm_mae.py:fsdd_small') with random
     weights: the baseline that shows what pre-training adds."""
-    mc = linear.load_model_config(model_spec)
+    mc = load_model_config(model_spec)
     x = mae.dummy_input(mc)
     params = nn.unbox(jax.jit(mae.Encoder(mc).init)(jax.random.key(seed), x)["params"])
     name = f"random init ({model_spec}, seed {seed})"
@@ -142,7 +142,7 @@ def finetune(
     config_rules.check_config(config)
     process_index, process_count = distributed.initialize(config)
     check_task(task)
-    checks = task_checks.report(task, log)  # repeated clips, test clips also trained on
+    checks = report_leaks(task, log)  # repeated clips, test clips also trained on
     if config.data.norm not in NORMS:
         raise ConfigError(f"config.data.norm={config.data.norm!r}; expected one of {NORMS}")
     if int(config.num_seeds) < 1:

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from msm_mae_jax.core import fs, outputs
-from msm_mae_jax.evaluation.evar.suite import Model, Outcome
-from msm_mae_jax.evaluation.evar.suite_outputs import SUMMARY_CSV, SUMMARY_MD
+from msm_mae_jax.evaluation.protocol import Model
+from msm_mae_jax.evaluation.suite import Outcome
+from msm_mae_jax.evaluation.suite_outputs import SUMMARY_CSV, SUMMARY_MD
 from msm_mae_jax.model.config import ModelConfig
 
 NONE, FAILED = "—", "failed"

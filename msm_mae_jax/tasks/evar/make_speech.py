@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from msm_mae_jax.evaluation.evar.layout import (
+from msm_mae_jax.tasks.evar.layout import (
     Built,
     DatasetLayoutError,
     check_dir,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation.finetune import data, model
+from msm_mae_jax.finetune import data, model
 from msm_mae_jax.model import artifact
 from msm_mae_jax.model.config import ModelConfig
 

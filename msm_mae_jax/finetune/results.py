@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from msm_mae_jax.evaluation.tasks import Task
+from msm_mae_jax.tasks.task import Task
 
 
 def summarize(scores_FS: np.ndarray, fold_names: list[str]) -> dict:

@@ -20,6 +20,7 @@ Shape letters: N clips, B batch, S samples.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,7 +32,7 @@ import numpy as np
 from msm_mae_jax.data import audio, audio_io
 from msm_mae_jax.data.normalization import NormAccumulator, NormStats
 from msm_mae_jax.data.sources import FileSource
-from msm_mae_jax.evaluation.tasks import Task
+from msm_mae_jax.tasks.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,15 @@ def norm_stats_indices(task: Task, seed: int, limit: int = NORM_STATS_CLIPS) -> 
     if len(pool) > limit:
         pool = np.random.default_rng([_CROP_STREAM, int(seed), 1]).choice(pool, limit, False)
     return np.sort(pool)
+
+
+def roles_digest(task: Task, crop_seed: int) -> str:
+    """Digest of what the splits decide about extraction (a part of a cache key): each clip's
+    views and the clips of the normalisation statistics."""
+    test, train = task_views(task)
+    h = hashlib.sha256(np.packbits(test).tobytes() + np.packbits(train).tobytes())
+    h.update(norm_stats_indices(task, crop_seed).tobytes())
+    return h.hexdigest()[:16]
 
 
 def clip_durations(task: Task) -> tuple[np.ndarray | None, dict[int, str]]:
@@ -261,6 +271,11 @@ class Clips:
             pos = [p for i, _ in keys for p in where[i]]
             rows = [r for r, (i, _) in enumerate(keys) for _ in where[i]]
             yield np.array(pos), _pad_rows(wav_BS[rows], batch_size), len_B[rows]
+
+    def norm_stats(self) -> NormStats:
+        """EVAR's normalisation statistics of the task: the log-mel values of the clips of
+        `norm_stats_indices` in their training fit (`task_norm_stats`)."""
+        return task_norm_stats(self, norm_stats_indices(self.task, self.crop_seed))
 
     def skipped_report(self) -> list[dict]:
         """[{index, name, reason}] of the skipped clips, in index order."""

@@ -16,9 +16,9 @@ from collections import Counter
 from collections.abc import Callable
 
 from msm_mae_jax.core import fs, output_kinds, outputs
-from msm_mae_jax.evaluation.evar import make_music, make_sound, make_speech
-from msm_mae_jax.evaluation.evar.layout import SPLITS, Built, DatasetLayoutError, scan_notes
-from msm_mae_jax.evaluation.evar.table import ORDER, TASKS, TaskSettings, write_settings
+from msm_mae_jax.tasks.evar import make_music, make_sound, make_speech
+from msm_mae_jax.tasks.evar.layout import SPLITS, Built, DatasetLayoutError, scan_notes
+from msm_mae_jax.tasks.evar.table import ORDER, TASKS, TaskSettings, write_settings
 
 
 @dataclasses.dataclass(frozen=True)

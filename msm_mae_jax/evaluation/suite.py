@@ -1,10 +1,11 @@
 """The EVAR tasks of a folder in one run: each with its own settings, resumable, one results
-JSON per task, then the table (`summary`).
+JSON per task, then the table (`suite_summary`).
 
     tasks = suite_tasks.discover("tasks/")          # or EVAR's metadata folder + audio root
     outcomes = run_suite(tasks, Model(checkpoint="runs/base"), Protocol(), "evar-results/base")
 
-The tasks and their settings, all checked before the first extraction: `suite_tasks.discover`.
+The tasks and their settings, all checked before the first extraction: `suite_tasks.discover`;
+what is evaluated and how: `protocol.Model`, `protocol.Protocol` (as `linear.evaluate`).
 
 Each finished task is `OUT/NAME.json` (`linear.evaluate`'s results plus a `suite` block),
 written atomically when the task completes. Its `suite.key` is a digest of what decides the
@@ -28,72 +29,14 @@ from collections.abc import Callable, Sequence
 from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.core.errors import UserError
 from msm_mae_jax.core.names import path_component
-from msm_mae_jax.evaluation import linear, tasks
-from msm_mae_jax.evaluation.embeddings import (
-    CACHE_VERSION,
-    FIT,
-    load_model_config,
-    model_identity,
-)
-from msm_mae_jax.evaluation.evar.suite_tasks import SuiteTask
+from msm_mae_jax.evaluation import linear
+from msm_mae_jax.evaluation.protocol import Model, Protocol
+from msm_mae_jax.evaluation.suite_tasks import SuiteTask
+from msm_mae_jax.tasks import specs
+from msm_mae_jax.tasks.task import Task
 
 SUITE_VERSION = 1
 DEFAULT_OUT_ROOT = "evar-results"
-
-
-@dataclasses.dataclass(frozen=True)
-class Model:
-    """What is evaluated: a checkpoint, or a baseline (with the random one's model config)."""
-
-    checkpoint: str | None = None
-    baseline: str | None = None
-    config: str | None = None
-
-    def label(self) -> str:
-        if self.checkpoint:
-            return self.checkpoint
-        return f"baseline {self.baseline}" + (f" ({self.config})" if self.config else "")
-
-    def identity(self) -> str | dict:
-        return model_identity(self.checkpoint, self.baseline, self.config, 0)
-
-    def input_prefix(self) -> str | None:
-        """The random baseline's input and patch size (a checkpoint's comes with results)."""
-        if self.baseline == "random":
-            return load_model_config(self.config).run_name_prefix
-        return None
-
-    def default_out_dir(self) -> str:
-        """evar-results/<a name of the model>: the basename of the checkpoint plus a digest of
-        its absolute path, or the baseline (and its config)."""
-        if self.checkpoint:
-            path = fs.absolute(self.checkpoint)
-            digest = hashlib.sha256(path.encode()).hexdigest()[:8]
-            name = f"{path_component(fs.basename(path.rstrip('/')) or 'model')}-{digest}"
-        else:
-            name = path_component("-".join(["baseline", self.baseline, self.config or ""]))
-        return os.path.join(DEFAULT_OUT_ROOT, name.strip("-"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Protocol:
-    """The evaluation settings every task shares (unit_sec comes from each task)."""
-
-    seeds: tuple[int, ...] = linear.EVAR_SEEDS
-    norm: str = "task"
-    layers: str | None = None
-    layer_mode: str = "separate"
-    probe_kw: dict = dataclasses.field(default_factory=dict)
-    label: str = "label"
-    split_seed: int = 0
-
-    def identity(self) -> dict:
-        return {
-            "fit": FIT,
-            "cache_version": CACHE_VERSION,
-            **{k: v for k, v in dataclasses.asdict(self).items() if k != "seeds"},
-            "seeds": list(self.seeds),
-        }
 
 
 @dataclasses.dataclass
@@ -107,6 +50,18 @@ class Outcome:
     error: str | None = None
 
 
+def default_out_dir(model: Model) -> str:
+    """evar-results/<a name of the model>: the basename of the checkpoint plus a digest of
+    its absolute path, or the baseline (and its config)."""
+    if model.checkpoint:
+        path = fs.absolute(model.checkpoint)
+        digest = hashlib.sha256(path.encode()).hexdigest()[:8]
+        name = f"{path_component(fs.basename(path.rstrip('/')) or 'model')}-{digest}"
+    else:
+        name = path_component("-".join(["baseline", model.baseline, model.config or ""]))
+    return os.path.join(DEFAULT_OUT_ROOT, name.strip("-"))
+
+
 def check_out_dir(out_dir: str, suite_dir: str) -> None:
     """The results folder can be written and is not the tasks' folder (NAME.json would be
     overwritten); `suite_outputs.check_out_dir` checks the files written there too."""
@@ -118,7 +73,7 @@ def check_out_dir(out_dir: str, suite_dir: str) -> None:
     outputs.check_dir(out_dir)
 
 
-def result_key(st: SuiteTask, task: tasks.Task, model: Model, protocol: Protocol) -> str:
+def result_key(st: SuiteTask, task: Task, model: Model, protocol: Protocol) -> str:
     """Digest of everything that decides a task's numbers (see the module docstring)."""
     what = {
         "version": SUITE_VERSION,
@@ -168,7 +123,7 @@ def run_task(
 ) -> Outcome:
     """One task: its finished results when the key matches, else evaluated and written."""
     path = result_path(out_dir, st.name)
-    task = tasks.load_csv_task(
+    task = specs.load_csv_task(
         st.csv, label=protocol.label, seed=protocol.split_seed, audio_dir=st.audio_dir
     )
     key = result_key(st, task, model, protocol)
@@ -177,18 +132,12 @@ def run_task(
         return Outcome(st, "reused", path, done)
     result = linear.evaluate(
         task,
-        checkpoint=model.checkpoint,
-        baseline=model.baseline,
-        config=model.config,
-        layers=protocol.layers,
-        layer_mode=protocol.layer_mode,
-        norm=protocol.norm,
+        model,
+        protocol,
         unit_sec=st.unit_sec,
         batch_size=batch_size,
         cache_dir=cache_dir,
         progress=progress,
-        seeds=protocol.seeds,
-        probe_kw=dict(protocol.probe_kw),
         log=log,
     )
     result["suite"] = {

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.evaluation.finetune import augment, model, optimizer
+from msm_mae_jax.finetune import augment, model, optimizer
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.train import optim, sharding

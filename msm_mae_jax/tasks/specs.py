@@ -1,6 +1,6 @@
-"""Labelled downstream tasks for linear evaluation: which clips, which labels, which splits.
+"""Task specs -> a labelled `task.Task`: which clips, which labels, which splits.
 
-Task specs (the `--task` of evaluate.py):
+Task specs (the `--task` of `eval` and `finetune`):
 
 - `csv:FILE` — a CSV with a file column (`file`, else `file_name` as in EVAR's metadata CSVs,
   unless another is named), the label column (`label` unless another is named) and either a
@@ -28,8 +28,6 @@ empty split, a missing file or an unknown column is an error that names it.
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
 import os
 from collections.abc import Sequence
 
@@ -38,18 +36,15 @@ import numpy as np
 from msm_mae_jax.core import fs, paths
 from msm_mae_jax.core.errors import DataError, TaskError
 from msm_mae_jax.data import audio_io, synthetic
-from msm_mae_jax.data.sources import AudioSource, FileSource, SyntheticSource, TfdsSource
-from msm_mae_jax.evaluation import task_checks
-from msm_mae_jax.evaluation.labels import encode_labels
-from msm_mae_jax.evaluation.splits import (
-    SPLIT_NAMES,
+from msm_mae_jax.data.sources import FileSource, SyntheticSource, TfdsSource
+from msm_mae_jax.tasks.labels import encode_labels
+from msm_mae_jax.tasks.splits import (
     Fold,
     strata_of,
     stratified_split,
     valid_from_train,
 )
-
-__all__ = ["SPLIT_NAMES", "Fold", "Task", "TaskError", "parse_task", "stratified_split"]
+from msm_mae_jax.tasks.task import Task, check
 
 _SPLIT_ALIASES = {
     "train": "train",
@@ -65,90 +60,24 @@ SYNTHETIC_SECONDS = 2.0
 _SYNTHETIC_SEED = 1_000_003  # fixed: evaluation clips are not the training generator's clips
 
 
-@dataclasses.dataclass
-class Task:
-    """Clips, labels (class ids [N], or multi-hot [N, C] when multi-label) and folds."""
-
-    spec: str
-    source: AudioSource
-    y: np.ndarray
-    class_names: list[str]
-    multilabel: bool
-    folds: list[Fold]
-    label: str = "label"
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def train_union(self) -> np.ndarray:
-        """Clips used for training in at least one fold (all clips of a fold task)."""
-        return np.unique(np.concatenate([f.train for f in self.folds]))
-
-    def without(self, indices: Sequence[int]) -> Task:
-        """The task with the given clips in no split of any fold (clips that could not be
-        read); checked again, so a class left only outside training is a TaskError."""
-        drop = np.asarray(sorted({int(i) for i in indices}), np.int64)
-        if len(drop) == 0:
-            return self
-        keep = lambda idx: idx[~np.isin(idx, drop)]  # noqa: E731 (order kept)
-        folds = [Fold(f.name, keep(f.train), keep(f.valid), keep(f.test)) for f in self.folds]
-        where = f"{self.spec} without {len(drop)} unreadable clip(s)"
-        return _check_task(dataclasses.replace(self, folds=folds), where)
-
-    def fingerprint(self) -> str:
-        """Identity of the clips (not labels/splits: embeddings depend on the audio only)."""
-        return hashlib.sha256(self.source.identity().encode()).hexdigest()[:16]
-
-    def summary(self) -> dict:
-        return {
-            "spec": self.spec,
-            "clips": len(self),
-            "classes": self.num_classes,
-            "multilabel": self.multilabel,
-            "label": self.label,
-            "folds": {f.name: f.sizes() for f in self.folds},
-        }
-
-
-def _classes_present(task: Task, idx: np.ndarray) -> set[int]:
-    if task.multilabel:
-        return set(np.flatnonzero(task.y[idx].sum(0) > 0).tolist())
-    return set(task.y[idx].tolist())
-
-
-def _check_task(task: Task, where: str) -> Task:
-    """Two classes or more, no empty split, every valid/test class seen in training."""
-    present = sorted(_classes_present(task, np.arange(len(task.y))))
-    if len(present) < 2:
-        names = [task.class_names[k] for k in present]
-        raise TaskError(
-            f"{where}: every clip of task {task.spec} has the class {names[0]!r} "
-            f"(label {task.label!r}); a classification task needs two classes or more"
-        )
-    for fold in task.folds:
-        for split in SPLIT_NAMES:
-            if len(getattr(fold, split)) == 0:
-                raise TaskError(f"{where}: the {split} split of {fold.name} is empty")
-        in_train = _classes_present(task, fold.train)
-        for split in ("valid", "test"):
-            missing = sorted(_classes_present(task, getattr(fold, split)) - in_train)
-            if missing:
-                names = [task.class_names[k] for k in missing]
-                raise TaskError(
-                    f"{where}: class(es) {names} occur in the {split} split of "
-                    f"{fold.name} but never in its train split"
-                )
-    return task
-
-
 def _read_csv(path: str) -> tuple[list[dict], list[str]]:
-    """(rows, columns); not found, not UTF-8 text, no rows: a TaskError naming the file."""
-    rows, columns = task_checks.read_csv(path)
+    """(rows, columns) of a UTF-8 task CSV; a byte-order mark (Excel's UTF-8 CSVs) is not
+    part of the header. Not found, not UTF-8 text, not CSV or no rows: a TaskError naming the
+    file."""
+    if not fs.isfile(path):
+        raise TaskError(f"task CSV not found: {path}")
+    try:
+        with fs.open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except UnicodeDecodeError as e:
+        raise TaskError(
+            f"{path}: not a UTF-8 text CSV (byte 0x{e.object[e.start]:02x} at offset {e.start} "
+            "is not UTF-8); save the task as a UTF-8 CSV"
+        ) from None
+    except csv.Error as e:
+        raise TaskError(f"{path}: not a readable CSV ({e})") from None
     if not rows:
         raise TaskError(f"{path}: no data rows")
     return rows, columns
@@ -235,7 +164,7 @@ def load_csv_task(
     y, names, multilabel = encode_labels([r[label] for r in rows], f"{path} column {label!r}")
     folds = _csv_folds(path, rows, columns, strata_of(y, multilabel), seed)
     source = FileSource(files, spec=f"csv:{path}")
-    return _check_task(Task(f"csv:{path}", source, y, names, multilabel, folds, label), path)
+    return check(Task(f"csv:{path}", source, y, names, multilabel, folds, label), path)
 
 
 def _missing_files(files: list[str], base: str) -> list[str]:
@@ -266,7 +195,7 @@ def load_folder_task(root: str, seed: int = 0) -> Task:
     valid, test, train = stratified_split(y, [FOLDER_RATIOS[1], FOLDER_RATIOS[2]], seed)
     source = FileSource([fs.absolute(f) for f in files], spec=f"folder:{root}")
     task = Task(f"folder:{root}", source, y, classes, False, [Fold("split", train, valid, test)])
-    return _check_task(task, root)
+    return check(task, root)
 
 
 def load_synthetic_task(
@@ -277,7 +206,7 @@ def load_synthetic_task(
     valid, test, train = stratified_split(y, [FOLDER_RATIOS[1], FOLDER_RATIOS[2]], seed)
     names = list(synthetic.CLASS_NAMES)
     task = Task(f"synthetic:{n}", source, y, names, False, [Fold("split", train, valid, test)])
-    return _check_task(task, "synthetic")
+    return check(task, "synthetic")
 
 
 def load_tfds_task(
@@ -317,7 +246,7 @@ def load_tfds_task(
     else:
         train, valid = valid_from_train(train, y, seed)
     task = Task(where, source, y, names, False, [Fold("split", train, valid, test)], label)
-    return _check_task(task, where)
+    return check(task, where)
 
 
 def parse_task(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from msm_mae_jax.evaluation.evar.layout import (
+from msm_mae_jax.tasks.evar.layout import (
     Built,
     DatasetLayoutError,
     find_root,

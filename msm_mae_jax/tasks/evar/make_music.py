@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from msm_mae_jax.evaluation.evar.layout import (
+from msm_mae_jax.tasks.evar.layout import (
     SPLITS,
     Built,
     DatasetLayoutError,

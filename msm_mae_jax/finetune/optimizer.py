@@ -20,23 +20,14 @@ import jax
 import optax
 
 from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.core.key_paths import key_names
 from msm_mae_jax.train import optim
 
 OPTIMIZERS = ("adamw", "sgd")
 NO_DECAY_NAMES = ("cls_token",)
 
 
-def _names(path) -> list[str]:
-    out = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                out.append(str(getattr(k, attr)))
-                break
-    return out
-
-
-def layer_id(names: list[str], depth: int) -> int:
+def layer_id(names: tuple[str, ...], depth: int) -> int:
     """MAE's `get_layer_id_for_vit` on our parameter paths ('encoder'/'head' first)."""
     if names and names[0] == "encoder":
         top = names[1] if len(names) > 1 else ""
@@ -51,7 +42,7 @@ def lr_scales(params: Any, depth: int, layer_decay: float, freeze_encoder: bool 
     """Per-leaf learning-rate factors decay^(depth + 1 - layer id); 0 for a frozen encoder."""
 
     def scale(path, _):
-        names = _names(path)
+        names = key_names(path)
         if freeze_encoder and names[0] == "encoder":
             return 0.0
         return float(layer_decay ** (depth + 1 - layer_id(names, depth)))
@@ -63,7 +54,7 @@ def weight_decay_mask(params: Any) -> Any:
     """True where weight decay applies: rank >= 2 and not the [CLS] token."""
 
     def decay(path, x) -> bool:
-        return len(jax.numpy.shape(x)) >= 2 and not set(_names(path)) & set(NO_DECAY_NAMES)
+        return len(jax.numpy.shape(x)) >= 2 and not set(key_names(path)) & set(NO_DECAY_NAMES)
 
     return jax.tree_util.tree_map_with_path(decay, params)
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from msm_mae_jax.core import fs, output_kinds, outputs
-from msm_mae_jax.evaluation.evar.suite import Model, error_path, result_path
-from msm_mae_jax.evaluation.evar.suite import check_out_dir as check_folder
-from msm_mae_jax.evaluation.evar.suite_tasks import SuiteTask
+from msm_mae_jax.evaluation.protocol import Model
+from msm_mae_jax.evaluation.suite import check_out_dir as check_folder
+from msm_mae_jax.evaluation.suite import error_path, result_path
+from msm_mae_jax.evaluation.suite_tasks import SuiteTask
 
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"  # the table (`summary.write_summary`)
 

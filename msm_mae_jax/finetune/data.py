@@ -31,9 +31,9 @@ import numpy as np
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation.task_audio import fit_length, read_clips
-from msm_mae_jax.evaluation.tasks import Task
 from msm_mae_jax.features.runtime import bucket_size
+from msm_mae_jax.tasks.task import Task
+from msm_mae_jax.tasks.task_audio import fit_length, read_clips
 
 LOG_MEL_BATCH = 32
 _STREAM_ORDER, _STREAM_CROP = 1, 2  # independent numpy streams of one run seed
