@@ -8,7 +8,7 @@ FLOPs alone allow (batch / (FLOPs / peak)).
 import json
 import sys
 
-from msm_mae_jax.train.plan.chips import CHIPS
+from msm_mae_jax.plan.chips import CHIPS
 
 SLICES = ("v4-8", "v4-32", "v5e-16", "v5e-256", "v5p-128")
 MODELS = {"base_208": "ViT-B 80x208", "base_608": "ViT-B 80x608", "large_208": "ViT-L 80x208"}

@@ -299,7 +299,7 @@ def test_plan_writes_its_json_into_a_new_folder_after_checking_it_first(
     each case, its folders made; a --json that cannot be written stops before any compile.
     (The compile is replaced by a hand-made plan: tests/test_tpu_compile.py compiles.)"""
     from msm_mae_jax.cli import plan as cli
-    from msm_mae_jax.train.plan import analysis, devices, planner
+    from msm_mae_jax.plan import analysis, devices, planner
 
     compiled = []
 

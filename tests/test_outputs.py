@@ -57,7 +57,7 @@ def test_each_kind_recognises_its_writers_output_and_not_the_others(tmp_path):
     m = make.make_task("esc50", str(tmp_path / "esc"), str(tmp_path / "tasks"))
     made["task_csv"], made["task_settings"] = m.csv_path, m.settings_path
     from msm_mae_jax.cli.plan import _write
-    from msm_mae_jax.train.plan import report
+    from msm_mae_jax.plan import report
 
     made["plan"] = str(tmp_path / "p.json")
     _write(made["plan"], report.document([], "msm-mae plan --tpu v5e-4"))

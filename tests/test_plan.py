@@ -10,7 +10,7 @@ import pytest
 
 from msm_mae_jax.cli import main as cli_main
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.train.plan import analysis, breakdown, chips, gpus, hlo, planner, report
+from msm_mae_jax.plan import analysis, breakdown, chips, gpus, hlo, planner, report
 
 
 @pytest.mark.parametrize(

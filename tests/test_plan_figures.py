@@ -1,4 +1,4 @@
-"""The planner's arithmetic for every chip of train/plan/chips.py against figures worked out by
+"""The planner's arithmetic for every chip of plan/chips.py against figures worked out by
 hand (written out here, not computed by the code under test): the memory that must fit, whether
 it fits the chip's HBM, and the roofline bound. Published per-chip figures (Cloud TPU system
 architecture pages): v4 275 TFLOP/s bf16, 32 GiB HBM at 1200 GB/s; v5e 197 TFLOP/s, 16 GiB at
@@ -6,7 +6,7 @@ architecture pages): v4 275 TFLOP/s bf16, 32 GiB HBM at 1200 GB/s; v5e 197 TFLOP
 
 import pytest
 
-from msm_mae_jax.train.plan import analysis, chips, gpus, planner
+from msm_mae_jax.plan import analysis, chips, gpus, planner
 
 # chip -> HBM bytes per chip (GiB = 1,073,741,824 bytes; GB = 10^9 bytes)
 HBM = {"v4": 34_359_738_368, "v5e": 17_179_869_184, "v5p": 95_000_000_000, "v6e": 32_000_000_000}

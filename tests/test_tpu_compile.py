@@ -7,7 +7,7 @@ nothing). The compiled programs are checked against the CPU compile of the same 
 against the sharding rules (parameters and optimizer state split over fsdp), and for the
 collectives each mesh needs; the planner must tell a plan that fits from one that does not.
 libtpu is installed beside the environment by `make setup-dev` (not importable: see
-msm_mae_jax/train/plan/devices.py); without it these tests fail and say how to install it.
+msm_mae_jax/plan/devices.py); without it these tests fail and say how to install it.
 """
 
 import json
@@ -30,8 +30,8 @@ from msm_mae_jax.finetune import optimizer as ft_optimizer
 from msm_mae_jax.finetune import state as ft_state
 from msm_mae_jax.model import mae, vit
 from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.plan import analysis, breakdown, chips, devices, planner, report
 from msm_mae_jax.train import optim
-from msm_mae_jax.train.plan import analysis, breakdown, chips, devices, planner, report
 from msm_mae_jax.train.state import Setup
 
 DATA = {"data": 4, "fsdp": 1, "tensor": 1}

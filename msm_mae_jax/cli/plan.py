@@ -30,7 +30,7 @@ from msm_mae_jax.cli import common, config_args
 from msm_mae_jax.cli.train import DEFAULT_CONFIG, _prescan_config
 from msm_mae_jax.core import output_kinds, outputs
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.train.plan.targets import SWEEP_FSDP, SWEEP_PER_CHIP
+from msm_mae_jax.plan.targets import SWEEP_FSDP, SWEEP_PER_CHIP
 
 BREAKDOWN_TOP = 15
 
@@ -113,7 +113,7 @@ def _plan(argv: list[str], prog: str) -> int:
         raise ConfigError(f"--breakdown {args.breakdown}: the number of largest ops to list, >= 1")
     if args.json:  # before the compiles (minutes each), not after them
         outputs.check_file(args.json, output_kinds.PLAN, "--json")
-    from msm_mae_jax.train.plan import targets as targets_lib
+    from msm_mae_jax.plan import targets as targets_lib
 
     targets = targets_lib.targets(args.tpu, args.gpu, args.libtpu, args.cuda_plugin)
     case_kw = dict(
@@ -127,7 +127,7 @@ def _plan(argv: list[str], prog: str) -> int:
     )
     work = [(s, b, m) for s in targets.slices for b, m in targets_lib.cases(s, **case_kw)]
     common.setup_logging()
-    from msm_mae_jax.train.plan import planner, report
+    from msm_mae_jax.plan import planner, report
 
     command = shlex.join(["msm-mae", "plan", *argv])
     _log(f"{prog}: {len(work)} case(s), {targets.source}")

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from msm_mae_jax.train.plan import hlo
+from msm_mae_jax.plan import hlo
 
 _FREE = {"parameter", "constant", "get-tuple-element", "bitcast", "after-all"}
 _FREE |= {"partition-id", "replica-id", "opt-barrier"}

@@ -24,7 +24,7 @@ import re
 import sys
 
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.train.plan.chips import GPUS, GpuChip
+from msm_mae_jax.plan.chips import GPUS, GpuChip
 
 PLUGIN_DIR = "cuda-plan"  # `make setup-gpu-plan` installs jax's CUDA plugin here, below the prefix
 PER_HOST = 8  # GPUs per host (an HGX board)

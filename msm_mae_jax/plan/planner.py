@@ -20,8 +20,8 @@ from typing import Any
 import ml_collections
 
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.train.plan import analysis
-from msm_mae_jax.train.plan.chips import Chip, Slice
+from msm_mae_jax.plan import analysis
+from msm_mae_jax.plan.chips import Chip, Slice
 
 AUDIOSET_CLIPS = 2_000_000  # AudioSet-2M: the paper's pre-training set
 EPOCHS = 100  # x 2M clips: the 200M samples the time figure is for
@@ -230,7 +230,7 @@ def plan(
     result = analysis.analyse(compiled, seconds, lowered, len(devices))
     per_op = None
     if breakdown and result.cost_source == "compiled":
-        from msm_mae_jax.train.plan import breakdown as breakdown_lib
+        from msm_mae_jax.plan import breakdown as breakdown_lib
 
         per_op = breakdown_lib.breakdown(compiled)
     return Plan(

@@ -6,8 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from msm_mae_jax.train.plan.chips import GiB
-from msm_mae_jax.train.plan.planner import AUDIOSET_CLIPS, EPOCHS, Plan, mesh_text
+from msm_mae_jax.plan.chips import GiB
+from msm_mae_jax.plan.planner import AUDIOSET_CLIPS, EPOCHS, Plan, mesh_text
 
 COLUMNS = (
     "slice",
@@ -117,7 +117,7 @@ def recommendation(slice_: Any, pick: Plan | None) -> str:
 def breakdown_text(p: Plan, top: int) -> str:
     """The per-op breakdown of a plan's compiled step, per sample (one line where there is
     none: out of memory, or a GPU target, for which XLA gives no cost analysis)."""
-    from msm_mae_jax.train.plan import breakdown
+    from msm_mae_jax.plan import breakdown
 
     title = f"{p.slice.name} {p.variant} {p.dtype} batch {p.batch} {mesh_text(p.mesh)}"
     if p.breakdown is None:

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.train.plan import devices, gpus
-from msm_mae_jax.train.plan.chips import parse_slice
+from msm_mae_jax.plan import devices, gpus
+from msm_mae_jax.plan.chips import parse_slice
 
 SWEEP_PER_CHIP = (64, 128, 256)  # batches per chip a sweep tries
 SWEEP_FSDP = (4,)  # fsdp sizes a sweep tries (a host's 4 chips)
@@ -62,7 +62,7 @@ def cases(
     """(global batch, mesh) of every case to plan on `slice_`: the given batches (or per-chip
     batches) on each given mesh; a sweep fills in what is not given (SWEEP_PER_CHIP; all chips
     on data, then data x fsdp)."""
-    from msm_mae_jax.train.plan import planner
+    from msm_mae_jax.plan import planner
 
     if batches and batches_per_chip:
         raise ConfigError("give --batch or --batch-per-chip, not both")

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.train.plan.chips import Slice
+from msm_mae_jax.plan.chips import Slice
 
 LIBTPU_VERSION = "0.0.42.*"  # what jax[tpu]==0.10.2 pins
 TARGET_DIR = "libtpu"  # `make setup-tpu` installs libtpu here, below the environment's prefix
