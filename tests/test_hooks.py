@@ -65,9 +65,7 @@ def test_clip_embeddings_are_frame_features_averaged_over_time():
     lms_B1FT = np.random.default_rng(0).standard_normal((3, 1, *mc.input_size), np.float32)
     with setup.activate():
         got = np.asarray(
-            hooks.clip_embedding_fn(setup)(
-                state.params["encoder"], setup.replicated_input(lms_B1FT)
-            )
+            hooks.clip_embedding_fn(setup)(state.params["encoder"], setup.replicated(lms_B1FT))
         )
     enc = jax.tree.map(np.asarray, state.params["encoder"])
     x_BKD = np.asarray(mae.Encoder(mc).apply({"params": enc}, lms_B1FT, mask_ratio=0.0).x_BKD)

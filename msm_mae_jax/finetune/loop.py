@@ -146,7 +146,7 @@ def _finish(job, setup, fold, seed, state, run_dir, timing) -> dict:
     step, best, best_step = (
         jax.device_get(v) for v in (state.step, state.best_score, state.best_step)
     )
-    total = setup.sched.total_steps
+    total = setup.schedule.total_steps
     result = {
         "fold": fold.name,
         "seed": int(seed),
@@ -199,8 +199,8 @@ def run(job: Job, setup: Setup, fold: Fold, seed: int, run_dir: str) -> dict | N
     c, task = job.config, job.task
     t_start = time.time()
     batches = _train_batches(job, setup, fold, seed)
-    total = setup.sched.total_steps
-    eval_every = int(c.eval_every_steps) or setup.sched.steps_per_epoch
+    total = setup.schedule.total_steps
+    eval_every = int(c.eval_every_steps) or setup.schedule.steps_per_epoch
     ckpt = checkpoints.Checkpointer(run_dir, keep=int(c.keep_checkpoints))
     tag = f"[{fold.name} seed {seed}]"
     metric = "mAP" if task.multilabel else "accuracy"

@@ -94,8 +94,12 @@ def reconstruct_fn(setup: Setup) -> Callable:
 
     return jax.jit(
         fn,
-        in_shardings=(setup.state_shardings.params, setup.replicated, setup.replicated),
-        out_shardings=setup.replicated,
+        in_shardings=(
+            setup.state_shardings.params,
+            setup.replicated_sharding,
+            setup.replicated_sharding,
+        ),
+        out_shardings=setup.replicated_sharding,
     )
 
 
@@ -138,8 +142,8 @@ class FigureHook(Hook):
         # Valid frames per clip when the pipeline reports them: the figure leaves out padding.
         self.frames_B = np.asarray(first["frames"][:n]) if "frames" in first else None
         self.inputs = (
-            setup.replicated_input(self.lms_B1FT),
-            setup.replicated_input(np.asarray(jax.random.PRNGKey(int(config.seed) + 1))),
+            setup.replicated(self.lms_B1FT),
+            setup.replicated(np.asarray(jax.random.PRNGKey(int(config.seed) + 1))),
         )
         self.reconstruct = reconstruct_fn(setup)
 
@@ -208,8 +212,8 @@ def clip_embedding_fn(setup: Setup) -> Callable:
 
     return jax.jit(
         fn,
-        in_shardings=(setup.state_shardings.params["encoder"], setup.replicated),
-        out_shardings=setup.replicated,
+        in_shardings=(setup.state_shardings.params["encoder"], setup.replicated_sharding),
+        out_shardings=setup.replicated_sharding,
     )
 
 
@@ -222,8 +226,8 @@ class ProbeHook(Hook):
         self.every_steps = int(config.probe.every_steps)
         self.setup = setup
         tr_x, self.train_y, te_x, self.test_y = probe_data(config, setup.model_config, norm_stats)
-        self.train_x = setup.replicated_input(tr_x)
-        self.test_x = setup.replicated_input(te_x)
+        self.train_x = setup.replicated(tr_x)
+        self.test_x = setup.replicated(te_x)
         self.embed = clip_embedding_fn(setup)
 
     def run(self, step: int, state: TrainState) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """MSM-MAE pre-training loop: restore or initialise, step, check, log, save; hooks evaluate.
 
 The same code runs on one CPU, a multi-GPU host or a TPU pod: the mesh and the logical
-sharding rules come from the config (train/state.py), every process feeds its slice of the
-global batch. In-training evaluation (figures, the few-shot probe) lives in train/hooks.py;
+sharding rules come from the config (train/sharded_state.py), every process feeds its slice of
+the global batch. In-training evaluation (figures, the few-shot probe) lives in train/hooks.py;
 the loop only asks each hook whether it is due.
 """
 
