@@ -2,7 +2,11 @@
 hand (written out here, not computed by the code under test): the memory that must fit, whether
 it fits the chip's HBM, and the roofline bound. Published per-chip figures (Cloud TPU system
 architecture pages): v4 275 TFLOP/s bf16, 32 GiB HBM at 1200 GB/s; v5e 197 TFLOP/s, 16 GiB at
-819 GB/s; v5p 459 TFLOP/s, 95 GB at 2765 GB/s; v6e 918 TFLOP/s, 32 GB at 1638 GB/s."""
+819 GB/s; v5p 459 TFLOP/s, 95 GB at 2765 GB/s; v6e 918 TFLOP/s, 32 GB at 1638 GB/s. For the
+GPUs, also what XLA's deviceless compile is told about each (its cost model and fusion choices
+read it)."""
+
+import re
 
 import pytest
 
@@ -23,6 +27,34 @@ BATCH = 1024
 # h200 989 TFLOP/s, 141 GB. XLA reports no bytes for GPU programs: the compute bound alone.
 GPU_HBM = {"a100": 80_000_000_000, "h100": 80_000_000_000, "h200": 141_000_000_000}
 GPU_FLOPS = {"a100": 3.12e12, "h100": 9.89e12, "h200": 9.89e12}  # 10 ms at the peak
+# What `gpus.target_config` tells XLA, from NVIDIA's data sheets (SXM) and the CUDA programming
+# guide's compute-capability table: memory bandwidth (A100 80GB 2,039 GB/s, H100 3.35 TB/s,
+# H200 4.8 TB/s), SMs, L2 (40 MiB; 50 MiB), boost clock, FP32 units per SM, shared memory per
+# SM (164 KiB; 228 KiB) and the opt-in per block (163 KiB; 227 KiB), compute capability.
+HOPPER = dict(
+    core_count=132,
+    l2_cache_size=52_428_800,
+    clock_rate_ghz=1.98,
+    fpus_per_core=128,
+    shared_memory_per_core=233_472,
+    shared_memory_per_block_optin=232_448,
+    compute_capability=(9, 0),
+)
+GPU_TARGET = {
+    "a100": dict(
+        memory_bandwidth=2_039_000_000_000,
+        device_memory_size=80_000_000_000,
+        core_count=108,
+        l2_cache_size=41_943_040,
+        clock_rate_ghz=1.41,
+        fpus_per_core=64,
+        shared_memory_per_core=167_936,
+        shared_memory_per_block_optin=166_912,
+        compute_capability=(8, 0),
+    ),
+    "h100": dict(memory_bandwidth=3_350_000_000_000, device_memory_size=80_000_000_000, **HOPPER),
+    "h200": dict(memory_bandwidth=4_800_000_000_000, device_memory_size=141_000_000_000, **HOPPER),
+}
 # (A) 0.02 s a step: 1024 / 0.02 = 51,200 samples/s; 2e8 samples / 51,200 = 3,906.25 s
 # (B) 0.03 s a step: 34,133.33 samples/s; 5,859.375 s
 ROOFLINE = {
@@ -42,7 +74,7 @@ def _plan(chip, flops=1.0, bytes_accessed=1.0, **memory):
 
 def test_every_chip_is_covered():
     assert sorted(chips.CHIPS) == sorted(HBM) == sorted(STEPS)
-    assert sorted(chips.GPUS) == sorted(GPU_HBM) == sorted(GPU_FLOPS)
+    assert sorted(chips.GPUS) == sorted(GPU_HBM) == sorted(GPU_FLOPS) == sorted(GPU_TARGET)
 
 
 def test_memory_total_is_what_must_fit_at_once():
@@ -99,3 +131,17 @@ def test_gpu_fits_and_roofline(gpu):
     p = plan(GPU_FLOPS[gpu])
     assert p.step_seconds == pytest.approx(0.01, rel=1e-9) and p.bound == "compute"
     assert p.samples_per_second == pytest.approx(102_400.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("gpu", sorted(GPU_TARGET))
+def test_gpu_target_xla_compiles_for_is_the_data_sheets(gpu):
+    """Figures no roofline shows (XLA reports no bytes for GPU programs), so only this test
+    would see a wrong one: each field of the target config against the data sheet's."""
+    text = gpus.target_config(chips.GPUS[gpu])
+    fields = dict(re.findall(r"^ *(\w+): ([0-9.]+)$", text, re.M))
+    cc = re.search(r"cuda_compute_capability \{ major: (\d+) minor: (\d+) \}", text)
+    want = dict(GPU_TARGET[gpu])
+    got = (int(cc[1]), int(cc[2]))
+    assert got == want.pop("compute_capability"), f"{gpu} compute capability: {got}"
+    for key, value in want.items():
+        assert float(fields[key]) == value, f"{gpu} {key}: {fields[key]}, not {value}"
