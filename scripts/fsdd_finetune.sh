@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Fine-tuning" result: FSDD digits and speakers (takes 0-4 test), fine-tuning the
+# The fine-tuning result of docs/finetuning.md: FSDD digits and speakers (takes 0-4 test), fine-tuning the
 # fsdd_small encoder that scripts/fsdd_result.sh pre-trains (and probes), and the same encoder
 # with random weights; configs/finetune.py:fsdd, one seed each (CPU budget), whole clips.
 # Usage: bash scripts/fsdd_finetune.sh [RUN_DIR] [SEEDS]

@@ -1,4 +1,5 @@
-"""README "Results": further pre-training on real audio at a 2-core CPU's scale.
+"""Further pre-training on real audio at a 2-core CPU's scale: the FSDD speakers experiment
+of docs/further-pretraining.md.
 
     python scripts/further_pretraining.py [--out runs/further] [--source-steps 600]
         [--steps 300] [--seeds 0,1] [--root ../shared/data/fsdd/recordings]

@@ -1,6 +1,6 @@
-"""The README's TPU plan table from `msm-mae plan --json` files: one row per (slice, model,
-mesh), slices as the README orders them; besides the roofline (the planner's), the rate the
-FLOPs alone allow (batch / (FLOPs / peak)).
+"""The TPU plan table of docs/training.md from `msm-mae plan --json` files: one row per (slice,
+model, mesh), slices as that table orders them; besides the roofline (the planner's), the rate
+the FLOPs alone allow (batch / (FLOPs / peak)).
 
     python scripts/plan_table.py scripts/plan_tpu/*.json
 """

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's TPU plan table: ViT-B 80x208, ViT-L 80x208 and ViT-B 80x608 (bf16 compute) at 128
-# samples per chip on v5e-16, v4-8, v4-32, v5p-128 and v5e-256, all chips on data, then
-# data x fsdp 4; one JSON per (model, mesh) in scripts/plan_tpu/, then the Markdown table.
+# The TPU plan table of docs/training.md: ViT-B 80x208, ViT-L 80x208 and ViT-B 80x608 (bf16
+# compute) at 128 samples per chip on v5e-16, v4-8, v4-32, v5p-128 and v5e-256, all chips on
+# data, then data x fsdp 4; one JSON per (model, mesh) in scripts/plan_tpu/, then the Markdown
+# table.
 # Usage: bash scripts/plan_tpu.sh   (needs `make setup-tpu`; a case took 8-13 min, a few up to
 #   41 min, on a busy 2-core CPU with two plans at a time: about five hours in all, niced)
 set -euo pipefail

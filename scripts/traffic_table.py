@@ -1,7 +1,7 @@
-"""The README's traffic table: per sample FLOPs and bytes of the compiled ViT-B step and its
-roofline bounds, from two `msm-mae plan --breakdown --json` files (before and after a change
-to the program), one row per plan. Bytes are XLA's count (all memory spaces, the planner's
-roofline) and the breakdown's HBM part of it.
+"""The traffic table of docs/training.md ("Where the bytes go"): per sample FLOPs and bytes of
+the compiled ViT-B step and its roofline bounds, from two `msm-mae plan --breakdown --json`
+files (before and after a change to the program), one row per plan. Bytes are XLA's count (all
+memory spaces, the planner's roofline) and the breakdown's HBM part of it.
 
     python scripts/traffic_table.py scripts/plan_tpu/traffic_before.json \
         scripts/plan_tpu/traffic_after.json

@@ -9,7 +9,7 @@ written out below with numpy over librosa's log-mel of each whole clip, independ
 package's crop windows and front end; its random draws replay the package's (how the seeds
 map: `official_sample` gives each crop's clip and the uniform u its start comes from; the
 package's start is floor(u (l - T + 1)), one position more than `randint(l - T)` can draw, a
-difference README "Notes on fidelity" names).
+difference docs/fidelity.md names).
 """
 
 import numpy as np

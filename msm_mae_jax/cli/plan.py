@@ -95,7 +95,10 @@ def build_parser(prog: str, spec: str) -> common.Parser:
         "after each case)",
     )
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    p.add_argument("--libtpu", help="libtpu.so, or a folder holding it (default: see README)")
+    p.add_argument(
+        "--libtpu",
+        help="libtpu.so, or a folder holding it (default: .venv/libtpu; see docs/training.md)",
+    )
     p.add_argument(
         "--cuda-plugin", help="folder of jax's CUDA plugin for --gpu (default: .venv/cuda-plan)"
     )

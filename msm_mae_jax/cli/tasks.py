@@ -7,7 +7,7 @@
 `make` writes OUT_DIR/NAME.csv (EVAR's metadata format: file_name,label,split or
 file_name,label,fold) and OUT_DIR/NAME.json (clip length, folds, metric, published numbers,
 clips found, where the split comes from). A folder with part of a dataset gives a task of
-what is there. See msm_mae_jax/tasks/evar/make.py; README "The paper's tasks (EVAR)".
+what is there. See msm_mae_jax/tasks/evar/make.py; docs/evaluation.md "The paper's tasks (EVAR)".
 """
 
 from __future__ import annotations

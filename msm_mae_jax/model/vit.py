@@ -90,7 +90,7 @@ def _accelerator_attention(qkv_BN3D: jax.Array, num_heads: int) -> jax.Array:
     behind it). Recomputed in the backward pass from its input, the dense qkv, instead of
     saving per-head q/k/v and float32 logits: at 17 or 66 tokens and 64-wide heads TPU keeps
     those in tiles padded 3 to 10 times, and moving them to HBM and back cost more than the
-    few recomputed FLOPs (ViT-B on v5e: HBM bytes per sample -19%, see README)."""
+    few recomputed FLOPs (ViT-B on v5e: HBM bytes per sample -19%, see docs/training.md)."""
     B, N, D3 = qkv_BN3D.shape
     D = D3 // 3
     qkv_BN3HE = qkv_BN3D.reshape(B, N, 3, num_heads, D // num_heads)

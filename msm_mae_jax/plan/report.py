@@ -77,7 +77,7 @@ def table(plans: Sequence[Plan], recommended: Sequence[Plan | None] = ()) -> str
 
 
 def markdown(plans: Sequence[Plan]) -> str:
-    """The same rows as a Markdown table (the README's)."""
+    """The same rows as a Markdown table (docs/training.md's)."""
     rows = [list(COLUMNS)] + [row(p) for p in plans]
     out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
