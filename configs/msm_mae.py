@@ -50,6 +50,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.seed = 0
+    # Further pre-training: start from these weights instead of random ones (step 0, a fresh
+    # optimizer): converted official weights, an export (encoder only) or a training workdir
+    # (newest step, or DIR@STEP); local or gs://. '' = random init. Also --init-from.
+    c.init_from = ""
 
     # ---- schedule (global batch; steps per epoch from the dataset size unless given) -----
     c.batch_size = 512
@@ -88,6 +92,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.shuffle_buffer = 2048
     c.data.max_clip_seconds = 30.0  # longer files: a random window of this length is read
     c.data.norm_stats_crops = 10000  # random crops sampled for the dataset mean/std
+    # 'official': over the crops with their zero padding, as the official code (the default);
+    # 'frames': over the crops' real frames only (README "Notes on fidelity").
+    c.data.norm_stats_method = "official"
+    # With init_from: keep the source's statistics instead of computing them on this data.
+    c.data.norm_from_init = False
     c.data.norm_mean = 0.0  # used only when norm_std > 0 (explicit statistics)
     c.data.norm_std = 0.0
     c.data.tfds_audio_key = "audio"
@@ -178,7 +187,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.total_steps = 3000
         c.warmup_steps = 300
         c.optim.lr = 5e-4
-        c.data.norm_stats_crops = 2000
         c.log_every_steps = 50
         c.ckpt_every_steps = 500
         c.figure_every_steps = 1000

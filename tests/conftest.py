@@ -81,6 +81,16 @@ def fsdd_dir(tmp_path_factory) -> pathlib.Path:
     return fsdd_like.write(tmp_path_factory.mktemp("fsdd_like"))
 
 
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    """The environment of a module's runs of the real commands (tests/run_utils.py): this
+    checkout, one CPU device, the session's compilation cache (runs of the same settings share
+    their compiled programs)."""
+    from train_utils import subprocess_env
+
+    return subprocess_env()
+
+
 # ---- gs:// tests: a local Cloud Storage emulator -----------------------------------------------
 import gcs_emulator  # noqa: E402
 

@@ -6,24 +6,17 @@ import flax.linen as nn
 import jax
 import numpy as np
 import soundfile as sf
+from model_utils import small_model
 
 from msm_mae_jax.cli.finetune import load_config
 from msm_mae_jax.data import synthetic
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation import tasks
 from msm_mae_jax.model import artifact, mae
 from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.tasks import specs
 
 # 80 mel bins x 32 frames, 16x16 patches: 5 x 2 patches per unit, 160-d frame features.
-MICRO = ModelConfig(
-    input_size=(80, 32),
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-)
+MICRO = small_model(width=32, heads=2, input_size=(80, 32))
 
 
 def encoder_params(mc: ModelConfig = MICRO, seed: int = 0):
@@ -66,4 +59,4 @@ def synthetic_csv(
         labels.append(";".join(sorted(set(names))))
         # every class in every split once n >= 6 * classes
         splits.append(["train", "train", "train", "train", "valid", "test"][(i + i // classes) % 6])
-    return tasks.write_csv(os.path.join(root, "task.csv"), files, labels, splits=splits)
+    return specs.write_csv(os.path.join(root, "task.csv"), files, labels, splits=splits)

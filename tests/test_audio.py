@@ -91,6 +91,15 @@ def test_reflect_indices_are_numpys_reflect(samples):
     np.testing.assert_array_equal(x[audio.reflect_indices(samples)], np.pad(x, 200, "reflect"))
 
 
+@pytest.mark.parametrize("samples", [1, 2, 3, 7, 50])
+def test_reflect_index_is_numpys_reflect_for_any_pad_width(samples):
+    """The one reflect-index helper (log-mel frames, training crops, long-clip windows): any
+    positions, several clip lengths away on either side, index as numpy's 'reflect' pads."""
+    x, pad = np.arange(samples), 5 * samples + 3
+    i = np.arange(-pad, samples + pad)
+    np.testing.assert_array_equal(x[audio.reflect_index(i, samples)], np.pad(x, pad, "reflect"))
+
+
 def test_matches_librosa_on_fsdd(fsdd_dir):
     names = ["0_george_0.wav", "3_jackson_12.wav", "5_nicolas_5.wav", "2_theo_14.wav"]
     for path in (fsdd_dir / n for n in names):

@@ -194,14 +194,47 @@ def test_truncated_header(tmp_path):
     assert_audio_error(tmp_path / "cut.wav")
 
 
-def test_truncated_data_keeps_what_is_there(tmp_path):
-    y = tone(0.5, SR)
+def test_truncated_data_keeps_what_is_there_and_says_so(tmp_path, caplog):
+    """A WAV cut short (libsndfile hides it: its frame count is what is there) and a FLAC
+    whose decoder loses sync part-way: read as far as they go, each file named in a warning
+    (once per file), by `load_audio` and by `iter_blocks` alike; a whole file gives none."""
+    y, y2 = tone(0.5, SR), tone(2.0, SR)
     sf.write(tmp_path / "ok.wav", y, SR, subtype="PCM_16")
-    data = (tmp_path / "ok.wav").read_bytes()
-    (tmp_path / "cut.wav").write_bytes(data[: len(data) - 2 * (y.size - 4000)])  # int16 frames
-    out = load_audio(tmp_path / "cut.wav")
+    sf.write(tmp_path / "ok.flac", y2, SR)
+    wav, flac = (tmp_path / "ok.wav").read_bytes(), (tmp_path / "ok.flac").read_bytes()
+    for reader in ("load", "blocks"):  # a copy per reader: each warns of its own file
+        (tmp_path / f"{reader}.wav").write_bytes(wav[: len(wav) - 2 * (y.size - 4000)])
+        (tmp_path / f"{reader}.flac").write_bytes(flac[: len(flac) // 2])
+    caplog.set_level("WARNING", logger="msm_mae_jax")
+
+    def warned():
+        out = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        return out
+
+    out = load_audio(tmp_path / "load.wav")
     assert out.shape == (4000,)
     np.testing.assert_allclose(out, y[:4000], atol=1 / 32768)
+    load_audio(tmp_path / "load.wav")  # once per file
+    assert [w.split(" (")[0] for w in warned()] == [
+        f"{tmp_path / 'load.wav'}: cut short: 4000 of the 8000 samples its header promises are "
+        "there"
+    ]
+    blocks = np.concatenate(list(audio_io.iter_blocks(tmp_path / "blocks.wav", 999)))
+    np.testing.assert_array_equal(blocks, out)
+    assert [w.split(":")[0] for w in warned()] == [str(tmp_path / "blocks.wav")]
+    flac_out = load_audio(tmp_path / "load.flac")
+    assert 4096 <= flac_out.size < 16000  # whole blocks up to the lost sync
+    np.testing.assert_allclose(flac_out, y2[: flac_out.size], atol=1e-4)
+    assert [w.split(":")[0] for w in warned()] == [str(tmp_path / "load.flac")]
+    streamed = np.concatenate(list(audio_io.iter_blocks(tmp_path / "blocks.flac", 4096)))
+    assert streamed.size >= 4096
+    (w,) = warned()
+    assert w.startswith(f"{tmp_path / 'blocks.flac'}: cut short: ") and "fetch it again" in w
+    load_audio(tmp_path / "ok.wav")
+    load_audio(tmp_path / "ok.flac")
+    list(audio_io.iter_blocks(tmp_path / "ok.flac", 4096))
+    assert warned() == []
 
 
 def test_non_audio_file_with_audio_extension(tmp_path):

@@ -90,15 +90,15 @@ def test_module_entry_points(args, usage):
 
 def test_eval_passes_file_column_and_audio_dir_to_the_task(monkeypatch):
     from msm_mae_jax.cli import evaluate
-    from msm_mae_jax.evaluation import tasks
+    from msm_mae_jax.tasks import specs
 
     seen = []
 
     def fake_parse_task(spec, **kw):
         seen.append(kw)
-        raise tasks.TaskError(f"stop after parsing {spec}")
+        raise specs.TaskError(f"stop after parsing {spec}")
 
-    monkeypatch.setattr(tasks, "parse_task", fake_parse_task)
+    monkeypatch.setattr(specs, "parse_task", fake_parse_task)
     base = ["--baseline", "logmel", "--task", "csv:x.csv"]
     assert evaluate.main(base) == 2
     assert evaluate.main([*base, "--file-column", "path", "--audio_dir", "/data"]) == 2

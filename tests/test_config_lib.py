@@ -79,7 +79,7 @@ def test_wheel_holds_every_package_and_the_configs(tmp_path):
         "from msm_mae_jax.core.config_files import load_config; "
         "import msm_mae_jax; assert 'site' in msm_mae_jax.__file__; "
         "print(load_config('configs/msm_mae.py:tiny').variant, load_config('tiny').variant); "
-        "from msm_mae_jax.evaluation.evar.layout import shipped_split; "
+        "from msm_mae_jax.tasks.evar.layout import shipped_split; "
         "print(len(shipped_split('surge_tone_splits.csv')))"
     )
     out = subprocess.run(

@@ -8,7 +8,7 @@ import pytest
 
 from msm_mae_jax.core import config_checks, config_files
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.evaluation.finetune import config_rules as finetune_rules
+from msm_mae_jax.finetune import config_rules as finetune_rules
 from msm_mae_jax.train import config_rules as train_rules
 
 FAMILIES = {"msm_mae.py": train_rules, "finetune.py": finetune_rules}

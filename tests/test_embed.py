@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
+from model_utils import small_model
 
 from msm_mae_jax.cli import embed as embed_cli
 from msm_mae_jax.core.errors import DataError
@@ -14,11 +15,8 @@ from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.features import embed
 from msm_mae_jax.features.runtime import Runtime
 from msm_mae_jax.model import artifact, mae
-from msm_mae_jax.model.config import ModelConfig
 
-CFG = ModelConfig(
-    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
-)
+CFG = small_model()
 ATOL = 2e-5
 
 

@@ -11,7 +11,10 @@ import pytest
 import soundfile as sf
 
 from msm_mae_jax.data import audio, synthetic
-from msm_mae_jax.evaluation import embeddings, linear, tasks
+from msm_mae_jax.evaluation import embeddings, linear
+from msm_mae_jax.evaluation.protocol import Model, Protocol
+from msm_mae_jax.model.config import load_model_config
+from msm_mae_jax.tasks import specs, task_audio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,8 +29,8 @@ def _fsdd_task(fsdd_dir, tmp_path, every=1):
     assert files, fsdd_dir
     names = [os.path.basename(f)[:-4].split("_") for f in files]
     splits = ["test" if int(n[2]) < 5 else "train" for n in names]
-    path = tasks.write_csv(str(tmp_path / "fsdd.csv"), files, [n[0] for n in names], splits)
-    return tasks.parse_task(f"csv:{path}")
+    path = specs.write_csv(str(tmp_path / "fsdd.csv"), files, [n[0] for n in names], splits)
+    return specs.parse_task(f"csv:{path}")
 
 
 def _synthetic_csv(tmp_path, n=48, seconds=0.5, folds=None):
@@ -39,43 +42,43 @@ def _synthetic_csv(tmp_path, n=48, seconds=0.5, folds=None):
         sf.write(files[-1], wav, 16000)
         labels.append(synthetic.CLASS_NAMES[y])
     if folds:
-        return tasks.write_csv(
+        return specs.write_csv(
             str(tmp_path / "t.csv"), files, labels, folds=[(i // 6) % folds for i in range(n)]
         )
     splits = ["train" if i < n * 2 // 3 else "test" for i in range(n)]
-    return tasks.write_csv(str(tmp_path / "t.csv"), files, labels, splits=splits)
+    return specs.write_csv(str(tmp_path / "t.csv"), files, labels, splits=splits)
 
 
 def test_norm_stats_and_logmel_features_match_numpy():
-    task = tasks.parse_task("synthetic:12")
-    clips = linear.Clips(task, unit_sec=0.5, progress=False)
-    wavs = [linear.fit_length(w, 8000) for w in task.source.iterate(range(12), 0.5)]
+    task = specs.parse_task("synthetic:12")
+    clips = task_audio.Clips(task, unit_sec=0.5, progress=False)
+    wavs = [task_audio.fit_length(w, 8000) for w in task.source.iterate(range(12), 0.5)]
     lms = np.stack([_lms(w) for w in wavs])
     # statistics of the training fit: the 2 s clips cropped at their seeded random starts
     crops = [
-        _lms(linear.fit_length(w, 8000, linear.random_crop_start(len(w), 8000, 0, i)))
+        _lms(task_audio.fit_length(w, 8000, task_audio.random_crop_start(len(w), 8000, 0, i)))
         for i, w in zip([0, 3, 5], task.source.iterate([0, 3, 5]), strict=True)
     ]
-    stats = linear.task_norm_stats(clips, [0, 3, 5], batch_size=2)
+    stats = task_audio.task_norm_stats(clips, [0, 3, 5], batch_size=2)
     assert stats.mean == pytest.approx(np.mean(crops), rel=1e-5)
     assert stats.std == pytest.approx(np.std(crops), rel=1e-4)
-    stats = linear.task_norm_stats(clips, [0, 3, 5], batch_size=2, view=linear.TEST)
+    stats = task_audio.task_norm_stats(clips, [0, 3, 5], batch_size=2, view=task_audio.TEST)
     assert stats.mean == pytest.approx(lms[[0, 3, 5]].mean(), rel=1e-5)
     assert stats.std == pytest.approx(lms[[0, 3, 5]].std(), rel=1e-4)
     # clips exactly unit length: the per-band mean and std of the frames centred inside the
     # clip (all but the last, centred on the end sample)
-    feats = linear.logmel_features(clips, np.arange(12), batch_size=5)["logmel"]
+    feats = embeddings.logmel_features(clips, np.arange(12), batch_size=5)["logmel"]
     inside = lms[..., np.arange(lms.shape[-1]) * 160 < 8000]
     assert inside.shape[-1] == lms.shape[-1] - 1
     ref = np.concatenate([inside.mean(-1), inside.std(-1)], axis=1)
     np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4)
     # padding to a longer unit leaves the statistics of the clip's own frames (almost) as they
     # were: only the frames at the edges see zeros instead of reflected audio
-    longer = linear.logmel_features(linear.Clips(task, 2.0, progress=False), np.arange(12))[
+    longer = embeddings.logmel_features(task_audio.Clips(task, 2.0, progress=False), np.arange(12))[
         "logmel"
     ]
     assert np.median(np.abs(longer - ref)[:, :80]) < 0.5
-    padded_lms = _lms(linear.fit_length(wavs[0], 32000))
+    padded_lms = _lms(task_audio.fit_length(wavs[0], 32000))
     assert np.abs(padded_lms.mean(-1) - ref[0, :80]).max() > 3  # what counting padding does
 
 
@@ -93,9 +96,9 @@ def test_logmel_baseline_on_fsdd_digits(fsdd_dir, fsdd_synthetic, tmp_path):
         assert task.folds[0].sizes() == {"train": 2430, "valid": 270, "test": 300}
     res = linear.evaluate(
         task,
-        baseline="logmel",
+        Model(baseline="logmel"),
+        Protocol(seeds=(0,)),
         unit_sec=1.0,
-        seeds=(0,),
         cache_dir=None,
         progress=False,
         log=lambda m: None,
@@ -115,11 +118,9 @@ def test_random_tiny_encoder_full_path_on_fsdd(fsdd_dir, tmp_path):
     task = _fsdd_task(fsdd_dir, tmp_path, every=every)
     res = linear.evaluate(
         task,
-        baseline="random",
-        config=os.path.join(ROOT, "configs/msm_mae.py:tiny"),
+        Model(baseline="random", config=os.path.join(ROOT, "configs/msm_mae.py:tiny")),
+        Protocol(seeds=(0, 1), layers="all"),
         unit_sec=1.0,
-        layers="all",
-        seeds=(0, 1),
         cache_dir=None,
         progress=False,
         log=lambda m: None,
@@ -138,7 +139,7 @@ def test_random_tiny_encoder_full_path_on_fsdd(fsdd_dir, tmp_path):
     train = task.folds[0].train
     wavs = task.source.iterate(list(train), max_seconds=None)
     fitted = [
-        linear.fit_length(w, 16000, linear.random_crop_start(len(w), 16000, 0, i))
+        task_audio.fit_length(w, 16000, task_audio.random_crop_start(len(w), 16000, 0, i))
         for i, w in zip(train, wavs, strict=True)
     ]
     lms = _lms(np.stack(fitted))
@@ -148,14 +149,13 @@ def test_random_tiny_encoder_full_path_on_fsdd(fsdd_dir, tmp_path):
 
 
 def test_cache_hit_skips_extraction(tmp_path, monkeypatch):
-    task = tasks.parse_task(f"csv:{_synthetic_csv(tmp_path)}")
+    task = specs.parse_task(f"csv:{_synthetic_csv(tmp_path)}")
     kw = dict(
-        baseline="logmel",
+        model=Model(baseline="logmel"),
+        protocol=Protocol(seeds=(0,), probe_kw={"max_epochs": 5}),
         unit_sec=0.5,
-        seeds=(0,),
         cache_dir=str(tmp_path / "cache"),
         progress=False,
-        probe_kw={"max_epochs": 5},
         log=lambda m: None,
     )
     first = linear.evaluate(task, **kw)
@@ -191,43 +191,42 @@ def test_cache_entry_of_a_checkpoint_is_not_reused_once_its_files_change(tmp_pat
     from msm_mae_jax.data.normalization import NormStats
     from msm_mae_jax.model import artifact
 
-    cfg = linear.load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
+    cfg = load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
     path = str(tmp_path / "model")
 
     def write(seed):
-        params = linear.random_runtime(cfg, NormStats(-5.0, 3.0), seed=seed)._params
+        params = embeddings.random_runtime(cfg, NormStats(-5.0, 3.0), seed=seed)._params
         return artifact.save_model_dir(path, cfg, params, NormStats(-5.0, 3.0), source="t")
 
-    task = tasks.parse_task("synthetic:12")
+    task = specs.parse_task("synthetic:12")
     kw = dict(checkpoint=write(1), norm="checkpoint", unit_sec=0.5, progress=False)
     kw.update(cache_dir=str(tmp_path / "cache"), log=lambda m: None)
-    first, info = linear.extract(task, **kw)
-    again, info2 = linear.extract(task, **kw)
+    first, info = embeddings.extract(task, **kw)
+    again, info2 = embeddings.extract(task, **kw)
     assert not info["cache_hit"] and info2["cache_hit"]
     np.testing.assert_array_equal(again["final"], first["final"])
     meta = tmp_path / "model" / artifact.META_FILE
     text = meta.read_text()
     assert text.count("-5.0") == 1
     meta.write_text(text.replace("-5.0", "-4.0"))  # the stored mean, edited in place
-    edited, info3 = linear.extract(task, **kw)
+    edited, info3 = embeddings.extract(task, **kw)
     assert not info3["cache_hit"] and info3["norm_stats"]["mean"] == -4.0
     assert np.abs(edited["final"] - first["final"]).max() > 0.01
     write(2)  # other weights at the same path
-    new, info4 = linear.extract(task, **kw)
+    new, info4 = embeddings.extract(task, **kw)
     assert not info4["cache_hit"] and np.abs(new["final"] - first["final"]).max() > 0.1
-    assert linear.extract(task, **kw)[1]["cache_hit"]
+    assert embeddings.extract(task, **kw)[1]["cache_hit"]
 
 
 def test_fold_task_reports_mean_and_std_over_folds(tmp_path):
-    task = tasks.parse_task(f"csv:{_synthetic_csv(tmp_path, n=60, folds=3)}")
+    task = specs.parse_task(f"csv:{_synthetic_csv(tmp_path, n=60, folds=3)}")
     res = linear.evaluate(
         task,
-        baseline="logmel",
+        Model(baseline="logmel"),
+        Protocol(seeds=(0, 1), probe_kw={"max_epochs": 10}),
         unit_sec=0.5,
-        seeds=(0, 1),
         cache_dir=None,
         progress=False,
-        probe_kw={"max_epochs": 10},
         log=lambda m: None,
     )
     acc = res["accuracy"]
@@ -239,16 +238,16 @@ def test_fold_task_reports_mean_and_std_over_folds(tmp_path):
 
 
 def test_argument_errors(tmp_path):
-    task = tasks.parse_task("synthetic:12")
+    task = specs.parse_task("synthetic:12")
     with pytest.raises(ValueError, match="exactly one"):
-        linear.extract(task, unit_sec=0.5)
+        embeddings.extract(task, unit_sec=0.5)
     with pytest.raises(ValueError, match="--norm checkpoint needs"):
-        linear.extract(task, baseline="random", norm="checkpoint", unit_sec=0.5)
+        embeddings.extract(task, baseline="random", norm="checkpoint", unit_sec=0.5)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        linear.extract(task, checkpoint=str(tmp_path / "nowhere"), unit_sec=0.5)
+        embeddings.extract(task, checkpoint=str(tmp_path / "nowhere"), unit_sec=0.5)
     with pytest.raises(ValueError, match="block 3 outside 1..2"):
-        linear.parse_layers("1,3", 2)
-    assert linear.parse_layers("1,-1", 12) == [0, 11]
+        embeddings.parse_layers("1,3", 2)
+    assert embeddings.parse_layers("1,-1", 12) == [0, 11]
 
 
 def test_unreadable_clips_are_skipped_named_and_left_out(tmp_path, capsys):
@@ -320,14 +319,16 @@ def test_checkpoint_features_with_checkpoint_norm_and_layers(tmp_path):
     from msm_mae_jax.data.normalization import NormStats
     from msm_mae_jax.model import artifact
 
-    cfg = linear.load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
-    rt = linear.random_runtime(cfg, NormStats(-5.0, 3.0), seed=1)
+    cfg = load_model_config(os.path.join(ROOT, "configs/msm_mae.py:tiny"))
+    rt = embeddings.random_runtime(cfg, NormStats(-5.0, 3.0), seed=1)
     ckpt = artifact.save_model_dir(
         str(tmp_path / "model"), cfg, rt._params, NormStats(-5.0, 3.0), source="test"
     )
-    task = tasks.parse_task("synthetic:24")
-    kw = dict(checkpoint=ckpt, unit_sec=0.5, cache_dir=None, progress=False, log=lambda m: None)
-    own = linear.evaluate(task, norm="checkpoint", seeds=(0,), probe_kw={"max_epochs": 3}, **kw)
+    task = specs.parse_task("synthetic:24")
+    run = dict(unit_sec=0.5, cache_dir=None, progress=False, log=lambda m: None)
+    kw = dict(checkpoint=ckpt, **run)
+    protocol = Protocol(seeds=(0,), norm="checkpoint", probe_kw={"max_epochs": 3})
+    own = linear.evaluate(task, Model(checkpoint=ckpt), protocol, **run)
     assert own["settings"]["norm_stats"] == {"mean": -5.0, "std": 3.0}
     assert own["feature_dim"] == cfg.feature_dim and own["model"] == ckpt
     # 2 s clips, 0.5 s unit: test clips cropped from the start, the others (train and valid)
@@ -335,8 +336,8 @@ def test_checkpoint_features_with_checkpoint_norm_and_layers(tmp_path):
     test = set(task.folds[0].test.tolist())
     wav_NS = np.stack(
         [
-            linear.fit_length(
-                w, 8000, 0 if i in test else linear.random_crop_start(len(w), 8000, 42, i)
+            task_audio.fit_length(
+                w, 8000, 0 if i in test else task_audio.random_crop_start(len(w), 8000, 42, i)
             )
             for i, w in enumerate(task.source.iterate(range(24)))
         ]
@@ -346,14 +347,14 @@ def test_checkpoint_features_with_checkpoint_norm_and_layers(tmp_path):
     )
     assert blocks_LND.shape == (cfg.depth, 24, cfg.feature_dim)
     assert np.abs(blocks_LND[0] - blocks_LND[1]).max() > 0.1
-    layers, _ = linear.extract(task, norm="checkpoint", layers="all", **kw)
+    layers, _ = embeddings.extract(task, norm="checkpoint", layers="all", **kw)
     assert sorted(layers) == ["layer1", "layer2"]
     for k in range(cfg.depth):
         np.testing.assert_allclose(layers[f"layer{k + 1}"], blocks_LND[k], rtol=1e-4, atol=1e-4)
-    final, _ = linear.extract(task, norm="checkpoint", **kw)
+    final, _ = embeddings.extract(task, norm="checkpoint", **kw)
     np.testing.assert_allclose(final["final"], blocks_LND[-1], rtol=1e-4, atol=1e-4)
     # --norm task: the task's statistics (those reported), not the stored ones
-    feats, info = linear.extract(task, **kw)
+    feats, info = embeddings.extract(task, **kw)
     assert info["norm_stats"] != {"mean": -5.0, "std": 3.0}
     ref = rt.scene_embeddings(wav_NS, normalization=tuple(info["norm_stats"].values()))
     np.testing.assert_allclose(feats["final"], ref, rtol=1e-4, atol=1e-4)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from msm_mae_jax.evaluation.evar import layout, make
-from msm_mae_jax.evaluation.evar.table import ORDER, TASKS, read_settings
+from msm_mae_jax.tasks.evar import layout, make
+from msm_mae_jax.tasks.evar.table import ORDER, TASKS, read_settings
 
 
 def _audio(root, *rels):
@@ -153,15 +153,31 @@ def test_voxforge_language_from_the_path_and_a_stable_archive_split(tmp_path):
     assert s.split.startswith("seeded: archive-disjoint 70/15/15")
 
 
-def test_list_files_follows_linked_folders_once(tmp_path):
-    _audio(tmp_path / "elsewhere", "a/1.wav", "a/2.WAV", "a/.hidden.wav")
-    _text(tmp_path / "elsewhere", "a/3.txt", "not audio")
-    os.makedirs(tmp_path / "root")
-    os.symlink(tmp_path / "elsewhere", tmp_path / "root" / "audio")
-    os.symlink(tmp_path / "root", tmp_path / "elsewhere" / "loop")  # a cycle
-    _audio(tmp_path / "root", "top.wav")
-    expected = ["audio/a/1.wav", "audio/a/2.WAV", "top.wav"]
-    assert layout.list_files(str(tmp_path / "root")) == expected
+def test_list_files_stays_in_the_dataset_and_lists_regular_files(tmp_path):
+    """Links inside the dataset are followed (each folder once, a cycle too); links out of it
+    (a folder elsewhere, `/`, a file elsewhere) are not, nor FIFOs or empty files: each is
+    counted in the notes `tasks make` shows."""
+    root = tmp_path / "root"
+    _audio(root, "a/1.wav", "a/2.WAV", "a/.hidden.wav", "top.wav")
+    _text(root, "a/3.txt", "not audio")
+    os.symlink(root / "a", root / "again")  # the same folder again: walked once
+    os.symlink(root, root / "a" / "loop")  # a cycle
+    os.symlink(root / "top.wav", root / "alias.wav")  # a file inside: listed
+    _audio(tmp_path / "elsewhere", "x.wav")
+    os.symlink(tmp_path / "elsewhere", root / "out")
+    os.symlink("/", root / "slash")  # the whole file system: never walked
+    os.symlink(tmp_path / "elsewhere" / "x.wav", root / "linked.wav")
+    os.mkfifo(root / "a" / "fifo.wav")
+    (root / "a" / "empty.wav").write_bytes(b"")
+    with layout.scan_notes() as notes:
+        got = layout.list_files(str(root))
+    assert got == ["a/1.wav", "a/2.WAV", "alias.wav", "top.wav"]
+    assert notes == [
+        f"3 skipped: a symbolic link out of {root}, not followed",
+        "1 skipped: empty (0 bytes)",
+        "1 skipped: a named pipe (FIFO), not a regular file",
+    ]
+    assert layout.list_files(str(root), "a", recursive=False) == ["a/1.wav", "a/2.WAV"]
 
 
 def test_seeded_split_proportions_and_independence():
@@ -204,6 +220,22 @@ def test_gtzan_artist_filtered_split_au_files(tmp_path):
     ]
     assert "gtzan: 1 files outside the artist-filtered lists left out (as in EVAR)" in made.lines
     assert (s.unit_sec, s.expected_clips) == (30.0, 930)
+
+
+def test_gtzan_clip_present_as_au_and_wav_counts_once(tmp_path):
+    """A genres folder with converted .wav copies beside the .au originals: one row per clip
+    (the .au), the clips found and the classes counted once."""
+    root = tmp_path / "genres"
+    clips = ["blues/blues.00000", "blues/blues.00029", "jazz/jazz.00054", "rock/rock.00000"]
+    _audio(root, *[f"{c}.au" for c in clips], *[f"{c}.wav" for c in clips[1:]])
+    made, rows, s = _build("gtzan", tmp_path, tmp_path / "out")
+    assert rows[1:] == [
+        ["blues/blues.00000.au", "blues", "valid"],
+        ["blues/blues.00029.au", "blues", "train"],
+        ["jazz/jazz.00054.au", "jazz", "train"],
+        ["rock/rock.00000.au", "rock", "train"],
+    ]
+    assert s.found_clips == 4 and made.lines[0].startswith("gtzan: 4 of 930 clips found")
 
 
 def _nsynth_note(family, note):

@@ -6,9 +6,11 @@ import numpy as np
 import soundfile as sf
 
 from msm_mae_jax.data import audio, synthetic
-from msm_mae_jax.evaluation import embeddings, linear, probe, task_audio, tasks
-from msm_mae_jax.evaluation.labels import encode_labels
-from msm_mae_jax.evaluation.splits import Fold
+from msm_mae_jax.evaluation import embeddings, probe
+from msm_mae_jax.tasks import specs, task_audio
+from msm_mae_jax.tasks.labels import encode_labels
+from msm_mae_jax.tasks.splits import Fold
+from msm_mae_jax.tasks.task import Task
 
 
 def test_fit_length_pads_at_the_end_and_crops_where_asked():
@@ -37,13 +39,13 @@ def _task(tmp_path, seconds, folds=None):
         labels.append(synthetic.CLASS_NAMES[y % 2])
     n = len(seconds)
     if folds:
-        path = tasks.write_csv(str(tmp_path / "t.csv"), files, labels, folds=folds)
+        path = specs.write_csv(str(tmp_path / "t.csv"), files, labels, folds=folds)
     else:
         split = ["train", "train", "valid", "test"]
-        path = tasks.write_csv(
+        path = specs.write_csv(
             str(tmp_path / "t.csv"), files, labels, splits=[split[i % 4] for i in range(n)]
         )
-    return tasks.parse_task(f"csv:{path}")
+    return specs.parse_task(f"csv:{path}")
 
 
 def test_views_are_start_crops_for_test_and_seeded_windows_for_training(tmp_path):
@@ -108,7 +110,7 @@ def test_fold_tasks_embed_long_clips_in_both_fits(tmp_path):
 
 def test_norm_stats_clips_are_the_first_folds_training_clips():
     idx = np.arange(20)
-    fold_task = tasks.Task(
+    fold_task = Task(
         "t",
         None,
         idx % 2,
@@ -123,7 +125,7 @@ def test_norm_stats_clips_are_the_first_folds_training_clips():
     got = task_audio.norm_stats_indices(fold_task, 0, limit=6)
     assert len(got) == 6 and set(got) <= set(idx[5:]) and np.all(np.diff(got) > 0)
     np.testing.assert_array_equal(got, task_audio.norm_stats_indices(fold_task, 0, limit=6))
-    split_task = tasks.Task(
+    split_task = Task(
         "t", None, idx % 2, ["a", "b"], False, [Fold("split", idx[:12], idx[12:15], idx[15:])]
     )
     np.testing.assert_array_equal(task_audio.norm_stats_indices(split_task, 0), idx[:12])
@@ -143,7 +145,7 @@ def test_comma_separated_labels_and_rows_without_a_split(tmp_path):
         ',file_name,label,split\n0,0.wav,"Bark,Dog",train\n1,1.wav,Dog,train\n'
         '2,2.wav,"Dog,Bark",valid\n3,3.wav,Bark,test\n4,4.wav,Cat,\n'
     )
-    task = tasks.parse_task(f"csv:{tmp_path / 'fsd.csv'}")
+    task = specs.parse_task(f"csv:{tmp_path / 'fsd.csv'}")
     assert task.multilabel and task.class_names == ["Bark", "Dog"] and len(task) == 4
     np.testing.assert_array_equal(task.y, [[1, 1], [0, 1], [1, 1], [1, 0]])
 
@@ -173,7 +175,7 @@ def test_early_stopping_counts_a_tie_as_better():
 def test_cache_entries_that_do_not_fit_the_task_are_misses(tmp_path, caplog):
     task = _task(tmp_path, [0.5] * 12)
     kw = dict(baseline="logmel", unit_sec=0.5, cache_dir=str(tmp_path / "c"), progress=False)
-    feats, info = linear.extract(task, log=lambda m: None, **kw)
+    feats, info = embeddings.extract(task, log=lambda m: None, **kw)
     path = info["cache_file"]
     meta = np.load(path)["__meta__"]
     x = feats["logmel"]
@@ -192,9 +194,9 @@ def test_cache_entries_that_do_not_fit_the_task_are_misses(tmp_path, caplog):
             logmel=bad,
             **{"logmel@train": rows},
         )
-        again, info = linear.extract(task, log=lambda m: None, **kw)
+        again, info = embeddings.extract(task, log=lambda m: None, **kw)
         assert not info["cache_hit"] and why in caplog.text, (why, caplog.text)
         np.testing.assert_array_equal(again["logmel"], x)
-        again, info = linear.extract(task, log=lambda m: None, **kw)
+        again, info = embeddings.extract(task, log=lambda m: None, **kw)
         assert info["cache_hit"], why  # the entry was rewritten
         np.testing.assert_array_equal(again["logmel"], x)

@@ -6,17 +6,15 @@ import jax
 import numpy as np
 import optax
 import pytest
+from model_utils import small_model
 
 from msm_mae_jax.cli import export as export_cli
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.features.runtime import Runtime
 from msm_mae_jax.model import artifact, mae
-from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.train import checkpoints, export
 
-CFG = ModelConfig(
-    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
-)
+CFG = small_model()
 STATS = NormStats(-5.5, 3.0)
 
 

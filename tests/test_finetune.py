@@ -17,10 +17,10 @@ from finetune_utils import MICRO, encoder_params, ft_config, synthetic_csv, writ
 from msm_mae_jax.cli import finetune as cli
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation import probe, tasks
-from msm_mae_jax.evaluation.finetune import data, export, model, optimizer, run, state
+from msm_mae_jax.finetune import data, export, model, optimizer, run, state
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.frames import encode_frames
+from msm_mae_jax.tasks import metrics, specs
 from msm_mae_jax.train import checkpoints
 
 
@@ -280,7 +280,7 @@ def test_sharded_accumulated_steps_equal_one_device_steps():
 @pytest.mark.slow
 def test_multilabel_task_end_to_end_with_export(tmp_path, encoder_dir):
     csv = synthetic_csv(str(tmp_path / "task"), n=36, multilabel=True)
-    task = tasks.parse_task(f"csv:{csv}")
+    task = specs.parse_task(f"csv:{csv}")
     assert task.multilabel and task.num_classes == 6
     c = ft_config(**{"epochs": "3", "data.balanced": "true", "num_seeds": "2"})
     logs = []
@@ -302,7 +302,7 @@ def test_multilabel_task_end_to_end_with_export(tmp_path, encoder_dir):
     scores = ft.predict(wavs)
     assert np.all((scores > 0) & (scores < 1))
     m = float(
-        probe.mean_average_precision(
+        metrics.mean_average_precision(
             jnp.asarray(scores), jnp.asarray(task.y[fold.test], jnp.float32)
         )
     )
@@ -338,7 +338,7 @@ def _swapped_valid_task(root) -> str:
         sf.write(files[-1], wav.astype(np.float32), 16000)
         labels.append(["low", "high"][1 - y if split == "valid" else y])
         splits.append(split)
-    return tasks.write_csv(os.path.join(root, "task.csv"), files, labels, splits=splits)
+    return specs.write_csv(os.path.join(root, "task.csv"), files, labels, splits=splits)
 
 
 def test_early_stopping_keeps_and_tests_the_best_parameters(tmp_path, encoder_dir):
@@ -346,7 +346,7 @@ def test_early_stopping_keeps_and_tests_the_best_parameters(tmp_path, encoder_di
     steps): the run stops at the second evaluation without a better score, the best step is
     the first best one, and the test score reported and exported is the best parameters',
     not the last ones'."""
-    task = tasks.parse_task(f"csv:{_swapped_valid_task(str(tmp_path / 'task'))}")
+    task = specs.parse_task(f"csv:{_swapped_valid_task(str(tmp_path / 'task'))}")
     off = {"augment.mixup": "0", "augment.rrc": "false", "model.drop_path": "0"}
     off.update({"augment.freq_mask": "0", "augment.time_mask": "0"})
     c = ft_config(**{**off, "epochs": "10", "early_stop_patience": "1", "optim.lr": "3e-3"})
@@ -511,7 +511,7 @@ def test_config_overrides_are_typed_and_bare_variants_name_the_finetune_configs(
 
 
 def test_results_of_fold_tasks_average_folds_as_the_linear_evaluation():
-    from msm_mae_jax.evaluation.finetune import results
+    from msm_mae_jax.finetune import results
 
     s = results.summarize(np.array([[0.5, 0.7], [0.9, 1.0]]), ["fold1", "fold2"])
     assert s["mean"] == pytest.approx(0.775) and s["per_seed"] == pytest.approx([0.7, 0.85])

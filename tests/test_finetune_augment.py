@@ -5,21 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_utils import small_model
 
-from msm_mae_jax.evaluation.finetune import augment
+from msm_mae_jax.finetune import augment
 from msm_mae_jax.model import mae
-from msm_mae_jax.model.config import ModelConfig
 
-MICRO = ModelConfig(
-    input_size=(32, 32),
-    patch_size=(16, 16),
-    embed_dim=16,
-    depth=2,
-    num_heads=2,
-    decoder_embed_dim=16,
-    decoder_depth=1,
-    decoder_num_heads=2,
-)
+MICRO = small_model(width=16, heads=2, input_size=(32, 32), patch_size=(16, 16))
 
 
 def _np_span(u1, u2, size, param):

@@ -14,9 +14,10 @@ import pytest
 from finetune_utils import ft_config, synthetic_csv, write_encoder
 from train_utils import xla_flags
 
-from msm_mae_jax.evaluation import probe, tasks
-from msm_mae_jax.evaluation.finetune import data, run
-from msm_mae_jax.evaluation.finetune import model as ft_model
+from msm_mae_jax.evaluation import probe
+from msm_mae_jax.finetune import data, run
+from msm_mae_jax.finetune import model as ft_model
+from msm_mae_jax.tasks import specs
 from msm_mae_jax.train import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +121,7 @@ def _pretrain(store, train_idx, stats, out, steps=200, width=128):
     """Pre-trains a small encoder (128 wide, 2 blocks, 80x96) on crops of the training clips with
     the pre-training step of train.loop; saves it as an encoder artifact."""
     from msm_mae_jax.core.config_files import load_config
-    from msm_mae_jax.evaluation.finetune import data
+    from msm_mae_jax.finetune import data
     from msm_mae_jax.model import artifact
     from msm_mae_jax.model.config import ModelConfig
     from msm_mae_jax.train import optim
@@ -174,8 +175,8 @@ def test_fsdd_digits_finetuning_reaches_95_and_beats_the_linear_probe(
     files = sorted(str(p) for p in fsdd_dir.glob("*.wav"))
     names = [os.path.basename(f)[:-4].split("_") for f in files]
     splits = ["test" if int(n[2]) < 5 else "train" for n in names]
-    csv = tasks.write_csv(str(tmp_path / "fsdd.csv"), files, [n[0] for n in names], splits)
-    task = tasks.parse_task(f"csv:{csv}")
+    csv = specs.write_csv(str(tmp_path / "fsdd.csv"), files, [n[0] for n in names], splits)
+    task = specs.parse_task(f"csv:{csv}")
     fold = task.folds[0]
     store = data.load_clips(task, 0.0, progress=False, log=lambda m: None)
     stats = store.norm_stats(task.train_union)

@@ -7,22 +7,14 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from model_utils import small_model
 
 from configs.finetune import get_config
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.evaluation.finetune import model, optimizer
+from msm_mae_jax.finetune import model, optimizer
 from msm_mae_jax.model import mae
-from msm_mae_jax.model.config import ModelConfig
 
-MICRO = ModelConfig(
-    input_size=(32, 32),
-    embed_dim=16,
-    depth=3,
-    num_heads=2,
-    decoder_embed_dim=16,
-    decoder_depth=1,
-    decoder_num_heads=2,
-)
+MICRO = small_model(width=16, heads=2, depth=3, input_size=(32, 32))
 
 
 @functools.cache

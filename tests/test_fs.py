@@ -6,6 +6,7 @@ import time
 import uuid
 
 import pytest
+from fifo import unblock_readers
 
 from msm_mae_jax.core import fs, staging
 
@@ -174,3 +175,16 @@ def test_stamps_change_when_a_file_is_rewritten(root):
     time.sleep(0.01)  # a new mtime (local), a new generation (GCS) or creation time (memory)
     fs.write_bytes(path, b"two")
     assert fs.stamp(path)[0] == 3 and fs.stamp(path) != before
+
+
+def test_reads_refuse_a_fifo_instead_of_waiting_for_a_writer(tmp_path):
+    from msm_mae_jax.core.paths import NotRegularFileError
+
+    fifo = str(tmp_path / "settings.json")
+    os.mkfifo(fifo)
+    unblock_readers(fifo, 20)
+    for read in (fs.read_bytes, fs.read_text, lambda p: fs.open(p).read()):
+        t0 = time.time()
+        with pytest.raises(NotRegularFileError, match="a named pipe \\(FIFO\\), not a regular"):
+            read(fifo)
+        assert time.time() - t0 < 1

@@ -4,18 +4,16 @@ themselves run in tests/test_hear_tools.py)."""
 import jax
 import numpy as np
 import pytest
+from model_utils import small_model
 
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.data.tf_setup import tensorflow
 from msm_mae_jax.features import hear
 from msm_mae_jax.model import artifact, mae
-from msm_mae_jax.model.config import ModelConfig
 
 tf = tensorflow()
 
-CFG = ModelConfig(
-    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
-)
+CFG = small_model()
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +131,15 @@ def test_framework_tensors(model):
 def test_wrong_rank(model):
     with pytest.raises(ValueError, match="n_sounds"):
         hear.get_scene_embeddings(np.zeros(16000, np.float32), model)
+
+
+def test_audio_far_outside_full_scale_is_refused(model):
+    """Audio scaled as int16 values (±1000 here) is refused in one clear error, as `embed`
+    refuses such a file; a little clipping (a peak of 15) is not."""
+    audio = _white_noise(2, 0.5, seed=4)
+    for fn in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+        with pytest.raises(ValueError, match=r"magnitude 1e\+03, far outside \[-1, 1\]"):
+            fn(audio * 1000, model)
+    with pytest.raises(ValueError, match=r"audio\[1\] has samples of magnitude 20"):
+        model.runtime.encode([audio[0], np.full(8000, -20.0, np.float32)])
+    assert np.isfinite(scene(audio * 15, model)).all()

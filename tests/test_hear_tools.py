@@ -11,18 +11,16 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
+from model_utils import small_model
 
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.features.runtime import Runtime
 from msm_mae_jax.model import artifact, mae
-from msm_mae_jax.model.config import ModelConfig
 
 pytest.importorskip("heareval", reason="hear-eval-kit is installed by `make setup-dev`")
 pytest.importorskip("hearvalidator", reason="hear-validator is installed by `make setup-dev`")
 
-CFG = ModelConfig(
-    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
-)
+CFG = small_model()
 SR = 16000
 SPLITS = ("train", "valid", "test")
 

@@ -65,7 +65,9 @@ def test_synthetic_batches_are_normalised_log_mels_of_the_clips():
 
 
 def test_norm_stats_match_numpy_over_the_clips():
-    c = _config()  # 8 crops = one epoch = every clip once, whole (clips shorter than crop)
+    # The statistics of the real frames (the official ones: tests/test_official_norm_stats.py).
+    c = _config(norm_stats_method="frames")
+    # 8 crops = one epoch = every clip once, whole (clips shorter than crop)
     stats = ip.compute_norm_stats(c, seed=0)
     values = np.concatenate(
         [librosa_log_mel(synthetic.make_clip(i, 0, 0.5)[0]).ravel() for i in range(8)]
@@ -219,7 +221,7 @@ def test_files_source_mixed_formats_rates_channels(tmp_path):
     assert ip.count_clips(_config(f"files:{root}/**/*.wav")) == 2
     # Crops longer than every clip and as many as clips: the statistics of the 4 whole clips,
     # against numpy over librosa's log-mels of the files read and resampled by librosa.
-    c = _config(f"files:{root}", norm_stats_crops=4)
+    c = _config(f"files:{root}", norm_stats_crops=4, norm_stats_method="frames")
     c.model.input_size = (80, 128)
     stats = ip.compute_norm_stats(c)
     values = np.concatenate(

@@ -15,22 +15,20 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from model_utils import small_model
 from train_utils import tiny_config
 
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import lms_shards
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.evaluation.finetune import export as ft_export
 from msm_mae_jax.features.runtime import Runtime
+from msm_mae_jax.finetune import export as ft_export
 from msm_mae_jax.model import artifact, checksums, mae
-from msm_mae_jax.model.config import ModelConfig
 from msm_mae_jax.train import checkpoints, optim
 from msm_mae_jax.train.state import Setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CFG = ModelConfig(
-    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
-)
+CFG = small_model()
 MESH = (("data", 1), ("fsdp", 1), ("tensor", 1))
 FLAGS = {"batch_size": 4, "data.synthetic_clips": 8, "data.norm_mean": -9.0, "data.norm_std": 4.0}
 

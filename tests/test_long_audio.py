@@ -11,18 +11,16 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
+from model_utils import small_model
 
 from msm_mae_jax.data import audio, audio_io
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.features import chunking, embed
 from msm_mae_jax.features.runtime import Runtime
 from msm_mae_jax.model import artifact, mae
-from msm_mae_jax.model.config import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CFG = ModelConfig(
-    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
-)
+CFG = small_model()
 STATS = NormStats(-6.5, 3.5)
 ATOL = 1e-5
 N = 2 * 208  # frames of a shrunk chunk

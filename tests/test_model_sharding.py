@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from model_utils import small_model
 
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.config import ModelConfig
 
-TINY = ModelConfig(
-    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
-)
+TINY = small_model()
 B = 16
 
 

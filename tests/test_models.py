@@ -8,26 +8,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
+from model_utils import small_model
 
 from msm_mae_jax.core.errors import ConfigError
 from msm_mae_jax.model import mae
 from msm_mae_jax.model.config import ModelConfig, encoder_variant
 from msm_mae_jax.model.masking import masking_noise
 
-TINY = ModelConfig(
-    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
-)
+TINY = small_model()
 
 
-MICRO = ModelConfig(
-    input_size=(80, 64),
-    embed_dim=32,
-    depth=1,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-)
+MICRO = small_model(width=32, heads=2, depth=1, input_size=(80, 64))
 
 
 def random_params(config: ModelConfig, seed: int = 0):
@@ -197,6 +189,44 @@ def test_attention_equals_plain_softmax(backend, monkeypatch):
     o = np.einsum("bhnm,bmhe->bnhe", p, v).reshape(B, N, D)
     ref = o @ w["proj"]["kernel"] + w["proj"]["bias"]
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_accelerator_attention_gradients_equal_the_cpu_path(monkeypatch):
+    """The GPU/TPU path recomputes its attention core in the backward pass (jax.checkpoint,
+    see vit._accelerator_attention): its gradients, input's and parameters', are the CPU
+    path's, which saves the core's intermediates."""
+    rng = np.random.default_rng(2)
+    B, N, D, H = 2, 11, 32, 4
+    x = jnp.asarray(rng.normal(size=(B, N, D)).astype(np.float32))
+    attn = mae.Attention(num_heads=H)
+    params = jax.tree.map(
+        lambda a: a + 0.1 * rng.normal(size=a.shape).astype(np.float32),
+        nn.unbox(jax.jit(attn.init)(jax.random.key(0), x)["params"]),
+    )
+
+    def grads(backend):
+        monkeypatch.setattr(mae.jax, "default_backend", lambda: backend)
+        loss = lambda p, x: jnp.sum(jnp.sin(attn.apply({"params": p}, x)))  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)  # traced for `backend`
+
+    for a, b in zip(jax.tree.leaves(grads("cpu")), jax.tree.leaves(grads("gpu")), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-6, rtol=2e-5)
+
+
+def test_accelerator_attention_saves_only_the_dense_qkv(monkeypatch, capsys):
+    """What the backward pass keeps from the attention core: on GPU/TPU only its dense qkv
+    input (the core is recomputed), never the per-head logits [B, H, N, N] the CPU path
+    keeps (on TPU those sit in tiles padded ~10x at 17 tokens)."""
+    x = jnp.ones((2, 11, 32))
+    attn = mae.Attention(num_heads=4)
+    params = nn.unbox(jax.jit(attn.init)(jax.random.key(0), x)["params"])
+    kept = {}
+    for backend in ("cpu", "gpu"):
+        monkeypatch.setattr(mae.jax, "default_backend", lambda b=backend: b)
+        print_saved_residuals(lambda p, x: attn.apply({"params": p}, x).sum(), params, x)
+        kept[backend] = capsys.readouterr().out
+    assert "f32[2,4,11,11]" in kept["cpu"]
+    assert "f32[2,4,11,11]" not in kept["gpu"] and "f32[2,11,96]" in kept["gpu"]
 
 
 @pytest.fixture(scope="module")

@@ -41,3 +41,17 @@ def test_safe_values_are_kept_and_distinct_values_stay_distinct():
     names = [path_component(v) for v in values]
     assert len(set(names)) == len(values)
     assert path_component(3) == "3"
+
+
+def test_long_values_sharing_their_first_characters_stay_distinct(tmp_path):
+    """Two long labels that differ only after the kept characters: each keeps a hash, so they
+    never share a file; a value of exactly the kept length is itself."""
+    head = ("Acoustic_guitar_Strum_Plucked_string_instrument_" * 2)[: MAX_COMPONENT - 1] + "x"
+    assert len(head) == MAX_COMPONENT
+    values = [head + "A", head + "B", head + "A" * 40, head]
+    names = [path_component(v) for v in values]
+    assert len(set(names)) == len(values), names
+    assert names[-1] == head and all(n.startswith(head + "-") for n in names[:-1])
+    for n in names:
+        (tmp_path / f"{n}.json").write_text(n)
+    assert len(list(tmp_path.iterdir())) == len(values)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_mae_jax.data.normalization import NormAccumulator, NormStats
+from msm_mae_jax.data.normalization import F32_EPS, NormAccumulator, NormStats
 from msm_mae_jax.data.tf_setup import tensorflow
 
 tf = tensorflow()
@@ -27,6 +27,21 @@ def test_accumulator_matches_numpy_over_random_chunks():
     stats = acc.stats()
     assert stats.mean == pytest.approx(ref.mean(), rel=1e-13)
     assert stats.std == pytest.approx(ref.std(), rel=1e-12)  # population std (ddof=0)
+
+
+def test_unbiased_std_plus_eps_as_the_official_statistics():
+    chunks = _chunks(3, n=4)
+    ref = np.concatenate([c.astype(np.float64).ravel() for c in chunks])
+    acc = NormAccumulator()
+    for c in chunks:
+        acc.add(c)
+    stats = acc.stats(unbiased=True, eps=F32_EPS)
+    assert F32_EPS == np.finfo(np.float32).eps  # torch.finfo().eps
+    assert stats.mean == pytest.approx(ref.mean(), rel=1e-13)
+    assert stats.std == pytest.approx(ref.std(ddof=1) + F32_EPS, rel=1e-12)
+    assert stats.std != pytest.approx(ref.std() + F32_EPS, rel=1e-12)
+    with pytest.raises(ValueError, match="no values"):
+        NormAccumulator().add(np.ones(1)).stats(unbiased=True)
 
 
 def test_merged_accumulators_equal_one_pass_and_numpy():

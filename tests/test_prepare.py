@@ -4,11 +4,13 @@ import json
 import os
 import re
 import shutil
+import time
 
 import librosa
 import numpy as np
 import pytest
 import soundfile as sf
+from fifo import unblock_readers
 from reference import librosa_log_mel
 
 from configs.msm_mae import get_config
@@ -72,6 +74,21 @@ def test_prepare_writes_shards_manifest_and_exact_stats(corpus, tmp_path):
         assert records == by_shard[s["name"]]
 
 
+def test_a_fifo_in_the_corpus_is_skipped_and_counted_never_opened(fsdd_dir, tmp_path):
+    """Opened, a FIFO blocks until a writer comes: forever. A writer thread ends such a wait
+    after a few seconds (the test then fails on the time) instead of blocking the suite."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(fsdd_dir / NAMES[0], src / NAMES[0])
+    os.mkfifo(src / "pipe.wav")
+    unblock_readers(str(src / "pipe.wav"), 30)
+    t0 = time.time()
+    m = prepare.prepare(str(src), str(tmp_path / "lms"), shard_size=4, workers=1, progress=False)
+    assert time.time() - t0 < 25
+    why = f"{src / 'pipe.wav'}: a named pipe (FIFO), not a regular file"
+    assert m["num_records"] == 1 and m["skipped"] == [{"path": "pipe.wav", "reason": why}]
+
+
 def test_prepare_resumes_only_missing_shards(corpus, tmp_path):
     out = tmp_path / "lms"
     prepare.prepare(str(corpus), str(out), shard_size=2, workers=1, progress=False)
@@ -99,6 +116,7 @@ def _lms_config(out, frames=32, batch=2):
     c = get_config("tiny")
     c.batch_size, c.model.input_size = batch, (80, frames)
     c.data.source, c.data.shuffle_buffer = f"lms:{out}", 4
+    c.data.norm_stats_method = "frames"  # the manifest's statistics (of the real frames)
     return c
 
 
@@ -188,6 +206,11 @@ def test_version1_corpus_is_still_read(corpus, tmp_path):
     c = _lms_config(tmp_path / "v1")
     stats = ip.compute_norm_stats(c)
     assert stats.to_dict() == m["norm_stats"]
+    # The official statistics of records read in order: crops of a seeded pass, with their
+    # zero padding (the clips' log-mels are negative: it raises the mean).
+    c.data.norm_stats_method, c.data.norm_stats_crops = "official", 6
+    official = ip.compute_norm_stats(c)
+    assert official.mean > stats.mean and official.std > 0
     it = ip.train_iterator(c, stats)
     a = [next(it)["lms"] for _ in range(4)]  # crosses the epoch boundary (5 records)
     assert all(x.shape == (2, 1, 80, 32) and np.isfinite(x).all() for x in a)

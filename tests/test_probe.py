@@ -6,6 +6,7 @@ from sklearn.metrics import average_precision_score
 from sklearn.preprocessing import StandardScaler
 
 from msm_mae_jax.evaluation import probe
+from msm_mae_jax.tasks import metrics
 
 
 def _blobs(rng, n, d=16, c=4, sep=6.0):
@@ -148,10 +149,10 @@ def test_average_precision_matches_sklearn_with_ties():
     y[:, 4] = 0  # a class without positives is left out of the macro mean
     scores = rng.integers(0, 6, size=(300, 5)).astype(np.float32)  # many tied scores
     for c in range(4):
-        ap = float(probe.average_precision(scores[:, c], y[:, c]))
+        ap = float(metrics.average_precision(scores[:, c], y[:, c]))
         assert ap == pytest.approx(average_precision_score(y[:, c], scores[:, c]), abs=1e-6)
     ref = np.mean([average_precision_score(y[:, c], scores[:, c]) for c in range(4)])
-    assert float(probe.mean_average_precision(scores, y)) == pytest.approx(ref, abs=1e-6)
+    assert float(metrics.mean_average_precision(scores, y)) == pytest.approx(ref, abs=1e-6)
 
 
 def test_multilabel_probe_uses_map():

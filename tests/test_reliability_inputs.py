@@ -2,7 +2,8 @@
 task's data that would escape the workdir, repeated and leaking task rows, outputs that
 cannot be written, a corpus that never decodes, damaged metadata, statistics, job, result and
 weight files. Each ends in one line on stderr (or, for the names, a run that stays inside its
-folders)."""
+folders). Input data failing mid-run (files that stop decoding, a truncated log-mel shard),
+in-process: a DataError naming the source."""
 
 import concurrent.futures
 import fractions
@@ -11,44 +12,26 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import types
 
 import numpy as np
 import pytest
 import soundfile as sf
 from finetune_utils import write_encoder
-from train_utils import run, subprocess_env
+from run_utils import MSM, error_line, run_cmd
+from train_utils import RUN_FLAGS, tiny_config
 
 from msm_mae_jax.core import config_files
+from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.core.names import path_component
 from msm_mae_jax.data import synthetic
-from msm_mae_jax.evaluation import task_checks, tasks
 from msm_mae_jax.model.config import ModelConfig
-from msm_mae_jax.train import checkpoints
+from msm_mae_jax.tasks import specs
+from msm_mae_jax.tasks.task import leaks, report_leaks
+from msm_mae_jax.train import checkpoints, loop, workdir_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 300
-MSM = [sys.executable, "-m", "msm_mae_jax"]
 ESCAPE = "../../../../ESCAPED"  # WORKDIR/fold<value> would be two folders above the workdir
-
-
-@pytest.fixture(scope="module")
-def env():
-    return subprocess_env()  # the session's compilation cache: the tiny runs' programs
-
-
-def _run(cmd, env, **kw):
-    return run(cmd, env, TIMEOUT, **kw)
-
-
-def _error_line(r) -> str:
-    """The one `PROG: error: ...` line of a run that ended with a user's mistake (exit 2)."""
-    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    lines = [x for x in r.stderr.splitlines() if ": error: " in x]
-    assert len(lines) == 1, r.stderr[-3000:]
-    return lines[0]
 
 
 def _files(root):
@@ -82,7 +65,7 @@ def _escaping_task(tmp):
 
 def _independent_leaks(csv_path):
     """The expected counts, by plain set arithmetic on the parsed task's paths."""
-    task = tasks.parse_task(f"csv:{csv_path}")
+    task = specs.parse_task(f"csv:{csv_path}")
     paths = task.source.paths
     dup = len(paths) - len(set(paths))
     per = {}
@@ -103,8 +86,8 @@ def escaping_runs(tmp_path_factory, env):
     ft_cmd = MSM + ["finetune", "--checkpoint", enc, "--task", f"csv:{csv_path}"]
     ft_cmd += ["--config", "tiny", "--no-progress", "--config.batch_size=4", "--config.epochs=1"]
     ft_cmd += ["--config.mesh=(('data',1),('fsdp',1),('tensor',1))"]
-    ft = _run(ft_cmd + ["--workdir", str(ft_dir), "--out", str(ft_dir / "ft.json")], env)
-    ev = _run(
+    ft = run_cmd(ft_cmd + ["--workdir", str(ft_dir), "--out", str(ft_dir / "ft.json")], env)
+    ev = run_cmd(
         MSM
         + ["eval", "--baseline", "logmel", "--task", f"csv:{csv_path}", "--no-progress"]
         + ["--out", str(ev_dir / "ev.json"), "--cache-dir", str(ev_dir / "cache")]
@@ -167,8 +150,8 @@ def test_damaged_finetune_job_and_result_files_are_one_line(escaping_runs, tmp_p
     (job / "job.json").write_bytes(b"\x89PNG\r\n\x1a\n\0\0")
     (res / fold / "seed0" / "result.json").write_text('{"test": "0.9", "valid": 0.5}')
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        runs = {d: pool.submit(_run, x.ft_cmd + ["--workdir", str(d)], env) for d in (job, res)}
-        lines = {d: _error_line(f.result()) for d, f in runs.items()}
+        runs = {d: pool.submit(run_cmd, x.ft_cmd + ["--workdir", str(d)], env) for d in (job, res)}
+        lines = {d: error_line(f.result()) for d, f in runs.items()}
     assert (
         f"{job / 'job.json'}: the job file is damaged (byte 0x89 at offset 0 is not text); use "
         "a new --workdir, or delete the file to start over"
@@ -182,20 +165,20 @@ def test_damaged_finetune_job_and_result_files_are_one_line(escaping_runs, tmp_p
 def test_split_values_that_are_paths_are_refused(tmp_path, env):
     (tmp_path / "c.wav").write_bytes(b"")
     (tmp_path / "t.csv").write_text("file,label,split\nc.wav,a,../../x\n")
-    r = _run(MSM + ["eval", "--baseline", "logmel", "--task", f"csv:{tmp_path / 't.csv'}"], env)
-    assert "has split '../../x'; expected one of train/valid/test" in _error_line(r)
+    r = run_cmd(MSM + ["eval", "--baseline", "logmel", "--task", f"csv:{tmp_path / 't.csv'}"], env)
+    assert "has split '../../x'; expected one of train/valid/test" in error_line(r)
 
 
 def test_leak_counts_of_a_clean_and_a_split_task(tmp_path):
     """No counts for a clean task; a split task whose test rows repeat train rows."""
-    clean = tasks.load_synthetic_task(40)
-    assert task_checks.leaks(clean)["duplicate_rows"] == 0
+    clean = specs.load_synthetic_task(40)
+    assert leaks(clean)["duplicate_rows"] == 0
     for name in "xyz":
         (tmp_path / f"{name}.wav").write_bytes(b"")
     rows = ["x.wav,a,train", "y.wav,b,train", "x.wav,a,valid", "z.wav,a,valid"]
     rows += ["z.wav,a,test", "y.wav,b,test", "y.wav,b,test"]  # z: only in valid before
     (tmp_path / "t.csv").write_text("\n".join(["file,label,split", *rows]) + "\n")
-    found = task_checks.leaks(tasks.parse_task(f"csv:{tmp_path / 't.csv'}"))
+    found = leaks(specs.parse_task(f"csv:{tmp_path / 't.csv'}"))
     assert found == {
         "duplicate_rows": 4,
         "test_in_train": 3,
@@ -203,7 +186,7 @@ def test_leak_counts_of_a_clean_and_a_split_task(tmp_path):
         "per_fold": {"split": {"test_in_train": 3, "valid_in_train": 1}},
     }
     logged = []
-    task_checks.report(tasks.parse_task(f"csv:{tmp_path / 't.csv'}"), logged.append)
+    report_leaks(specs.parse_task(f"csv:{tmp_path / 't.csv'}"), logged.append)
     assert len(logged) == 1 and "4 row(s)" in logged[0] and "3 test clip(s)" in logged[0]
 
 
@@ -242,13 +225,13 @@ def test_read_only_and_full_outputs_are_one_line(tmp_path, env):
         for name, (cmd, _) in cases.items()
     ]
     inner = " && ".join(script[:2]) + " || exit 99; " + "; ".join(script[2:])
-    r = _run(["unshare", "-rm", "sh", "-c", inner], env, cwd=tmp_path)
+    r = run_cmd(["unshare", "-rm", "sh", "-c", inner], env, cwd=tmp_path)
     if r.returncode != 0:
         pytest.skip(f"no read-only or tmpfs mount here: {r.stderr.strip()[-200:]}")
     for name, (cmd, why) in cases.items():
         err = (tmp_path / f"{name}.err").read_text()
         rc = int((tmp_path / f"{name}.rc").read_text())
-        line = _error_line(subprocess.CompletedProcess(cmd, rc, "", err))
+        line = error_line(subprocess.CompletedProcess(cmd, rc, "", err))
         assert "is not writable" in line and why in line and "nothing was done" in line, line
 
 
@@ -265,13 +248,13 @@ def test_train_on_files_that_never_decode_is_one_line(tmp_path, env):
         sf.write(audio / f"{i}.flac", rng.standard_normal(32000).astype(np.float32) * 0.1, 16000)
         data = (audio / f"{i}.flac").read_bytes()
         (audio / f"{i}.flac").write_bytes(data[:2000] + rng.bytes(len(data) - 2000))
-    r = _run(
+    r = run_cmd(
         MSM
         + ["train", "--config", "tiny", "--workdir", str(tmp_path / "run")]
         + [f"--config.data.source=files:{audio}"],
         env,
     )
-    line = _error_line(r)
+    line = error_line(r)
     assert f"files:{audio}" in line and "(all of them) failed to decode" in line, line
     assert "0.flac" in line and "InvalidArgumentError" not in r.stderr
 
@@ -354,15 +337,64 @@ def test_damaged_metadata_and_weights_are_one_line(tmp_path, env):
                 f"{tmp_path / name}.pth: ",
             )
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        futures = {k: pool.submit(_run, MSM + cmd, env) for k, (cmd, _) in cases.items()}
+        futures = {k: pool.submit(run_cmd, MSM + cmd, env) for k, (cmd, _) in cases.items()}
         results = {k: f.result() for k, f in futures.items()}
     for name, (_, said) in cases.items():
-        line = _error_line(results[name])
+        line = error_line(results[name])
         assert said in line, (name, line)
     assert "'embed_dim'" not in results["another model"].stderr  # not the two whole dicts
     if torch is not None:
         for name in ("damaged", "object"):
-            line = _error_line(results[f"{name} pth"])
+            line = error_line(results[f"{name} pth"])
             assert "weights_only" not in line and line.count(f"{name}.pth") == 1, line
-        assert "a damaged file, or not a PyTorch checkpoint" in _error_line(results["damaged pth"])
-        assert "not a plain state-dict checkpoint" in _error_line(results["object pth"])
+        assert "a damaged file, or not a PyTorch checkpoint" in error_line(results["damaged pth"])
+        assert "not a plain state-dict checkpoint" in error_line(results["object pth"])
+
+
+# ---- input data failing mid-run (in-process) ------------------------------------------------
+def _nan_wavs(folder, n):
+    folder.mkdir()
+    for i in range(n):  # headers are fine; decoding finds NaN samples
+        y = np.full(16000, np.nan, np.float32)
+        sf.write(folder / f"{i}.wav", y, 16000, subtype="FLOAT")
+
+
+def _train_on(folder, tmp_path):
+    c = tiny_config(2, **{k: v for k, v in RUN_FLAGS.items() if k != "mesh"})
+    c.mesh, c.data.source = (("data", 1), ("fsdp", 1), ("tensor", 1)), f"files:{folder}"
+    loop.train_and_evaluate(c, str(tmp_path / "run"))
+
+
+def test_files_that_stop_decoding_are_a_data_error(tmp_path):
+    """Files that pass the header scan and fail to decode (as when the source vanishes
+    mid-run): a DataError naming the source and the files (the command prints it as one
+    line), not TensorFlow's wrapped traceback."""
+    _nan_wavs(tmp_path / "audio", 20)
+    with pytest.raises(DataError, match=r"files:.*audio.*failed to decode.*NaN/Inf") as e:
+        _train_on(tmp_path / "audio", tmp_path)
+    assert "Traceback" not in str(e.value)
+    assert not (tmp_path / "run" / workdir_lock.LOCK_NAME).exists()
+
+
+def test_one_file_that_fails_is_counted_as_one(tmp_path):
+    _nan_wavs(tmp_path / "audio", 1)
+    with pytest.raises(DataError, match=r"the only file \(1 file tried\) failed to decode"):
+        _train_on(tmp_path / "audio", tmp_path)
+
+
+def test_truncated_lms_shard_is_named(fsdd_dir, tmp_path):
+    from msm_mae_jax.data import prepare
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in sorted(fsdd_dir.glob("*.wav"))[:6]:
+        shutil.copy(p, src)
+    m = prepare.prepare(str(src), str(tmp_path / "lms"), shard_size=3, workers=1, progress=False)
+    shard = tmp_path / "lms" / m["shards"][1]["name"]
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    c = tiny_config(2, **{k: v for k, v in RUN_FLAGS.items() if k != "mesh"})
+    c.mesh, c.data.source = (("data", 1), ("fsdp", 1), ("tensor", 1)), f"lms:{tmp_path / 'lms'}"
+    c.data.shuffle_buffer = 2
+    with pytest.raises(DataError, match=shard.name):
+        loop.train_and_evaluate(c, str(tmp_path / "run"))

@@ -5,7 +5,6 @@ what is said about the checkpoints is true. Runs have timeouts (a hang fails the
 
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -15,74 +14,24 @@ import time
 import jax
 import numpy as np
 import pytest
-from train_utils import RUN_FLAGS, run, subprocess_env
+from run_utils import (
+    TIMEOUT,
+    Started,
+    cli,
+    error_line,
+    no_cache_writes,
+    run_cmd,
+    small_files,
+    train_cmd,
+)
 
+from msm_mae_jax.core import outputs
 from msm_mae_jax.features.runtime import Runtime
 from msm_mae_jax.model import artifact
 from msm_mae_jax.train import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 300
 FOREVER = {"total_steps": 100000, "ckpt_every_steps": 1, "keep_checkpoints": 100}
-
-
-def _train(wd, **overrides):
-    flags = {**RUN_FLAGS, **overrides}
-    return [sys.executable, "-m", "msm_mae_jax", "train", "--config", "tiny", "--workdir", str(wd),
-            *[f"--config.{k}={v}" for k, v in flags.items()]]  # fmt: skip
-
-
-def _cli(*args):
-    return [sys.executable, "-m", "msm_mae_jax", *[str(a) for a in args]]
-
-
-@pytest.fixture(scope="module")
-def env():
-    return subprocess_env()  # the session's compilation cache: the tiny runs' programs
-
-
-def _run(cmd, env, **kw):
-    return run(cmd, env, TIMEOUT, **kw)
-
-
-def _error_line(r) -> str:
-    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
-    lines = [x for x in r.stderr.splitlines() if ": error: " in x]
-    assert len(lines) == 1, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    return lines[0]
-
-
-class _Started:
-    """A run in the background (output to files, so a full pipe never blocks it)."""
-
-    def __init__(self, cmd, env, folder, **kw):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.out, self.err = folder / "stdout", folder / "stderr"
-        with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True, **kw)
-        self.deadline = time.time() + 2 * TIMEOUT
-
-    def result(self) -> subprocess.CompletedProcess:
-        try:
-            self.proc.wait(timeout=max(1.0, self.deadline - time.time()))
-        finally:
-            self.proc.kill()
-        return subprocess.CompletedProcess(
-            self.proc.args, self.proc.returncode, self.out.read_text(), self.err.read_text()
-        )
-
-
-def _no_cache_writes(env: dict) -> dict:
-    """`env` for a run under the file size limit: it reads the session's compilation cache
-    but writes nothing to it (a program it compiled first would be cut at the limit, and
-    every later run would warn about the damaged entry and compile it again)."""
-    return {**env, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"}
-
-
-def _small_files():
-    """A file size limit standing in for a full disk: logs fit, a checkpoint does not."""
-    resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +47,12 @@ def runs(tmp_path_factory, env, audio_dir):
     """The module's independent runs, started at once."""
     tmp = tmp_path_factory.mktemp("runs")
     return {
-        "trained": _Started(_train(tmp / "trained", total_steps=6), env, tmp / "trained.log"),
-        "full disk, files": _Started(
-            _train(tmp / "full_files", total_steps=4, **{"data.source": f"files:{audio_dir}"}),
-            _no_cache_writes(env),
+        "trained": Started(train_cmd(tmp / "trained", total_steps=6), env, tmp / "trained.log"),
+        "full disk, files": Started(
+            train_cmd(tmp / "full_files", total_steps=4, **{"data.source": f"files:{audio_dir}"}),
+            no_cache_writes(env),
             tmp / "full_files.log",
-            preexec_fn=_small_files,
+            preexec_fn=small_files,
         ),
     }
 
@@ -123,7 +72,7 @@ def test_a_full_disk_is_one_line(runs):
     """No orbax/asyncio tracebacks around the line (background threads, unretrieved futures,
     callbacks after the event loop closed); a `files:` source, whose input pipeline is still
     running when the save fails, included."""
-    line = _error_line(runs["full disk, files"].result())
+    line = error_line(runs["full disk, files"].result())
     assert "writing a checkpoint to" in line and "File too large" in line, line
     assert "newest complete checkpoint: none" in line
 
@@ -145,7 +94,7 @@ def test_damaged_checkpoints_are_named_without_tracebacks(trained, tmp_path, env
     open(flipped, "wb").write(bytes(data))
     cut = _biggest(wd / "checkpoints" / "4" / "state" / "ocdbt.process_0" / "d")
     os.truncate(cut, os.path.getsize(cut) // 2)
-    r = _run(_train(wd, total_steps=6), env)
+    r = run_cmd(train_cmd(wd, total_steps=6), env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "Event loop is closed" not in r.stderr, r.stderr[-3000:]
     assert "checkpoint step 6 is damaged (checksum mismatch in " in r.stdout, r.stdout
@@ -163,7 +112,7 @@ def _interrupt_during_saves(wd, env, second):
     log.mkdir()
     with open(log / "out", "w") as out, open(log / "err", "w") as err:
         proc = subprocess.Popen(
-            _train(wd, **FOREVER), env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=err
+            train_cmd(wd, **FOREVER), env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=err
         )
     try:
         t0 = time.time()
@@ -234,7 +183,7 @@ def test_ctrl_c_during_prepare_is_one_line(fsdd_dir, tmp_path, env):
         os.symlink(p, src / p.name)
     out = tmp_path / "lms"
     proc = subprocess.Popen(
-        _cli("prepare", src, out, "--workers", "2", "--shard-size", "50"),
+        cli("prepare", src, out, "--workers", "2", "--shard-size", "50"),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -268,13 +217,13 @@ def test_export_killed_mid_write_leaves_the_old_one(trained, tmp_path, env):
     (the last moment before the swap): the old export loads as it was; the next export
     removes the leftover and replaces it."""
     out = tmp_path / "export"
-    r = _run(_cli("export", "--workdir", trained, "--out", out, "--step", 2), env)
+    r = run_cmd(cli("export", "--workdir", trained, "--out", out, "--step", 2), env)
     assert r.returncode == 0, r.stderr[-3000:]
     old = jax.tree.map(np.asarray, _encoder(out))
     marker = tmp_path / "paused"
     proc = subprocess.Popen(
-        _cli("export", "--workdir", trained, "--out", out, "--step", 6),
-        env={**env, artifact.PAUSE_ENV: str(marker)},
+        cli("export", "--workdir", trained, "--out", out, "--step", 6),
+        env={**env, outputs.PAUSE_ENV: str(marker)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -292,7 +241,7 @@ def test_export_killed_mid_write_leaves_the_old_one(trained, tmp_path, env):
     assert json.loads((out / artifact.META_FILE).read_text())["step"] == 2
     leftover = tmp_path / f".export.partial-{proc.pid}"
     assert leftover.is_dir() and (leftover / artifact.META_FILE).is_file()
-    r = _run(_cli("export", "--workdir", trained, "--out", out, "--step", 6), env)
+    r = run_cmd(cli("export", "--workdir", trained, "--out", out, "--step", 6), env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / artifact.META_FILE).read_text())["step"] == 6
     assert not leftover.exists() and sorted(os.listdir(tmp_path)) == ["export", "paused"]
@@ -308,7 +257,7 @@ def test_replacing_without_an_atomic_swap_and_what_is_never_replaced(
     cfg, params, stats = checkpoints.load_encoder_from_workdir(trained, 2)
     out = tmp_path / "m"
     artifact.save_model_dir(str(out), cfg, params, stats, source="a")
-    monkeypatch.setattr(artifact, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(outputs, "_exchange", lambda a, b: False)
     artifact.save_model_dir(str(out), cfg, params, stats, source="b")
     assert artifact.load_model_dir(str(out))[3]["source"] == "b"
     assert sorted(os.listdir(tmp_path)) == ["m"]

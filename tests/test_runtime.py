@@ -5,16 +5,14 @@ import math
 import jax
 import numpy as np
 import pytest
+from model_utils import small_model
 
 from msm_mae_jax.data import audio, audio_io
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.features.runtime import Runtime, bucket_size, patch_timestamps_ms
 from msm_mae_jax.model import artifact, mae
-from msm_mae_jax.model.config import ModelConfig
 
-CFG = ModelConfig(
-    embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4
-)
+CFG = small_model()
 STATS = NormStats(mean=-6.5, std=3.5)
 ATOL = 2e-5
 

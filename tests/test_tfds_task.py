@@ -9,7 +9,9 @@ import pytest
 
 from msm_mae_jax.data import audio_io
 from msm_mae_jax.data.tfds_audio_folder import build_audio_folder
-from msm_mae_jax.evaluation import linear, tasks
+from msm_mae_jax.evaluation import embeddings, linear
+from msm_mae_jax.evaluation.protocol import Model, Protocol
+from msm_mae_jax.tasks import specs, task_audio
 
 DIGITS = ("0", "1", "2")
 
@@ -48,7 +50,7 @@ def _identify(task, root, files):
 
 def test_tfds_task_with_train_and_test_splits(fsdd_dir, tmp_path):
     root, data_dir, files = _build(fsdd_dir, tmp_path, {"train": range(6), "test": range(6, 8)})
-    task = tasks.parse_task("tfds:audio_folder", tfds_data_dir=data_dir, seed=0)
+    task = specs.parse_task("tfds:audio_folder", tfds_data_dir=data_dir, seed=0)
     assert task.spec == "tfds:audio_folder" and not task.multilabel
     assert len(task) == 24 and task.class_names == list(DIGITS)
     clip_of = _identify(task, root, files)
@@ -65,13 +67,13 @@ def test_tfds_task_with_train_and_test_splits(fsdd_dir, tmp_path):
     assert set(task.y[fold.train]) == {0, 1, 2}
     # Durations are unknown without decoding the dataset: unit_sec must be given.
     with pytest.raises(ValueError, match="give unit_sec"):
-        linear.default_unit_sec(task)
+        task_audio.default_unit_sec(task)
 
     res = linear.evaluate(
         task,
-        baseline="logmel",
+        Model(baseline="logmel"),
+        Protocol(seeds=(0, 1)),
         unit_sec=1.0,
-        seeds=(0, 1),
         cache_dir=None,
         progress=False,
         log=lambda m: None,
@@ -83,17 +85,17 @@ def test_tfds_task_with_train_and_test_splits(fsdd_dir, tmp_path):
     # The same clips as a CSV task (same order, same splits): identical logmel features.
     split_names = np.full(len(task), "train", dtype=object)
     split_names[fold.valid], split_names[fold.test] = "valid", "test"
-    csv = tasks.write_csv(
+    csv = specs.write_csv(
         str(tmp_path / "same.csv"),
         [str(root / c) for c in clip_of],
         [c.split("/")[1][0] for c in clip_of],
         splits=list(split_names),
     )
-    csv_task = tasks.parse_task(f"csv:{csv}")
+    csv_task = specs.parse_task(f"csv:{csv}")
     np.testing.assert_array_equal(csv_task.y, task.y)
     kw = dict(baseline="logmel", unit_sec=1.0, cache_dir=None, progress=False, log=lambda m: None)
-    (f_tfds,) = linear.extract(task, **kw)[0].values()
-    (f_csv,) = linear.extract(csv_task, **kw)[0].values()
+    (f_tfds,) = embeddings.extract(task, **kw)[0].values()
+    (f_csv,) = embeddings.extract(csv_task, **kw)[0].values()
     np.testing.assert_allclose(f_tfds, f_csv, rtol=0, atol=1e-5)
     # and the same probe results: the accuracy is that of the clips' own labels and splits.
     # (Six test clips and 16 training clips, one probe step an epoch: too few for a bar above
@@ -106,21 +108,21 @@ def test_tfds_task_with_train_and_test_splits(fsdd_dir, tmp_path):
 def test_tfds_task_validation_split_and_errors(fsdd_dir, tmp_path):
     splits = {"train": range(3), "validation": range(3, 4), "test": range(4, 5)}
     root, data_dir, files = _build(fsdd_dir, tmp_path, splits)
-    task = tasks.parse_task("tfds:audio_folder", tfds_data_dir=data_dir)
+    task = specs.parse_task("tfds:audio_folder", tfds_data_dir=data_dir)
     clip_of = np.array([c.split("/")[0] for c in _identify(task, root, files)])
     (fold,) = task.folds
     assert fold.sizes() == {"train": 9, "valid": 3, "test": 3}
     for part, name in ((fold.train, "train"), (fold.valid, "validation"), (fold.test, "test")):
         assert (clip_of[part] == name).all(), name
-    with pytest.raises(tasks.TaskError, match="label feature 'speaker'"):
-        tasks.parse_task("tfds:audio_folder", label="speaker", tfds_data_dir=data_dir)
-    with pytest.raises(tasks.TaskError, match="audio feature 'wave'"):
-        tasks.parse_task("tfds:audio_folder", audio_key="wave", tfds_data_dir=data_dir)
-    with pytest.raises(tasks.TaskError, match="tfds:no_such_dataset"):
-        tasks.parse_task("tfds:no_such_dataset", tfds_data_dir=data_dir)
+    with pytest.raises(specs.TaskError, match="label feature 'speaker'"):
+        specs.parse_task("tfds:audio_folder", label="speaker", tfds_data_dir=data_dir)
+    with pytest.raises(specs.TaskError, match="audio feature 'wave'"):
+        specs.parse_task("tfds:audio_folder", audio_key="wave", tfds_data_dir=data_dir)
+    with pytest.raises(specs.TaskError, match="tfds:no_such_dataset"):
+        specs.parse_task("tfds:no_such_dataset", tfds_data_dir=data_dir)
 
 
 def test_tfds_task_without_test_split_is_refused(fsdd_dir, tmp_path):
     _, data_dir, _ = _build(fsdd_dir, tmp_path, {"train": range(1)})
-    with pytest.raises(tasks.TaskError, match="needs 'train' and 'test' splits"):
-        tasks.parse_task("tfds:audio_folder", tfds_data_dir=data_dir)
+    with pytest.raises(specs.TaskError, match="needs 'train' and 'test' splits"):
+        specs.parse_task("tfds:audio_folder", tfds_data_dir=data_dir)

@@ -339,19 +339,41 @@ def _wait_for_step(proc, wd, step, timeout=120, ckpt=None):
     raise AssertionError("timed out waiting for training")
 
 
+def _official_source(root):
+    """Converted official-layout weights of the tiny model (encoder and decoder)."""
+    from test_convert import official_state_dict
+
+    from msm_mae_jax.model import convert
+
+    sd = official_state_dict(4, D=64, depth=2, Dd=64, ddepth=1)
+    np.savez(root / "official.npz", **sd)
+    return convert.convert(
+        str(root / "official.npz"),
+        str(root / "official"),
+        num_heads=4,
+        decoder_num_heads=4,
+        norm_stats=NormStats(-7.0, 4.0),
+    )
+
+
 @pytest.mark.slow
 def test_sigterm_then_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
-    """SIGTERM (a preemption notice) saves the step reached and exits with status 3 and one
-    line saying so (not 0: `train && export` must not take the run for finished); the same
-    command resumes, is killed with SIGKILL between two checkpoints, resumes again and ends
-    bit for bit where an uninterrupted run ends."""
+    """A further-pre-training run (from converted official weights): SIGTERM (a preemption
+    notice) saves the step reached and exits with status 3 and one line saying so (not 0:
+    `train && export` must not take the run for finished); the same command resumes (the
+    source moved away: resuming never reads it), is killed with SIGKILL between two
+    checkpoints, resumes again and ends bit for bit where an uninterrupted run ends. Its
+    export then serves the HEAR API with the run's own features."""
+    source = _official_source(tmp_path)
     wd, ref = str(tmp_path / "interrupted"), str(tmp_path / "ref")
-    cmd = _train_cmd(wd, total_steps=7)  # test_gcs's runs: the same programs
+    # test_gcs's runs: the same step programs
+    cmd = _train_cmd(wd, total_steps=7, init_from=source)
     p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_step(p, wd, 1)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     assert p.returncode == preemption.EXIT_PREEMPTED == 3, err[-3000:]
+    assert f"initialised from converted official weights {source} (encoder and decoder" in out
     final = json.loads(out.strip().splitlines()[-1])["final"]
     assert final["preempted"] is True
     saved = checkpoints.Checkpointer(wd).all_steps()[-1]
@@ -361,27 +383,49 @@ def test_sigterm_then_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
         f"{os.path.basename(cmd[1])}: stopped by SIGTERM (preemption); step {saved} "
         f"saved in {wd}: run the same command again to continue (exit status 3)"
     ], err[-2000:]
+    record = checkpoints.Checkpointer(wd).restore_meta(saved)["init_from"]
+    assert (record["kind"], record["path"], record["decoder"]) == ("converted", source, "source")
 
+    os.rename(source, source + ".away")  # resuming must not read it
     p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for_step(p, wd, saved + 1)  # past the step it resumed from
     p.send_signal(signal.SIGKILL)
     out = p.communicate()[0].decode()
     resumed = f"resumed from {os.path.join(wd, 'checkpoints', str(saved))}\n"
-    assert resumed in out, out[-2000:]
+    assert resumed in out and "initialised from" not in out, out[-2000:]
     assert max(r["step"] for r in read_metrics(wd)) < 7, "finished before it could be killed"
 
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-3000:]
+    assert checkpoints.Checkpointer(wd).restore_meta(7)["init_from"] == record
+    os.rename(source + ".away", source)
     # Uninterrupted reference, also one device in its own process (XLA:CPU programs differ in
     # the last bits between processes with 1 and 8 devices, even on a 1-device mesh).
     r = subprocess.run(
-        _train_cmd(ref, total_steps=7), env=_env(), capture_output=True, text=True, timeout=300
+        _train_cmd(ref, total_steps=7, init_from=source),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     jax.tree.map(np.testing.assert_array_equal, final_params(wd, 7), final_params(ref, 7))
     la = {x["step"]: x["loss"] for x in read_metrics(wd)}
     lb = {x["step"]: x["loss"] for x in read_metrics(ref)}
     assert la == lb  # every step's loss, the replayed ones included
+    # The further-pre-trained run as any other: exported, served by the HEAR API.
+    from msm_mae_jax.cli.main import main
+    from msm_mae_jax.features import hear
+    from msm_mae_jax.features.runtime import Runtime
+
+    out_dir = str(tmp_path / "export")
+    assert main(["export", "--workdir", wd, "--out", out_dir]) == 0
+    wav = np.sin(np.arange(16000, dtype=np.float32) / 7.0)[None] * 0.1
+    model = hear.load_model(out_dir)
+    np.testing.assert_array_equal(
+        np.asarray(hear.get_scene_embeddings(wav, model)),
+        np.asarray(Runtime.load(wd).scene_embeddings(wav, 16000)),
+    )
 
 
 def test_lean_step_equals_full_step_without_parameter_norms():

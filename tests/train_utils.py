@@ -47,7 +47,7 @@ TINY_OVERRIDES = {
 }
 
 
-# What the runs of the real command use (test_trainer, test_reliability, test_gcs): with the
+# What the runs of the real command use (test_trainer, test_reliability_*, test_gcs): with the
 # same batch, model, mesh and schedule length they run the same compiled programs, which the
 # session's compilation cache (tests/conftest.py) hands from one process to the next. Fixed
 # normalisation statistics skip their estimation.

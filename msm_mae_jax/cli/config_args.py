@@ -140,6 +140,8 @@ COMMON_KEYS = (
     "model.remat",
     "mesh",
     "data.source",
+    "data.norm_stats_method",
+    "init_from",
     "log_every_steps",
     "ckpt_every_steps",
     "figure_every_steps",

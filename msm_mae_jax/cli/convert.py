@@ -28,7 +28,7 @@ def build_parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     add = p.add_argument
     add("src", help="official .pth checkpoint or .npz of the same names")
-    add("out_dir", help="output encoder artifact directory")
+    add("out_dir", help="output encoder artifact directory: new, empty or a model to replace")
     add("--input-size", type=_size, help="FxT, e.g. 80x208 (default: run name)")
     add("--patch-size", type=_size, help="phxpw, e.g. 16x16 (default: run name)")
     add("--num-heads", type=common.number(int, 1), help="encoder heads (default: width / 64)")
@@ -62,11 +62,12 @@ def _convert(argv: list[str], prog: str) -> int:
             "give --norm-mean/--norm-std (statistics of your data) or --per-batch-norm; "
             "the official checkpoints carry no normalisation statistics"
         )
-    from msm_mae_jax.core import outputs
+    from msm_mae_jax.core import output_kinds, outputs
     from msm_mae_jax.core.errors import UserError
     from msm_mae_jax.data.normalization import NormStats
 
-    outputs.check_dir(a.out_dir, "OUT_DIR")  # before the weights are read
+    src = outputs.Input(a.src, "SRC, the weights")  # before the weights are read
+    outputs.check_dir(a.out_dir, "OUT_DIR", output_kinds.MODEL_DIR, [src], replaces=True)
     from msm_mae_jax.model.convert import convert
 
     try:

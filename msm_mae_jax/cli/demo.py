@@ -1,4 +1,4 @@
-"""The end-to-end demo behind `make demo`: pre-train, export, probe, compare with baselines.
+"""`msm-mae demo`, behind `make demo`: pre-train, export, probe, compare with baselines.
 
     msm-mae demo --workdir runs/demo [--steps N] [--config VARIANT] [--config.KEY=VALUE ...]
 
@@ -7,19 +7,19 @@
 3. runs the EVAR linear probe on held-out labelled synthetic clips for the exported model,
    the `logmel` baseline and the same encoder with random weights,
 4. prints the table and writes everything under --workdir.
-The same command uses a GPU/TPU when jax sees one.
+The same command uses a GPU/TPU when jax sees one. The workflow lives in
+msm_mae_jax/evaluation/demo.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
 
 from msm_mae_jax.cli import common
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.core.errors import ConfigError
 
 
@@ -62,81 +62,23 @@ def _demo(argv: list[str], prog: str) -> int:
 
     t_start = time.time()
     work = fs.absolute(args.workdir)
-    train_dir, export_dir = fs.join(work, "train"), fs.join(work, "export")
+    outputs.check_dir(work, "--workdir")  # before the long part
     spec = args.config if ":" in args.config else f"configs/msm_mae.py:{args.config}"
     # a bad spec, key or value fails here, before jax starts
     config = config_args.parse_config(args.config, extras)
-    from msm_mae_jax.evaluation import linear, tasks
-    from msm_mae_jax.model.config import ModelConfig
-    from msm_mae_jax.train import export, loop
+    from msm_mae_jax.evaluation import demo
 
     if args.steps > 0:
-        given = config_args.override_keys(extras)
-        config.total_steps = args.steps
-        intervals = {
-            "ckpt_every_steps": max(1, args.steps // 2),
-            "figure_every_steps": max(1, args.steps // 3),
-            "probe.every_steps": max(1, args.steps // 3),
-        }
-        for key, value in intervals.items():
-            if key not in given:
-                group, _, name = key.rpartition(".")
-                (config[group] if group else config)[name] = value
-    steps = int(config.total_steps)
+        demo.set_steps(config, args.steps, config_args.override_keys(extras))
     print(f"[demo] {common.backend_line()}", flush=True)
-
-    print(f"[demo] 1/3 pre-training {spec} for {steps} steps in {train_dir}", flush=True)
-    t0 = time.time()
-    final = loop.train_and_evaluate(config, train_dir)
-    train_s = time.time() - t0
-
-    print(f"[demo] 2/3 exporting the encoder to {export_dir}", flush=True)
-    export.export(train_dir, export_dir)
-
-    print(f"[demo] 3/3 linear probe on {args.task}: model vs baselines", flush=True)
-    task = tasks.parse_task(args.task)
-    shared = dict(
-        seeds=tuple(range(args.seeds)),
-        progress=False,
-        cache_dir=None,
-        log=lambda m: print(f"[demo]   {m}", flush=True),
-    )
-    runs = {
-        "msm_mae (pre-trained)": dict(checkpoint=export_dir),
-        # the encoder as configured here, overrides included
-        "random init (same encoder)": dict(
-            baseline="random", config=ModelConfig.from_dict(config.model)
-        ),
-        "logmel baseline": dict(baseline="logmel"),
-    }
-    results = {name: linear.evaluate(task, **kw, **shared) for name, kw in runs.items()}
-
-    rows = [f"{'model':<28} {'accuracy (%)':>16}  feature dim"]
-    for name, r in results.items():
-        acc = r["accuracy"]
-        rows.append(
-            f"{name:<28} {100 * acc['mean']:>7.2f} ± {100 * acc['std']:5.2f}  "
-            f"{r['feature_dim']:>11}"
-        )
-    table = "\n".join(rows)
-    summary = {
-        "task": task.summary(),
-        "pretraining": {
-            "config": spec,
-            "steps": steps,
-            "seconds": round(train_s, 1),
-            "final_metrics": final,
-        },
-        "results": results,
-        "wall_s": round(time.time() - t_start, 1),
-    }
-    fs.write_text(fs.join(work, "results.json"), json.dumps(summary, indent=2, default=float))
-    print("\n" + table)
-    print(f"\n[demo] done in {summary['wall_s']:.0f} s. Outputs in {work}:")
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    summary = demo.run(config, work, spec=spec, task=args.task, seeds=args.seeds, log=log)
+    print("\n" + demo.table(summary))
+    print(f"\n[demo] done in {time.time() - t_start:.0f} s. Outputs in {work}:")
     print("  train/         checkpoints, metrics.jsonl, TensorBoard (train/tb), config.json")
     print("  train/figures  reconstruction figures (input / masked / reconstruction)")
-    print(f"  export/        encoder artifact: Runtime.load('{export_dir}')")
-    print("  results.json   probe results of the three models")
+    print(f"  export/        encoder artifact: Runtime.load('{fs.join(work, 'export')}')")
+    print(f"  {demo.RESULTS_FILE}   probe results of the three models")
     return 0
 
 

@@ -9,7 +9,9 @@ be read are skipped and listed in the summary and in the .npz (skipped_paths,
 skipped_reasons). The .npz: paths [N] (as given, or relative to a folder argument), scene
 float32 [N, D]; with --frames also frames [sum T_i, D], frame_offsets int64 [N + 1] and
 timestamps_ms float32 [sum T_i] (file i: rows frame_offsets[i]:frame_offsets[i + 1]).
-The file is written atomically. See msm_mae_jax/features/embed.py.
+The file is written beside and swapped in (a kill leaves the old file or the new one); an
+existing --out must be such a .npz (an input, a WAV or a CSV there is refused). See
+msm_mae_jax/features/embed.py.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from msm_mae_jax.cli import common
-from msm_mae_jax.core import fs, outputs
+from msm_mae_jax.cli import common, encoder_args
+from msm_mae_jax.core import fs, output_kinds, outputs
 from msm_mae_jax.core.errors import UserError
 
 
@@ -27,12 +29,7 @@ def build_parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     add = p.add_argument
     add("inputs", nargs="+", metavar="INPUT", help="audio file, folder or glob")
-    add(
-        "--checkpoint",
-        required=True,
-        metavar="DIR",
-        help="training workdir, exported or converted model dir",
-    )
+    encoder_args.add_encoder_args(p)
     add("--out", required=True, metavar="FILE", help="output .npz")
     add("--frames", action="store_true", help="also store per-file frame embeddings")
     add(
@@ -42,20 +39,12 @@ def build_parser(prog: str) -> common.Parser:
         help="checkpoint step of a training workdir (default: latest)",
     )
     add(
-        "--batch-size",
-        type=common.number(int, 1),
-        metavar="N",
-        default=32,
-        help="clips per encoder call (default: 32)",
-    )
-    add(
         "--normalization",
         choices=("default", "dataset", "batch"),
         default="default",
         help="log-mel statistics: the model's choice (default), the stored ones, or each "
         "batch's own",
     )
-    add("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -66,9 +55,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae embed") -> int:
 def _embed(argv: list[str], prog: str) -> int:
     p = build_parser(prog)
     args = p.parse_args(argv)
-    if not fs.exists(args.checkpoint):
-        raise UserError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
-    outputs.check_file(args.out, example="embeddings.npz")  # before any work
+    encoder_args.check_checkpoint(args)
+    inputs = [
+        outputs.Input(a, "one of the INPUT files") for a in args.inputs if not fs.is_remote(a)
+    ]
+    inputs.append(outputs.Input(args.checkpoint, "the checkpoint"))
+    outputs.check_file(args.out, output_kinds.EMBEDDINGS, "--out", inputs)  # before any work
     from msm_mae_jax.features import embed
 
     items = embed.find_audio(args.inputs)

@@ -7,13 +7,13 @@ whole folder of tasks (`--suite`).
     msm-mae eval --checkpoint runs/base --suite tasks/ --out results/base
 
 Tasks: csv:FILE (file, label and split or fold columns), folder:DIR (class sub-folders),
-tfds:NAME, synthetic[:N]; see msm_mae_jax/evaluation/tasks.py. --suite DIR runs every task of
+tfds:NAME, synthetic[:N]; see msm_mae_jax/tasks/specs.py. --suite DIR runs every task of
 DIR (NAME.json + NAME.csv as `msm-mae tasks make` writes them, or EVAR's metadata CSVs such as
 esc50.csv with their audio in --suite-audio ROOT/<task>/), each with its own unit_sec, writes
 OUT/NAME.json per task as it completes and the table (OUT/summary.csv, Markdown on stdout);
 the same command again reuses the finished tasks. Exit status: 0, 1 when a task of the suite
 failed (the others complete), 2 a mistake in the arguments. The logic lives in
-msm_mae_jax/evaluation/linear.py and msm_mae_jax/evaluation/evar/suite.py.
+msm_mae_jax/evaluation/linear.py and msm_mae_jax/evaluation/suite.py.
 """
 
 from __future__ import annotations
@@ -21,17 +21,20 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from msm_mae_jax.cli import common, task_args
-from msm_mae_jax.core import fs, outputs
+from msm_mae_jax.cli import common, encoder_args, task_args
+from msm_mae_jax.core import output_kinds, outputs
 from msm_mae_jax.core.errors import UserError
+
+if TYPE_CHECKING:  # jax is imported once the arguments are checked
+    from msm_mae_jax.evaluation.protocol import Model, Protocol
 
 
 def build_parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     add = p.add_argument
-    add("--checkpoint", metavar="DIR", help="training workdir, exported or converted model dir")
+    encoder_args.add_encoder_args(p, required=False)
     add("--baseline", choices=("logmel", "random"), help="evaluate a baseline instead")
     add(
         "--config",
@@ -116,19 +119,11 @@ def _add_probe_args(add: Any) -> None:
         help="early-stopping patience (default: 20)",
     )
     add(
-        "--batch-size",
-        type=common.number(int, 1),
-        metavar="N",
-        default=32,
-        help="clips per encoder call (default: 32)",
-    )
-    add(
         "--cache-dir",
         metavar="DIR",
         help="embedding cache (default: ~/.cache/msm_mae_jax/embeddings)",
     )
     add("--no-cache", action="store_true", help="neither read nor write the cache")
-    add("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "msm-mae eval") -> int:
@@ -142,14 +137,13 @@ def _evaluate(argv: list[str], prog: str) -> int:
         p.error("give exactly one of --checkpoint and --baseline")
     if (args.task is None) == (args.suite is None):
         p.error("give exactly one of --task and --suite")
-    if args.checkpoint and not fs.exists(args.checkpoint):
-        raise UserError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
+    encoder_args.check_checkpoint(args)
     if args.seeds < 1 or args.first_seed < 0:
         p.error(f"--seeds {args.seeds} --first-seed {args.first_seed}: need >= 1 and >= 0")
     if args.suite is not None:
         return _suite(args, prog, p)
-    if args.out:
-        outputs.check_file(args.out)  # before the extraction, not after it
+    if args.out:  # before the extraction, not after it
+        outputs.check_file(args.out, output_kinds.RESULTS, "--out", task_args.task_inputs(args))
     from msm_mae_jax.evaluation import linear
 
     try:
@@ -157,11 +151,11 @@ def _evaluate(argv: list[str], prog: str) -> int:
         _log(f"{prog}: {common.backend_line()}")
         result = linear.evaluate(
             task,
-            **_extract_kw(args),
+            _model(args),
+            _protocol(args),
             unit_sec=args.unit_sec or None,
-            seeds=_seeds(args),
-            probe_kw=_probe_kw(args),
             log=_log,
+            **_run_kw(args),
         )
     except UserError:
         raise
@@ -169,8 +163,7 @@ def _evaluate(argv: list[str], prog: str) -> int:
         raise UserError(str(e)) from None
     print(linear.format_table(result))
     if args.out:
-        fs.makedirs(fs.dirname(fs.absolute(args.out)))
-        fs.write_text(args.out, json.dumps(result, indent=2))
+        outputs.write_text(args.out, json.dumps(result, indent=2))
     return 0
 
 
@@ -178,26 +171,35 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _seeds(args: Any) -> tuple[int, ...]:
-    return tuple(range(args.first_seed, args.first_seed + args.seeds))
+def _model(args: Any) -> Model:
+    """What the flags evaluate."""
+    from msm_mae_jax.evaluation.protocol import Model
+
+    return Model(args.checkpoint, args.baseline, args.config)
 
 
-def _probe_kw(args: Any) -> dict:
-    return {"lr": args.lr, "max_epochs": args.max_epochs, "patience": args.patience}
+def _protocol(args: Any) -> Protocol:
+    """How the flags evaluate it."""
+    from msm_mae_jax.evaluation.protocol import Protocol
+
+    return Protocol(
+        seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
+        norm=args.norm,
+        layers=args.layers,
+        layer_mode=args.layer_mode,
+        probe_kw={"lr": args.lr, "max_epochs": args.max_epochs, "patience": args.patience},
+        label=args.label,
+        split_seed=args.split_seed,
+    )
 
 
-def _extract_kw(args: Any) -> dict:
-    from msm_mae_jax.evaluation import linear
+def _run_kw(args: Any) -> dict:
+    """How the evaluation runs (not what it computes): batch, cache, progress bars."""
+    from msm_mae_jax.evaluation.embeddings import DEFAULT_CACHE_DIR
 
     return {
-        "checkpoint": args.checkpoint,
-        "baseline": args.baseline,
-        "config": args.config,
-        "layers": args.layers,
-        "layer_mode": args.layer_mode,
-        "norm": args.norm,
         "batch_size": args.batch_size,
-        "cache_dir": None if args.no_cache else (args.cache_dir or linear.DEFAULT_CACHE_DIR),
+        "cache_dir": None if args.no_cache else (args.cache_dir or DEFAULT_CACHE_DIR),
         "progress": not args.no_progress,
     }
 
@@ -207,38 +209,31 @@ def _suite(args: Any, prog: str, p: common.Parser) -> int:
     for flag in ("unit_sec", "audio_dir", "file_column"):
         if getattr(args, flag):
             p.error(f"--{flag.replace('_', '-')} applies to --task; each suite task has its own")
-    from msm_mae_jax.evaluation.embeddings import check_arguments
-    from msm_mae_jax.evaluation.evar import suite, summary
+    from msm_mae_jax.evaluation import suite_tasks
 
     only = (
         [t.strip() for t in args.suite_tasks.split(",") if t.strip()] if args.suite_tasks else None
     )
-    found = suite.discover(args.suite, args.suite_audio, only, log=_log)
-    kw = _extract_kw(args)
-    model = suite.Model(kw.pop("checkpoint"), kw.pop("baseline"), kw.pop("config"))
+    # every task's settings, before jax starts: a broken one is one line in a second
+    found = suite_tasks.discover(args.suite, args.suite_audio, only, log=_log)
+    from msm_mae_jax.evaluation import suite, suite_outputs, suite_summary
+    from msm_mae_jax.evaluation.embeddings import check_arguments
+
+    model, protocol = _model(args), _protocol(args)
     try:  # mistakes every task would repeat: one line, before any work
-        check_arguments(model.checkpoint, model.baseline, kw["norm"], kw["layer_mode"])
+        check_arguments(model.checkpoint, model.baseline, protocol.norm, protocol.layer_mode)
         model.input_prefix()
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
-    out = args.out or model.default_out_dir()
-    suite.check_out_dir(out, args.suite)
-    protocol = suite.Protocol(
-        seeds=_seeds(args),
-        norm=kw.pop("norm"),
-        layers=kw.pop("layers"),
-        layer_mode=kw.pop("layer_mode"),
-        probe_kw=_probe_kw(args),
-        label=args.label,
-        split_seed=args.split_seed,
-    )
+    out = args.out or suite.default_out_dir(model)
+    suite_outputs.check_out_dir(out, args.suite, found, model)
     _log(f"{prog}: {common.backend_line()}")
     _log(
         f"{prog}: {len(found)} task(s) ({', '.join(t.name for t in found)}), seeds "
         f"{list(protocol.seeds)}, results in {out} (run the same command again to resume)"
     )
-    outcomes = suite.run_suite(found, model, protocol, out, log=_log, **kw)
-    print(summary.write_summary(out, outcomes, model))
+    outcomes = suite.run_suite(found, model, protocol, out, log=_log, **_run_kw(args))
+    print(suite_summary.write_summary(out, outcomes, model))
     failed = [o.task.name for o in outcomes if o.status == "failed"]
     if failed:
         _log(

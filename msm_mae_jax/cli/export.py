@@ -16,7 +16,11 @@ from msm_mae_jax.cli import common
 def build_parser(prog: str) -> common.Parser:
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     p.add_argument("--workdir", required=True, help="training run directory")
-    p.add_argument("--out", required=True, help="directory to write the encoder artifact to")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="directory to write the encoder artifact to: new, empty or a model to replace",
+    )
     p.add_argument(
         "--step", type=common.number(int, 0), default=None, help="checkpoint step (default: latest)"
     )
@@ -29,10 +33,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae export") -> int
 
 def _export(argv: list[str], prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
-    from msm_mae_jax.core import outputs
+    from msm_mae_jax.core import output_kinds, outputs
     from msm_mae_jax.core.errors import UserError
 
-    outputs.check_dir(args.out)  # before jax starts
+    run = outputs.Input(args.workdir, "the training workdir")
+    outputs.check_dir(args.out, "--out", output_kinds.MODEL_DIR, [run], replaces=True)
     from msm_mae_jax.train.export import export
 
     try:

@@ -12,7 +12,7 @@ for multi-label tasks) are printed and written to --out. Runs live in --workdir 
 --out path without .json, plus `_finetune`); the same command again resumes them.
 Exit status: 0 done, 2 a mistake in the arguments or data (one line on stderr), 3 stopped by
 SIGTERM (state saved; run the same command again to continue), 130 Ctrl-C. The logic lives in
-msm_mae_jax/evaluation/finetune/.
+msm_mae_jax/finetune/.
 """
 
 from __future__ import annotations
@@ -21,14 +21,10 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from msm_mae_jax.cli import common, task_args
-from msm_mae_jax.core import outputs
+from msm_mae_jax.core import output_kinds, outputs
 from msm_mae_jax.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from msm_mae_jax.model.config import ModelConfig
 
 CONFIG_FILE = "finetune.py"  # the bundled file, whatever the current directory holds
 DEFAULT_CONFIG = f"{CONFIG_FILE}:base"
@@ -47,7 +43,11 @@ def build_parser(prog: str) -> common.Parser:
     )
     task_args.add_task_args(p)
     add("--out", metavar="FILE", help="write the results as JSON here")
-    add("--workdir", metavar="DIR", help="run directory (default: from --out)")
+    add(
+        "--workdir",
+        metavar="DIR",
+        help="run directory: new, empty or this job's (resumed) (default: from --out)",
+    )
     add(
         "--config",
         default=DEFAULT_CONFIG,
@@ -62,7 +62,7 @@ def build_parser(prog: str) -> common.Parser:
 def load_config(spec: str, extras: Sequence[str]):
     """The fine-tuning config of `spec` with the `--config.KEY=VALUE` overrides applied."""
     from msm_mae_jax.cli import config_args
-    from msm_mae_jax.evaluation.finetune import config_rules
+    from msm_mae_jax.finetune import config_rules
 
     try:  # a bare VARIANT names the bundled finetune.py
         config = config_args.parse_config(spec, extras, default_file=CONFIG_FILE)
@@ -73,14 +73,6 @@ def load_config(spec: str, extras: Sequence[str]):
         ) from None
     config_rules.check_config(config)
     return config
-
-
-def random_model_config(spec: str) -> ModelConfig:
-    """The model config `--random-init` names (read without starting jax)."""
-    from msm_mae_jax.core.config_files import load_config as load_model_file
-    from msm_mae_jax.model.config import ModelConfig
-
-    return ModelConfig.from_dict(load_model_file(spec).model)
 
 
 def default_workdir(out: str | None) -> str:
@@ -97,17 +89,21 @@ def _finetune(argv: list[str], prog: str) -> int:
     args, extras = build_parser(prog).parse_known_args(argv)
     config = load_config(args.config, extras)
     workdir = args.workdir or default_workdir(args.out)
+    inputs = task_args.task_inputs(args)
     if args.out:  # the outputs before any work
-        outputs.check_file(args.out)
-    outputs.check_dir(workdir, "--workdir" if args.workdir else "--workdir (from --out)")
+        outputs.check_file(args.out, output_kinds.RESULTS, "--out", inputs)
+    flag = "--workdir" if args.workdir else "--workdir (from --out)"
+    outputs.check_dir(workdir, flag, output_kinds.FINETUNE_WORKDIR, inputs)
     if args.checkpoint and not os.path.exists(args.checkpoint):
         raise ConfigError(f"--checkpoint {args.checkpoint}: no such model directory or workdir")
     if args.random_init:
-        random_model_config(args.random_init)  # a bad spec fails before start-up
+        from msm_mae_jax.model.config import load_model_config
+
+        load_model_config(args.random_init)  # a bad spec fails before start-up
     # Before jax starts: a task's mistakes (one class, an empty split, no such label) are
     # reported in a second, not after the accelerator and the model have been set up.
     task = task_args.parse_task(args)
-    from msm_mae_jax.evaluation.finetune import results, run
+    from msm_mae_jax.finetune import results, run
     from msm_mae_jax.train import preemption
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -123,9 +119,7 @@ def _finetune(argv: list[str], prog: str) -> int:
         return preemption.EXIT_PREEMPTED
     print(results.format_table(result))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        outputs.write_text(args.out, json.dumps(result, indent=2))
     return 0
 
 

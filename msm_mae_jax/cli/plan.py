@@ -12,6 +12,8 @@ the compile time, and a roofline bound, step >= max(FLOPs / peak, HBM bytes / ba
 from the chip's published figures, as the best possible samples/s and hours for AudioSet-2M
 x 100 epochs. These are compiler figures, not timings. --sweep tries global batches and
 meshes (all chips on data; data x fsdp) and recommends the fastest plan that fits.
+--breakdown [N] adds where the FLOPs and bytes go, op by op (the N largest), and which part
+of XLA's byte count is HBM traffic (the rest is on-chip memory).
 TPU compilation needs libtpu, which is not in the default install: `make setup-tpu`
 (or --libtpu PATH). --gpu h100-8 (a100, h200) plans for NVIDIA GPUs the same way, through
 jax's CUDA plugin (`make setup-gpu-plan`, ~5 GB): memory and a compute-only bound.
@@ -26,10 +28,11 @@ from collections.abc import Sequence
 
 from msm_mae_jax.cli import common, config_args
 from msm_mae_jax.cli.train import DEFAULT_CONFIG, _prescan_config
+from msm_mae_jax.core import output_kinds, outputs
 from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.train.plan.targets import SWEEP_FSDP, SWEEP_PER_CHIP
 
-SWEEP_PER_CHIP = (64, 128, 256)
-SWEEP_FSDP = (4,)
+BREAKDOWN_TOP = 15
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -48,7 +51,8 @@ def build_parser(prog: str, spec: str) -> common.Parser:
         description=__doc__.split("\n\n", 2)[2],
         epilog=config_args.help_epilog(spec),
         usage=f"{prog} (--tpu SLICE[,...] | --gpu GPU-N[,...]) [--config PATH[:VARIANT]] "
-        "[--batch N | --batch-per-chip N] [--mesh AXIS=SIZE,...] [--sweep] [--json FILE] "
+        "[--batch N | --batch-per-chip N] [--mesh AXIS=SIZE,...] [--sweep] [--breakdown [N]] "
+        "[--json FILE] "
         "[--config.KEY=VALUE ...]",
     )
     target = p.add_mutually_exclusive_group(required=True)
@@ -76,7 +80,20 @@ def build_parser(prog: str, spec: str) -> common.Parser:
         default=",".join(map(str, SWEEP_FSDP)),
         help="fsdp sizes the sweep tries (default %(default)s: a host's 4 chips)",
     )
-    p.add_argument("--json", help="write every plan to this JSON file (rewritten per case)")
+    p.add_argument(
+        "--breakdown",
+        nargs="?",
+        type=int,
+        const=BREAKDOWN_TOP,
+        metavar="N",
+        help="per-op FLOPs and bytes of each compiled step, by phase, category, source and "
+        f"the N largest ops (default {BREAKDOWN_TOP}); in --json too",
+    )
+    p.add_argument(
+        "--json",
+        help="write every plan to this JSON file (checked before compiling; rewritten, whole, "
+        "after each case)",
+    )
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--libtpu", help="libtpu.so, or a folder holding it (default: see README)")
     p.add_argument(
@@ -89,81 +106,57 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae plan") -> int:
     return common.run_command(prog, _plan, argv)
 
 
-def _cases(args, slice_) -> list[tuple[int, dict]]:
-    from msm_mae_jax.train.plan import planner
-
-    if args.batch and args.batch_per_chip:
-        raise ConfigError("give --batch or --batch-per-chip, not both")
-    if args.batch:
-        batches = _ints(args.batch, "--batch")
-    elif args.batch_per_chip:
-        batches = [b * slice_.chips for b in _ints(args.batch_per_chip, "--batch-per-chip")]
-    elif args.sweep:
-        batches = [b * slice_.chips for b in SWEEP_PER_CHIP]
-    else:
-        raise ConfigError("give --batch N or --batch-per-chip N (or --sweep)")
-    if args.mesh:
-        meshes = [planner.parse_mesh(m, slice_.chips) for m in args.mesh]
-    elif args.sweep:
-        meshes = planner.sweep_meshes(slice_.chips, _ints(args.fsdp, "--fsdp"))
-    else:
-        meshes = [planner.parse_mesh(None, slice_.chips)]
-    return [(b, m) for m in meshes for b in batches]
-
-
 def _plan(argv: list[str], prog: str) -> int:
     args, extras = build_parser(prog, _prescan_config(argv)).parse_known_args(argv)
     config = config_args.parse_config(args.config, extras)
-    from msm_mae_jax.train.plan import chips, devices, gpus
+    if args.breakdown is not None and args.breakdown < 1:
+        raise ConfigError(f"--breakdown {args.breakdown}: the number of largest ops to list, >= 1")
+    if args.json:  # before the compiles (minutes each), not after them
+        outputs.check_file(args.json, output_kinds.PLAN, "--json")
+    from msm_mae_jax.train.plan import targets as targets_lib
 
-    if args.gpu:
-        slices = [gpus.parse_gpus(s) for s in args.gpu.split(",") if s.strip()]
-        plugin = gpus.plugin_dir(args.cuda_plugin)
-        gpus.use_cuda_plugin(plugin)  # before jax starts
-        platform, source = "cuda", f"jax CUDA plugin {plugin}"
-        devices_of = gpus.gpu_devices
-    else:
-        slices = [chips.parse_slice(s) for s in args.tpu.split(",") if s.strip()]
-        library = devices.find_libtpu(args.libtpu)  # before jax starts: one line if missing
-        platform, source = "tpu", f"libtpu {library}"
-        devices_of = lambda s: devices.tpu_devices(s, library)  # noqa: E731
-    work = [(s, b, m) for s in slices for b, m in _cases(args, s)]
+    targets = targets_lib.targets(args.tpu, args.gpu, args.libtpu, args.cuda_plugin)
+    case_kw = dict(
+        batches=_ints(args.batch, "--batch") if args.batch else (),
+        batches_per_chip=_ints(args.batch_per_chip, "--batch-per-chip")
+        if args.batch_per_chip
+        else (),
+        meshes=args.mesh or (),
+        sweep=args.sweep,
+        fsdp=_ints(args.fsdp, "--fsdp"),
+    )
+    work = [(s, b, m) for s in targets.slices for b, m in targets_lib.cases(s, **case_kw)]
     common.setup_logging()
     from msm_mae_jax.train.plan import planner, report
 
     command = shlex.join(["msm-mae", "plan", *argv])
-    print(f"{prog}: {len(work)} case(s), {source}", file=sys.stderr, flush=True)
-    plans, picks = [], []
-    for i, (s, batch, mesh) in enumerate(work, 1):
-        where = f"{s.name} ({s.topology}, {s.chips} chips, {s.hosts} host(s))"
-        print(
-            f"[{i}/{len(work)}] {where} {config.variant} batch {batch} "
-            f"{report.mesh_text(mesh)} ...",
-            file=sys.stderr,
-            flush=True,
-        )
-        plans.append(planner.plan(config, s, devices_of(s), batch, mesh, platform))
+    _log(f"{prog}: {len(work)} case(s), {targets.source}")
+
+    def save(plans: list, picks: Sequence = ()) -> None:
         if args.json:
-            _write(args.json, report.document(plans, command))
+            _write(args.json, report.document(plans, command, picks))
+
+    plans = planner.plan_cases(
+        config, targets, work, breakdown=bool(args.breakdown), log=_log, after_each=save
+    )
+    picks = []
     if args.sweep:
-        picks = [planner.best([p for p in plans if p.slice == s]) for s in slices]
+        picks = [planner.best([p for p in plans if p.slice == s]) for s in targets.slices]
     print(report.markdown(plans) if args.markdown else report.table(plans, picks))
-    for s, pick in zip(slices, picks, strict=False):
-        if pick is None:
-            print(f"{s.name}: no plan fits; try a smaller batch, fsdp, or model.remat")
-        else:
-            print(
-                f"{s.name}: recommended batch {pick.batch}, mesh {report.mesh_text(pick.mesh)} "
-                f"(<= {pick.samples_per_second:,.0f} samples/s, "
-                f"{pick.memory_bytes / chips.GiB:.2f} GiB of {pick.chip.hbm_bytes / chips.GiB:.0f})"
-            )
-    if args.json:
-        _write(args.json, report.document(plans, command, picks))
+    for s, pick in zip(targets.slices, picks, strict=False):
+        print(report.recommendation(s, pick))
+    if args.breakdown:
+        for p in plans:
+            print()
+            print(report.breakdown_text(p, args.breakdown))
+    save(plans, picks)
     print("Compiler figures (XLA's analysis of the compiled step per chip), not timings.")
     return 0
 
 
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _write(path: str, doc: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+    outputs.write_text(path, json.dumps(doc, indent=1) + "\n", "--json")

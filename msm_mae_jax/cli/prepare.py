@@ -19,7 +19,9 @@ def build_parser(prog: str) -> common.Parser:
 
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     p.add_argument("src", help="audio directory, glob, or files: spec")
-    p.add_argument("out", help="output directory (created; re-run to resume)")
+    p.add_argument(
+        "out", help="output directory: new, empty or one prepare wrote (re-run to resume)"
+    )
     p.add_argument(
         "--shard-size",
         type=common.number(int, 1),
@@ -46,10 +48,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae prepare") -> in
 
 def _prepare(argv: list[str], prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
-    from msm_mae_jax.core import outputs
+    from msm_mae_jax.core import output_kinds, outputs
     from msm_mae_jax.core.errors import UserError
 
-    outputs.check_dir(args.out, "OUT")  # before any file is read
+    src = args.src.removeprefix("files:")
+    src = outputs.Input(src.split("*")[0].split("?")[0].split("[")[0] or ".", "SRC, the corpus")
+    outputs.check_dir(args.out, "OUT", output_kinds.LMS_DIR, [src])  # before any file is read
     from msm_mae_jax.data.prepare import prepare
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

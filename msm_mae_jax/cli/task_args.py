@@ -37,11 +37,29 @@ def add_task_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
-def parse_task(args: argparse.Namespace) -> Any:
-    """The `evaluation.tasks.Task` the flags name (its mistakes raise TaskError)."""
-    from msm_mae_jax.evaluation import tasks
+def task_inputs(args: argparse.Namespace) -> list[Any]:
+    """The files and folders the task flags name (`core.outputs.Input`s), which no output may
+    replace: the task CSV, its audio folder, the checkpoint."""
+    from msm_mae_jax.core.outputs import Input
 
-    return tasks.parse_task(
+    found = []
+    kind, _, where = (args.task or "").partition(":")
+    if kind == "csv" and where:
+        found.append(Input(where, "the task CSV"))
+    elif kind == "folder" and where:
+        found.append(Input(where, "the task folder"))
+    if args.audio_dir:
+        found.append(Input(args.audio_dir, "the task's audio folder"))
+    if getattr(args, "checkpoint", None):
+        found.append(Input(args.checkpoint, "the checkpoint"))
+    return found
+
+
+def parse_task(args: argparse.Namespace) -> Any:
+    """The `tasks.specs.Task` the flags name (its mistakes raise TaskError)."""
+    from msm_mae_jax.tasks import specs
+
+    return specs.parse_task(
         args.task,
         label=args.label,
         file_column=args.file_column,

@@ -7,7 +7,7 @@
 `make` writes OUT_DIR/NAME.csv (EVAR's metadata format: file_name,label,split or
 file_name,label,fold) and OUT_DIR/NAME.json (clip length, folds, metric, published numbers,
 clips found, where the split comes from). A folder with part of a dataset gives a task of
-what is there. See msm_mae_jax/evaluation/evar/make.py; README "The paper's tasks (EVAR)".
+what is there. See msm_mae_jax/tasks/evar/make.py; README "The paper's tasks (EVAR)".
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from msm_mae_jax.cli import common
 
 
 def build_parser(prog: str) -> common.Parser:
-    from msm_mae_jax.evaluation.evar.table import ORDER
+    from msm_mae_jax.tasks.evar.table import ORDER
 
     p = common.Parser(prog=prog, description=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="action", required=True, metavar="{list,make}")
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae tasks") -> int:
 
 def _tasks(argv: list[str], prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
-    from msm_mae_jax.evaluation.evar import make
+    from msm_mae_jax.tasks.evar import make
 
     if args.action == "list":
         print("\n".join(make.describe_tasks()))

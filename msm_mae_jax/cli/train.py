@@ -15,19 +15,13 @@ stopped by SIGTERM (a checkpoint saved; run the same command again to continue),
 
 from __future__ import annotations
 
-import difflib
-import glob
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 
-import ml_collections
-
 from msm_mae_jax.cli import common, config_args
-from msm_mae_jax.core import fs
-from msm_mae_jax.core.errors import ConfigError, DataError
+from msm_mae_jax.core import outputs
+from msm_mae_jax.data import source_base
 from msm_mae_jax.train import config_rules
 
 DEFAULT_CONFIG = "msm_mae.py"  # the bundled file, whatever the current directory holds
@@ -52,6 +46,14 @@ def build_parser(prog: str, spec: str) -> common.Parser:
         "--workdir", required=True, help="run directory: checkpoints, logs, figures (resumes)"
     )
     p.add_argument(
+        "--init-from",
+        metavar="SRC",
+        help="further pre-training: start from these weights (step 0, a fresh optimizer): "
+        "converted official weights (encoder and decoder), an export (the encoder; the "
+        "decoder from its initialiser) or a training workdir (DIR or DIR@STEP), local or "
+        "gs://; the same as --config.init_from=SRC. Resuming never reads it again",
+    )
+    p.add_argument(
         "--allow-config-change",
         action="store_true",
         help="resume even though keys that define the run (batch size, seed, data source, "
@@ -70,59 +72,6 @@ def _prescan_config(argv: Sequence[str]) -> str:
     return DEFAULT_CONFIG
 
 
-def check_sources(config: ml_collections.ConfigDict) -> None:
-    """The data sources' kind and paths, without importing jax or TF; DataError otherwise
-    (ConfigError: the log-mel on the device asked of log-mel shards)."""
-    from msm_mae_jax.data import source_base
-
-    for key in ("source", "eval_source"):
-        spec = str(config.data.get(key, "") or "")
-        if not spec:
-            continue
-        try:
-            source = source_base.parse_spec(spec, config.data.file_pattern)
-        except DataError as e:
-            kind = spec.partition(":")[0]
-            close = difflib.get_close_matches(kind, source_base.SOURCE_KINDS, n=1)
-            hint = f" (did you mean {close[0]}:?)" if close and close[0] != kind else ""
-            raise DataError(f"{str(e).replace('data.source', f'data.{key}')}{hint}") from None
-        if key == "source" and source.kind == "lms" and config.data.get("logmel_on_device"):
-            raise ConfigError(
-                f"config.data.logmel_on_device needs an audio source (files, synthetic, tfds); "
-                f"{spec!r} holds log-mels already (set data.logmel_on_device=False)"
-            )
-        if source.kind in ("files", "lms"):
-            root = source.path
-            if glob.has_magic(root):  # the folder the glob starts from
-                root = root.split("*")[0].split("?")[0].split("[")[0]
-                root = fs.dirname(root) if not root.endswith(("/", os.sep)) else root
-            if not fs.exists(root or "."):
-                raise DataError(
-                    f"config.data.{key}={spec!r}: {root} does not exist (relative paths "
-                    f"start at {os.getcwd()})"
-                )
-
-
-def check_workdir(workdir: str) -> None:
-    """The workdir exists (created here) and takes files; ConfigError otherwise. A remote
-    workdir (gs://...) is checked when its lock is written."""
-    if fs.is_remote(workdir):
-        if fs.isfile(workdir):
-            raise ConfigError(f"--workdir {workdir} exists and is not a directory")
-        return
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"--workdir {workdir} exists and is not a directory")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=workdir):
-            pass
-    except OSError as e:  # read-only file system, permissions
-        raise ConfigError(
-            f"--workdir {workdir} is not writable ({e.strerror or e}); training writes its "
-            "checkpoints and logs there"
-        ) from None
-
-
 def main(argv: Sequence[str] | None = None, prog: str = "msm-mae train") -> int:
     return common.run_command(prog, _train, argv)
 
@@ -130,9 +79,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae train") -> int:
 def _train(argv: list[str], prog: str) -> int:
     args, extras = build_parser(prog, _prescan_config(argv)).parse_known_args(argv)
     config = config_args.parse_config(args.config, extras)
+    if args.init_from is not None:
+        if config.init_from and config.init_from != args.init_from:
+            raise common.UsageError(
+                f"--init-from {args.init_from} and --config.init_from={config.init_from} "
+                "differ; give one"
+            )
+        config.init_from = args.init_from
     config_rules.check_config(config)
-    check_sources(config)
-    check_workdir(args.workdir)
+    source_base.check_sources(config.data)
+    outputs.check_dir(args.workdir, "--workdir")  # the lock creates it
+    config_rules.check_init_from(config, args.workdir)
     common.setup_logging()
 
     import jax

@@ -23,7 +23,8 @@ import shutil
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
+from msm_mae_jax.core.paths import check_regular, is_remote
+
 _COPY_CHUNK = 8 * 2**20
 
 
@@ -55,11 +56,6 @@ def use_emulator_env(environ: dict | None = None) -> dict:
 
 
 use_emulator_env()  # before gcsfs or epath is imported by anyone
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    """True for `scheme://...` URLs (they go through fsspec), False for local paths."""
-    return bool(_URL.match(os.fspath(path)))
 
 
 def _fs(path: str) -> tuple[Any, str]:
@@ -235,8 +231,12 @@ def size(path: str) -> int:
 
 
 def open(path: str, mode: str = "r", **kwargs: Any) -> IO:  # noqa: A001
-    """A file object (text or binary). Append and update modes are refused on URLs."""
+    """A file object (text or binary). Append and update modes are refused on URLs; a local
+    FIFO, socket or device is refused for reading (`core.paths.NotRegularFileError`): opening
+    a FIFO would wait for a writer forever."""
     if not is_remote(path):
+        if "r" in mode:
+            check_regular(path)
         return builtins.open(path, mode, **kwargs)
     if "a" in mode or "+" in mode:
         raise ValueError(f"{path}: mode {mode!r} is not supported on object stores")
@@ -255,7 +255,9 @@ def open(path: str, mode: str = "r", **kwargs: Any) -> IO:  # noqa: A001
 
 
 def read_bytes(path: str) -> bytes:
+    """A file's bytes (a local FIFO, socket or device is refused, as by `open`)."""
     if not is_remote(path):
+        check_regular(path)
         with builtins.open(path, "rb") as f:
             return f.read()
     fs, p = _fs(path)
@@ -303,21 +305,50 @@ def _put_file(fs: Any, local: str, p: str) -> None:
         shutil.copyfileobj(src, dst, _COPY_CHUNK)
 
 
+def temp_name(path: str, pid: int | None = None) -> str:
+    """The local temporary file beside `path` that `atomic_path` writes first (hidden; the
+    writer's process id in it, so that a killed writer's leftover can be told apart)."""
+    parent, base = os.path.split(path)
+    return os.path.join(parent, f".{base}.{os.getpid() if pid is None else pid}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A local file to write `path`'s new content into (for writers that open a path
+    themselves, e.g. TFRecord's), published when the block ends: local, renamed over `path`
+    (readers see the old file or the new one); URL, uploaded whole. Nothing is published,
+    and the temporary file is removed, if the block raises."""
+    if not is_remote(path):
+        tmp = temp_name(path)
+    else:
+        import tempfile  # noqa: PLC0415
+
+        fd, tmp = tempfile.mkstemp(prefix=".msm_mae_upload_")
+        os.close(fd)
+    try:
+        yield tmp
+        if not is_remote(path):
+            os.replace(tmp, path)
+        else:
+            fs, p = _fs(path)
+            _put_file(fs, tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
     """Readers see the old content or the new, never a part, and nothing new is published if
-    the block raises. Local: temporary file + rename; URL: one upload when the block ends."""
+    the block raises. Local: a temporary file beside `path` + rename (`atomic_path`); URL:
+    one upload when the block ends."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
     if not is_remote(path):
-        tmp = f"{path}.tmp.{os.getpid()}"
-        try:
-            with builtins.open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with atomic_path(path) as tmp:
+            kw = {} if "b" in mode else {"encoding": "utf-8"}
+            with builtins.open(tmp, mode, **kw) as f:
                 yield f
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return
     buf = io.BytesIO()
     f = buf if "b" in mode else io.TextIOWrapper(buf, encoding="utf-8", write_through=True)

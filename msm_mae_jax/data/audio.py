@@ -48,6 +48,13 @@ FMAX = 8000.0
 LOG_OFFSET = 1.1920929e-07  # float32 machine epsilon, as the official code
 N_FREQS = N_FFT // 2 + 1
 _PAD = N_FFT // 2
+# Waveforms are full scale in [-1, 1] (integer PCM is read scaled into it and cannot exceed
+# it; float files and arrays hold samples as they are). Beyond this peak a waveform is
+# mis-scaled (integer values written as float, say): using it would silently distort the
+# normalisation statistics and everything learnt from them, so it is refused like a corrupt
+# file (`audio_io`) or a bad argument (the runtime, HEAR). Real recordings that clip a little
+# after processing stay far below.
+MAX_ABS_SAMPLE = 16.0
 
 
 def num_frames(samples: int) -> int:
@@ -106,6 +113,17 @@ def hann_window() -> np.ndarray:
     return w.astype(np.float32)
 
 
+def reflect_index(i: np.ndarray, samples: int) -> np.ndarray:
+    """numpy's `mode='reflect'` index of positions `i` (any integers) into `samples` samples:
+    mirrored at both ends, repeated for positions farther than a clip length (period
+    2 (S - 1)); a single sample is repeated."""
+    if samples == 1:
+        return np.zeros_like(i)
+    period = 2 * (samples - 1)
+    j = np.mod(i, period)
+    return np.where(j < samples, j, period - j)
+
+
 def reflect_indices(samples: int) -> np.ndarray:
     """Indices into a length-`samples` signal giving numpy's reflect padding by 200 each side."""
     return _reflect_indices_np(samples, _PAD)
@@ -114,12 +132,7 @@ def reflect_indices(samples: int) -> np.ndarray:
 def _reflect_indices_np(samples: int, pad: int) -> np.ndarray:
     if samples <= 0:
         raise ValueError(f"log-mel needs at least one sample, got a waveform of {samples} samples")
-    i = np.arange(-pad, samples + pad)
-    if samples == 1:
-        return np.zeros_like(i)
-    period = 2 * (samples - 1)
-    j = np.mod(i, period)
-    return np.where(j < samples, j, period - j)
+    return reflect_index(np.arange(-pad, samples + pad), samples)
 
 
 def _frame_indices(samples: int) -> np.ndarray:

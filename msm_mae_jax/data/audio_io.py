@@ -1,11 +1,13 @@
 """Audio file reading: any soundfile format, rate and channel count -> mono float32 at 16 kHz.
 
 Every failure (missing, unreadable, empty, corrupt, non-audio, too short, NaN/Inf samples,
-float samples far outside [-1, 1]) is an `AudioError` whose message starts with the file's
-path, so callers can skip and count bad files. Long files are never loaded whole when
-`max_seconds` is given: only a window is read (seek + read), which keeps one-hour recordings
-cheap in every tf.data worker; `ClipReader` reads any span of a file's 16 kHz signal, decoding
-only that span; `iter_blocks` reads a whole file of any length block by block.
+float samples far outside [-1, 1], a FIFO/socket/device, which is never opened) is an
+`AudioError` whose message starts with the file's path, so callers can skip and count bad
+files; a file cut short is read as far as it goes, with a warning (`audio_cut`). Long files
+are never loaded whole when `max_seconds` is given: only a window is read (seek + read), which
+keeps one-hour recordings cheap in every tf.data worker; `ClipReader` reads any span of a
+file's 16 kHz signal, decoding only that span; `iter_blocks` reads a whole file of any length
+block by block.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from msm_mae_jax.core import fs
-from msm_mae_jax.data.audio import HOP_LENGTH, SAMPLE_RATE
+from msm_mae_jax.core import fs, paths
+from msm_mae_jax.data import audio_cut
+from msm_mae_jax.data.audio import HOP_LENGTH, MAX_ABS_SAMPLE, SAMPLE_RATE
 
 # Extension (lower case, with dot) -> the libsndfile major format that reads it.
 _EXTENSION_FORMATS = {
@@ -47,12 +50,6 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
 
 # Shorter clips cannot fill a single hop of the STFT; they are treated as broken files.
 MIN_SECONDS = HOP_LENGTH / SAMPLE_RATE
-# Float-format files store samples as they are; full scale is [-1, 1] (integer PCM is read
-# scaled into it and cannot exceed it). Beyond this peak a file is mis-scaled (integer values
-# written as float, say): using it would silently distort the normalisation statistics and
-# everything learnt from them, so it is refused like a corrupt file. Real recordings that
-# clip a little after processing stay far below.
-MAX_ABS_SAMPLE = 16.0
 
 # What opening/reading a file can raise: libsndfile errors (RuntimeError subclasses), OS errors
 # (missing, permission, I/O), and ValueError/TypeError/EOFError from odd headers.
@@ -82,6 +79,7 @@ def is_audio_file(path: str | os.PathLike) -> bool:
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Frames, sample rate and channel count from the header (no sample is decoded)."""
+    _check_regular(os.fspath(path))
     try:
         if fs.is_remote(path):
             with fs.open(os.fspath(path), "rb") as raw:
@@ -100,6 +98,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
 @contextlib.contextmanager
 def _open_sound(name: str) -> Iterator[tuple[sf.SoundFile, Any]]:
     """(SoundFile, the remote file object it reads or None) of a path or URL."""
+    _check_regular(name)
     if not fs.is_remote(name):
         with sf.SoundFile(name) as f:
             yield f, None
@@ -131,7 +130,7 @@ def load_audio(
     uniformly random frame (rng given) or at the start (rng None); only that window is decoded.
     Raises AudioError (naming the file) for anything unusable, including NaN/Inf samples and
     clips shorter than MIN_SECONDS. A file whose data ends before its header says (a cut
-    download) yields the samples that are there.
+    download) yields the samples that are there, with a warning naming it (`audio_cut`).
     """
     name = os.fspath(path)
     if max_seconds is not None and not max_seconds >= MIN_SECONDS:
@@ -149,7 +148,7 @@ def load_audio(
                     start = int(rng.integers(0, frames - count + 1))
                 if start:
                     f.seek(start)
-            data_SC = f.read(count, dtype="float32", always_2d=True)
+            data_SC = audio_cut.read(f, name, start, count, frames, sr_in, _READ_ERRORS)
     except AudioError:
         raise
     except _READ_ERRORS as e:
@@ -181,12 +180,22 @@ def iter_blocks(path: str | os.PathLike, block_frames: int = 1 << 20) -> Iterato
         with _open_sound(name) as (f, _):
             frames, sr_in, channels = int(f.frames), int(f.samplerate), int(f.channels)
             _check_header(name, frames, sr_in, channels)
+            declared = audio_cut.wav_declared_frames(name) or frames
+            if declared > frames:
+                audio_cut.warn_cut(name, frames, declared, sr_in)
             stream = None
             if sr_in != SAMPLE_RATE:
                 stream = soxr.ResampleStream(sr_in, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
             while True:
-                data_SC = f.read(block_frames, dtype="float32", always_2d=True)
-                last = data_SC.shape[0] < block_frames
+                try:
+                    data_SC = f.read(block_frames, dtype="float32", always_2d=True)
+                    last = data_SC.shape[0] < block_frames
+                except _READ_ERRORS as e:  # a cut FLAC: keep what decodes, then end
+                    data_SC = audio_cut.read_what_decodes(f, block_frames, _READ_ERRORS, got)
+                    if not got + data_SC.shape[0]:
+                        raise e from None
+                    last = True
+                    audio_cut.warn_cut(name, got + data_SC.shape[0], declared, sr_in)
                 if not np.isfinite(np.add.reduce(data_SC, axis=None)):
                     bad = int(np.count_nonzero(~np.isfinite(data_SC)))
                     raise AudioError(
@@ -233,6 +242,7 @@ class ClipReader:
     def __init__(self, path: str | os.PathLike):
         self.name = os.fspath(path)
         self._raw = None  # the remote file object soundfile reads (URLs)
+        _check_regular(self.name)
         try:
             if fs.is_remote(self.name):
                 self._raw = fs.open(self.name, "rb")
@@ -341,6 +351,14 @@ def _read_frames_into(f: sf.SoundFile, out: np.ndarray) -> int:
     if err:
         raise RuntimeError(ffi.string(snd.sf_error_number(err)).decode("utf-8", "replace"))
     return got
+
+
+def _check_regular(name: str) -> None:
+    """A FIFO, a socket or a device is never opened (a FIFO would block until a writer
+    comes): an AudioError, so that it is skipped and counted like an unreadable file."""
+    why = paths.not_regular(name)
+    if why:
+        raise AudioError(f"{name}: {why}")
 
 
 def _check_peak(name: str, peak: float) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from msm_mae_jax.data.audio import HOP_LENGTH, N_FFT, num_frames
+from msm_mae_jax.data.audio import HOP_LENGTH, N_FFT, num_frames, reflect_index
 
 _PAD = N_FFT // 2
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -56,15 +56,6 @@ def crop_start(u: np.ndarray | float, clip_frames: np.ndarray | int, frames: int
     return np.minimum((np.asarray(u) * span).astype(np.int64), span - 1)
 
 
-def reflect(i: np.ndarray, samples: int) -> np.ndarray:
-    """Indices of a length-`samples` signal under numpy's 'reflect' padding (any pad width)."""
-    if samples == 1:
-        return np.zeros_like(i)
-    period = 2 * (samples - 1)
-    j = np.mod(i, period)
-    return np.where(j < samples, j, period - j)
-
-
 def window(
     read_into: Callable[[int, np.ndarray], None],
     samples: int,
@@ -80,7 +71,7 @@ def window(
     if lo >= 0 and hi <= samples:  # inside the clip: one contiguous read, in place
         read_into(lo, out[: hi - lo])
         return
-    idx = reflect(np.arange(lo, hi), samples)  # at an edge: the clip's reflect padding
+    idx = reflect_index(np.arange(lo, hi), samples)  # at an edge: the clip's reflect padding
     a = int(idx.min())
     span = np.empty(int(idx.max()) + 1 - a, np.float32)
     read_into(a, span)

@@ -18,6 +18,11 @@ import numpy as np
 from msm_mae_jax.core import fs, json_files
 from msm_mae_jax.core.errors import DataError
 
+F32_EPS = float(np.finfo(np.float32).eps)  # torch.finfo().eps, added to the official std
+# How pre-training estimates them (config.data.norm_stats_method; data/pipeline.py): the
+# official definition (crops with their zero padding) or the crops' real frames only.
+NORM_STATS_METHODS = ("official", "frames")
+
 
 @dataclasses.dataclass(frozen=True)
 class NormStats:
@@ -91,11 +96,16 @@ class NormAccumulator:
         self.count = total
         return self
 
-    def stats(self) -> NormStats:
-        """Mean and population std (ddof=0) of everything added; ValueError when empty."""
-        if self.count == 0:
+    def stats(self, unbiased: bool = False, eps: float = 0.0) -> NormStats:
+        """Mean and std of everything added: the population std (ddof=0), or with `unbiased`
+        the sample std (ddof=1, torch's default); `eps` is added to the std (the official
+        statistics add float32's eps, `F32_EPS`). ValueError when empty (or one value with
+        `unbiased`)."""
+        ddof = int(unbiased)
+        if self.count <= ddof:
             raise ValueError("no values to compute normalisation statistics from")
-        return NormStats(float(self.mean), math.sqrt(max(self.m2, 0.0) / self.count))
+        std = math.sqrt(max(self.m2, 0.0) / (self.count - ddof))
+        return NormStats(float(self.mean), std + float(eps))
 
     def to_dict(self) -> dict[str, Any]:
         return {"count": int(self.count), "mean": float(self.mean), "m2": float(self.m2)}

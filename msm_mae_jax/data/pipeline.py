@@ -22,14 +22,19 @@ import functools
 import logging
 import re
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from msm_mae_jax.core.errors import ConfigError, DataError
-from msm_mae_jax.data import audio
-from msm_mae_jax.data.normalization import NormAccumulator, NormStats
-from msm_mae_jax.data.source_base import SkipReport, mix_seed
+from msm_mae_jax.data import audio, crops
+from msm_mae_jax.data.normalization import (
+    F32_EPS,
+    NORM_STATS_METHODS,
+    NormAccumulator,
+    NormStats,
+)
+from msm_mae_jax.data.source_base import IndexedSource, SkipReport, mix_seed
 from msm_mae_jax.data.sources import open_source
 from msm_mae_jax.data.tf_setup import tensorflow
 
@@ -179,29 +184,56 @@ def train_iterator(
     return BatchIterator(ds.with_options(_options()), source.report, num_local)
 
 
+NORM_BATCH = 64  # crops per batch of the statistics' pipeline
+
+
 def compute_norm_stats(config, seed: int = 0) -> NormStats:  # noqa: ANN001
     """Mean/std of log-mel values over `config.data.norm_stats_crops` random training crops.
 
-    Explicit `config.data.norm_std > 0` wins; a source that knows its exact statistics (an
-    `lms:` manifest) gives those. Zero padding of short clips is excluded from the statistics.
+    Explicit `config.data.norm_std > 0` wins. `config.data.norm_stats_method`:
+    - "official" (default), as the official `SpectrogramDataset` computes them: clips drawn
+      with replacement (`official_sample`), each made into a training crop (a random crop of
+      a longer clip, a shorter one zero-padded at the end in log-mel space), the mean and
+      the std over every value of the stacked crops, **the padding included**, the std
+      unbiased plus float32 eps. Record sources (tfds, version-1 lms corpora), which cannot
+      be read by index, take the first crops of a seeded pass instead.
+    - "frames": the crops' real frames only (the padding left out), population std; a
+      source that knows its exact statistics (an `lms:` manifest) gives those.
     """
     if float(config.data.norm_std) > 0:
         return NormStats(float(config.data.norm_mean), float(config.data.norm_std))
+    method = str(config.data.norm_stats_method)
+    if method not in NORM_STATS_METHODS:
+        raise ConfigError(
+            f"config.data.norm_stats_method={method!r}; expected one of {NORM_STATS_METHODS}"
+        )
     source = open_source(config.data.source, config.data)
-    known = source.known_norm_stats()
-    if known is not None:
-        return known
+    if method == "frames":
+        known = source.known_norm_stats()
+        if known is not None:
+            return known
     n = int(config.data.norm_stats_crops)
     if n <= 0:
         raise DataError(f"data.norm_stats_crops={n} must be positive (or set data.norm_std)")
-    ds = source.batches(
-        seed=mix_seed(seed, 7),
-        process_index=0,
-        process_count=1,
-        local_batch=64,
-        start_step=0,
-        frames=_check_input_size(config),
-    )
+    frames = _check_input_size(config)
+    if method == "official" and isinstance(source, IndexedSource):
+        plan = official_sample(seed, n, source.total_examples)
+        ds = source.crops_at(
+            crop_seed=plan.crop_seed,
+            frames=frames,
+            positions=plan.positions,
+            indices=plan.indices,
+            batch=NORM_BATCH,
+        )
+    else:
+        ds = source.batches(
+            seed=mix_seed(seed, 7),
+            process_index=0,
+            process_count=1,
+            local_batch=NORM_BATCH,
+            start_step=0,
+            frames=frames,
+        )
     ds = _frontend_map(ds, NormStats(0.0, 1.0)).prefetch(2)
     acc, seen = NormAccumulator(), 0
     # A BatchIterator: a source's DataError (no file decodes) arrives as itself, one line.
@@ -209,13 +241,40 @@ def compute_norm_stats(config, seed: int = 0) -> NormStats:  # noqa: ANN001
     try:
         for batch in batches:
             lms_BFT, valid_B = batch["lms"][:, 0, :, :][: n - seen], batch["frames"][: n - seen]
-            mask_BT = np.arange(lms_BFT.shape[2])[None, :] < valid_B[:, None]
-            acc.add(lms_BFT.transpose(0, 2, 1)[mask_BT])
+            if method == "official":
+                acc.add(lms_BFT)  # the padding (0) counts
+            else:
+                mask_BT = np.arange(lms_BFT.shape[2])[None, :] < valid_B[:, None]
+                acc.add(lms_BFT.transpose(0, 2, 1)[mask_BT])
             seen += len(valid_B)
             if seen >= n:
                 break
     finally:
         batches.close()
-    stats = acc.stats()
-    log.info("normalisation statistics over %d crops: mean %.4f std %.4f", n, stats.mean, stats.std)
+    stats = acc.stats(unbiased=True, eps=F32_EPS) if method == "official" else acc.stats()
+    log.info(
+        "normalisation statistics (%s) over %d crops: mean %.4f std %.4f",
+        method,
+        seen,
+        stats.mean,
+        stats.std,
+    )
     return stats
+
+
+class CropSample(NamedTuple):
+    """Crops of the statistics: crop k is of clip `indices[k]`, drawn at `positions[k]` with
+    `crop_seed` (`IndexedSource.crops_at`)."""
+
+    positions: np.ndarray
+    indices: np.ndarray
+    crop_seed: int
+
+
+def official_sample(seed: int, n: int, num_clips: int) -> CropSample:
+    """The official statistics' sample (`np.random.randint(0, len(files), n)`: n clips with
+    replacement) from `seed`: clip k is floor(u_k * num_clips), u_k = crops.uniform(seed', k);
+    its crop start is drawn at position k with another seed, as training crops are."""
+    u = crops.uniform(mix_seed(seed, 7, 1), np.arange(n))
+    indices = np.minimum((u * num_clips).astype(np.int64), num_clips - 1)
+    return CropSample(np.arange(n, dtype=np.int64), indices, mix_seed(seed, 7, 2))

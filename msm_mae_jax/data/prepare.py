@@ -5,11 +5,11 @@
 SRC is a directory (scanned recursively, `--pattern` globs), a glob, or a `files:` spec. Files
 are split, in sorted order, into shards of `--shard-size` files; worker processes compute the
 log-mels (`audio.log_mel`) and write one shard each: `lms-KKKKK-of-NNNNN.tfrecord` (written
-under a temporary name, then renamed) and its completion marker `<shard>.json` (records,
-skipped files with reasons, statistics, byte size). Re-running keeps every shard whose marker
-matches the plan and whose file has the recorded size, so an interrupted run resumes where it
-stopped. manifest.json lists files, frames, shards, skipped files and the exact mean/std of
-all log-mel values of the corpus (`NormStats`).
+beside under a temporary name, then renamed: `core.fs.atomic_path`) and its completion marker
+`<shard>.json` (records, skipped files with reasons, statistics, byte size). Re-running keeps
+every shard whose marker matches the plan and whose file has the recorded size, so an
+interrupted run resumes where it stopped. manifest.json lists files, frames, shards, skipped
+files and the exact mean/std of all log-mel values of the corpus (`NormStats`).
 
 Records (manifest version 2, `lms_shards`): the raw little-endian bytes of each log-mel,
 time-major float16/float32 [frames, 80]; the manifest lists each file's shard, frames and the
@@ -27,12 +27,11 @@ import logging
 import multiprocessing
 import os
 import signal
-import tempfile
 from typing import Any
 
 import numpy as np
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, outputs
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio_io
 from msm_mae_jax.data.file_scan import list_audio_files
@@ -82,22 +81,9 @@ def _write_shard(job: tuple) -> dict[str, Any]:
     """Worker: log-mels of one shard's files -> tfrecord + marker. Returns the marker."""
     out, name, root, rel_files, dtype, max_seconds = job
     tf = tensorflow()
-    final = fs.join(out, name)
-    if fs.is_remote(out):  # written here, then uploaded whole
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-    else:
-        tmp = os.path.join(out, f".{name}.tmp")
-    try:
+    with fs.atomic_path(fs.join(out, name)) as tmp:  # beside, renamed (a URL: uploaded whole)
         records, skipped, acc = _write_records(tf, tmp, root, rel_files, dtype, max_seconds)
         nbytes = os.path.getsize(tmp)
-        if fs.is_remote(out):
-            fs.copy_file(tmp, final)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if fs.is_remote(out) and os.path.exists(tmp):
-            os.remove(tmp)
     for r, offset in zip(records, data_offsets([r.pop("bytes") for r in records]), strict=True):
         r["offset"] = offset
     marker = {
@@ -208,7 +194,7 @@ def prepare(
             pool.join()
 
     manifest = _manifest(src, root, dtype, shard_size, plan, markers)
-    fs.write_text(fs.join(out, MANIFEST), json.dumps(manifest, indent=1))
+    outputs.write_text(fs.join(out, MANIFEST), json.dumps(manifest, indent=1), "OUT")
     if manifest["skipped"]:
         log.warning(
             "%d file(s) skipped; reasons in %s",

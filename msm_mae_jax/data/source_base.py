@@ -25,6 +25,8 @@ shard of the records, so their order depends on the process count (`global_order
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import glob
 import logging
 import os
 import re
@@ -34,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from msm_mae_jax.core.errors import DataError
+from msm_mae_jax.core import fs
+from msm_mae_jax.core.errors import ConfigError, DataError
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.data.tf_setup import plain, tensorflow
 
@@ -83,6 +86,38 @@ def parse_spec(spec: str, file_pattern: str = "*") -> SourceSpec:
         f"config.data.source={spec!r} is not a data source; expected 'synthetic', "
         "'files:/dir/or/glob', 'tfds:name:split' or 'lms:/dir'"
     )
+
+
+def check_sources(data: Any) -> None:
+    """`config.data`'s sources (`source`, `eval_source`): their kind and that their paths
+    exist, without importing jax or TF; DataError naming the key otherwise (ConfigError: the
+    log-mel on the device asked of log-mel shards)."""
+    for key in ("source", "eval_source"):
+        spec = str(data.get(key, "") or "")
+        if not spec:
+            continue
+        try:
+            source = parse_spec(spec, data.file_pattern)
+        except DataError as e:
+            kind = spec.partition(":")[0]
+            close = difflib.get_close_matches(kind, SOURCE_KINDS, n=1)
+            hint = f" (did you mean {close[0]}:?)" if close and close[0] != kind else ""
+            raise DataError(f"{str(e).replace('data.source', f'data.{key}')}{hint}") from None
+        if key == "source" and source.kind == "lms" and data.get("logmel_on_device"):
+            raise ConfigError(
+                f"config.data.logmel_on_device needs an audio source (files, synthetic, tfds); "
+                f"{spec!r} holds log-mels already (set data.logmel_on_device=False)"
+            )
+        if source.kind in ("files", "lms"):
+            root = source.path
+            if glob.has_magic(root):  # the folder the glob starts from
+                root = root.split("*")[0].split("?")[0].split("[")[0]
+                root = fs.dirname(root) if not root.endswith(("/", os.sep)) else root
+            if not fs.exists(root or "."):
+                raise DataError(
+                    f"config.data.{key}={spec!r}: {root} does not exist (relative paths "
+                    f"start at {os.getcwd()})"
+                )
 
 
 class SkipReport:
@@ -227,16 +262,6 @@ class IndexedSource(DataSource):
         start_step: int,
         frames: int,
     ) -> Any:
-        tf = tensorflow()
-        loader = self.batch_loader(mix_seed(seed, 2), frames)
-        out_dtype = tf.as_dtype(loader.dtype)
-
-        def load(g, i):  # noqa: ANN001, ANN202
-            x, n = tf.numpy_function(loader.load, [g, i], (out_dtype, tf.int32), stateful=False)
-            x.set_shape([local_batch, *loader.row_shape])
-            n.set_shape([local_batch])
-            return {loader.key: loader.finish(x) if loader.finish else x, "frames": n}
-
         stream = global_index_stream(
             self.total_examples,
             mix_seed(seed, 1),
@@ -245,7 +270,35 @@ class IndexedSource(DataSource):
             local_batch,
             local_batch * process_count,
         )
-        return stream.batch(local_batch, drop_remainder=True).map(plain(load), tf.data.AUTOTUNE)
+        pairs = stream.batch(local_batch, drop_remainder=True)
+        return self._load(pairs, mix_seed(seed, 2), frames, local_batch)
+
+    def crops_at(
+        self, *, crop_seed: int, frames: int, positions: Any, indices: Any, batch: int
+    ) -> Any:
+        """Finite tf.data Dataset of the crops of clips `indices[k]` at positions
+        `positions[k]`, in order, `batch` at a time (the last batch may be shorter), in the
+        format of `batches`; crop k starts at `crops.crop_start(crops.uniform(crop_seed,
+        positions[k]), clip frames, frames)`."""
+        tf = tensorflow()
+        pos = np.asarray(positions, np.int64)
+        idx = np.asarray(indices, np.int64)
+        pairs = tf.data.Dataset.from_tensor_slices((pos, idx)).batch(int(batch))
+        return self._load(pairs, crop_seed, frames, None)
+
+    def _load(self, pairs: Any, crop_seed: int, frames: int, rows: int | None) -> Any:
+        """Batches of (positions, clip indices) -> batches of their crops (`batch_loader`)."""
+        tf = tensorflow()
+        loader = self.batch_loader(crop_seed, frames)
+        out_dtype = tf.as_dtype(loader.dtype)
+
+        def load(g, i):  # noqa: ANN001, ANN202
+            x, n = tf.numpy_function(loader.load, [g, i], (out_dtype, tf.int32), stateful=False)
+            x.set_shape([rows, *loader.row_shape])
+            n.set_shape([rows])
+            return {loader.key: loader.finish(x) if loader.finish else x, "frames": n}
+
+        return pairs.map(plain(load), tf.data.AUTOTUNE)
 
 
 # ---- seeds and orders --------------------------------------------------------------------------

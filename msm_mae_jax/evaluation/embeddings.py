@@ -22,7 +22,7 @@ Shape letters: N clips, B batch, S samples, F mel bins, T frames, D width, L lay
 
 from __future__ import annotations
 
-import hashlib
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -32,12 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from msm_mae_jax.core import fs
-from msm_mae_jax.core.config_files import load_config
 from msm_mae_jax.data import audio
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.evaluation import embedding_cache
 from msm_mae_jax.evaluation.embedding_cache import Features
-from msm_mae_jax.evaluation.task_audio import (
+from msm_mae_jax.model.config import ModelConfig, load_model_config
+from msm_mae_jax.model.identity import checkpoint_identity
+from msm_mae_jax.tasks.task import Task
+from msm_mae_jax.tasks.task_audio import (
     NORM_STATS_CLIPS,
     TEST,
     Clips,
@@ -46,12 +48,9 @@ from msm_mae_jax.evaluation.task_audio import (
     default_unit_sec,
     extraction_plan,
     log_mel,
-    norm_stats_indices,
-    task_norm_stats,
+    roles_digest,
     task_views,
 )
-from msm_mae_jax.evaluation.tasks import Task
-from msm_mae_jax.model.config import ModelConfig
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "msm_mae_jax", "embeddings")
 # 2: the skipped clips are part of an entry; 3: EVAR's fitting (end padding, random crops of
@@ -177,16 +176,6 @@ def encoder_features(
 
 
 # ---- models and their identities (for the cache) ----------------------------------------------
-def load_model_config(spec: str | ModelConfig | None) -> ModelConfig:
-    """None -> the default ViT-B 80x208; 'configs/msm_mae.py:tiny' -> that config's model; a
-    ModelConfig as it is."""
-    if isinstance(spec, ModelConfig):
-        return spec
-    if not spec:
-        return ModelConfig()
-    return ModelConfig.from_dict(load_config(spec).model)
-
-
 def random_runtime(model_config: ModelConfig, norm_stats: NormStats, seed: int = 0):
     from msm_mae_jax.features.runtime import Runtime
     from msm_mae_jax.model.mae import Encoder
@@ -194,17 +183,6 @@ def random_runtime(model_config: ModelConfig, norm_stats: NormStats, seed: int =
     lms = jnp.zeros((1, 1, *model_config.input_size), jnp.float32)
     params = jax.jit(Encoder(model_config).init)(jax.random.key(seed), lms)["params"]
     return Runtime(model_config, params, norm_stats, {"source": f"random init (seed {seed})"})
-
-
-def checkpoint_identity(path: str) -> str:
-    """Path plus size and mtime of every file that defines the model (not logs or figures)."""
-    path = fs.absolute(path)
-    h = hashlib.sha256(path.encode())
-    ckpts = fs.join(path, "checkpoints")
-    root = ckpts if fs.isdir(ckpts) else path
-    for f, size, version in fs.stamps(root):
-        h.update(f"{fs.relpath(f, path)}\0{size}\0{version}\n".encode())
-    return h.hexdigest()
 
 
 # ---- extraction ----------------------------------------------------------------------------------
@@ -240,7 +218,6 @@ def model_identity(
 
 def _encoder_runtime(
     clips: Clips,
-    task: Task,
     checkpoint: str | None,
     baseline: str | None,
     config: str | ModelConfig | None,
@@ -251,7 +228,7 @@ def _encoder_runtime(
     """(runtime, the normalisation statistics to use); both recorded in `meta`."""
     stats = None
     if norm == "task" or baseline == "random":
-        stats = task_norm_stats(clips, norm_stats_indices(task, clips.crop_seed))
+        stats = clips.norm_stats()
     if baseline == "random":
         runtime = random_runtime(load_model_config(config), stats, seed)
     else:
@@ -262,15 +239,6 @@ def _encoder_runtime(
     meta["norm_stats"] = stats.to_dict()
     meta["model"] = runtime.model_config.run_name_prefix
     return runtime, stats
-
-
-def _roles(task: Task, crop_seed: int) -> str:
-    """Digest of what the splits decide about extraction: each clip's fits and the clips of
-    the normalisation statistics."""
-    test, train = task_views(task)
-    h = hashlib.sha256(np.packbits(test).tobytes() + np.packbits(train).tobytes())
-    h.update(norm_stats_indices(task, crop_seed).tobytes())
-    return h.hexdigest()[:16]
 
 
 def extract(
@@ -292,23 +260,27 @@ def extract(
 ) -> tuple[Features, dict]:
     """Clip embeddings of every clip of the task -> (Features {feature set: [N, D]}, info).
 
+    `unit_sec`: the clip length (> 0 s); None: the longest clip (`default_unit_sec`).
     `seed`: the random baseline's initialisation; `crop_seed`: the random crops of training
     clips and the sample of the normalisation statistics. info["skipped"]: [{index, name,
     reason}] of clips that could not be decoded (their rows are zeros: leave them out of
     every split)."""
     check_arguments(checkpoint, baseline, norm, layer_mode)
     unreadable: dict[int, str] = {}
-    if not unit_sec:
+    if unit_sec is None:  # only None means "the longest clip": a 0 is a mistake, not a default
         durations, unreadable = clip_durations(task)
         unit_sec = default_unit_sec(task, durations)
+    if isinstance(unit_sec, bool) or not (math.isfinite(unit_sec) and unit_sec > 0):
+        raise ValueError(f"{task.spec}: unit_sec={unit_sec!r}; expected a clip length > 0 s")
     unit_sec = float(unit_sec)
+    roles = roles_digest(task, crop_seed)
     if baseline == "logmel":
         layers = None
     key = {
         "version": CACHE_VERSION,
         "model": model_identity(checkpoint, baseline, config, seed),
         "clips": task.fingerprint(),
-        "roles": _roles(task, crop_seed),
+        "roles": roles,
         "fit": FIT,
         "crop_seed": int(crop_seed),
         "unit_sec": unit_sec,
@@ -338,9 +310,7 @@ def extract(
     if baseline == "logmel":
         feats = logmel_features(clips, plan)
     else:
-        runtime, stats = _encoder_runtime(
-            clips, task, checkpoint, baseline, config, norm, seed, meta
-        )
+        runtime, stats = _encoder_runtime(clips, checkpoint, baseline, config, norm, seed, meta)
         depth = runtime.model_config.depth
         feats = encoder_features(
             runtime,

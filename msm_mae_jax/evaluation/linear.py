@@ -17,35 +17,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from msm_mae_jax.evaluation import probe, task_checks
-from msm_mae_jax.evaluation.embeddings import (  # noqa: F401 (the public names of linear.py)
-    BASELINES,
-    CACHE_VERSION,
-    DEFAULT_CACHE_DIR,
-    NORMS,
-    checkpoint_identity,
-    encoder_features,
-    extract,
-    load_model_config,
-    logmel_features,
-    parse_layers,
-    random_runtime,
-)
-from msm_mae_jax.evaluation.task_audio import (  # noqa: F401
-    IN_MEMORY_BYTES,
-    MAX_DEFAULT_UNIT_SEC,
-    TEST,
-    TRAIN,
-    Clips,
-    default_unit_sec,
-    fit_length,
-    random_crop_start,
-    task_norm_stats,
-)
-from msm_mae_jax.evaluation.tasks import Task
+from msm_mae_jax.evaluation import probe
+from msm_mae_jax.evaluation.embeddings import DEFAULT_CACHE_DIR, extract
+from msm_mae_jax.evaluation.protocol import EVAR_SEEDS, Model, Protocol
+from msm_mae_jax.tasks.task import Task, report_leaks
 
 MAX_NAMED_SKIPS = 5  # skipped clips named in the printed table (all are in the results)
-EVAR_SEEDS = (42, 43, 44)  # EVAR's 2pass_lineareval.py: seed 42, then 43 and 44
 
 
 def _fold_arrays(task: Task, fold, x_ND, x_train_ND):
@@ -99,36 +76,55 @@ def probe_features(
 
 def evaluate(
     task: Task,
+    model: Model,
+    protocol: Protocol,
     *,
-    seeds: Sequence[int] = EVAR_SEEDS,
-    probe_kw: dict | None = None,
+    unit_sec: float | None = None,
+    batch_size: int = 32,
+    cache_dir: str | None = DEFAULT_CACHE_DIR,
+    progress: bool = True,
     log: Callable[[str], None] = print,
-    **extract_kw,
 ) -> dict:
-    """Embeddings (cached) + linear probes -> the results dict written by evaluate.py.
+    """Embeddings (cached) + linear probes of `model` on `task` under `protocol` -> the
+    results dict that `eval` writes.
 
-    The random crops of training clips are drawn with the first seed (unless `crop_seed` is
-    given). Clips that could not be decoded are left out of every split; the results name
-    them (`skipped`: count and clips)."""
-    extract_kw.setdefault("crop_seed", int(seeds[0]))
-    feats, info = extract(task, log=log, **extract_kw)
+    `unit_sec`: the clip length (None: the longest clip, <= 10 s). The random crops of
+    training clips are drawn with the first seed. Clips that could not be decoded are left
+    out of every split; the results name them (`skipped`: count and clips)."""
+    seeds = tuple(protocol.seeds)
+    feats, info = extract(
+        task,
+        checkpoint=model.checkpoint,
+        baseline=model.baseline,
+        config=model.config,
+        layers=protocol.layers,
+        layer_mode=protocol.layer_mode,
+        norm=protocol.norm,
+        unit_sec=unit_sec,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        crop_seed=int(seeds[0]),
+        progress=progress,
+        log=log,
+    )
     skipped = info.get("skipped") or []
     if skipped:
         log(f"skipped {len(skipped)} clip(s) that could not be decoded")
         task = task.without([s["index"] for s in skipped])
-    checks = task_checks.report(task, log)  # repeated clips, test clips also trained on
+    checks = report_leaks(task, log)  # repeated clips, test clips also trained on
+    probe_kw = dict(protocol.probe_kw)
     t0 = time.time()
     metric = "mAP" if task.multilabel else "accuracy"
     train_rows = getattr(feats, "train_rows", lambda name: feats[name])
     results = {
-        name: probe_features(task, x, seeds, train_rows(name), **(probe_kw or {}))
+        name: probe_features(task, x, seeds, train_rows(name), **probe_kw)
         for name, x in feats.items()
     }
     probe_s = time.time() - t0
     main = list(results)[-1]
     out = {
         "task": task.summary(),
-        "model": extract_kw.get("checkpoint") or f"baseline:{extract_kw.get('baseline')}",
+        "model": model.checkpoint or f"baseline:{model.baseline}",
         "metric": metric,
         metric: results[main],
         "features": main,
@@ -149,9 +145,9 @@ def evaluate(
             "run_name_prefix": info.get("model"),  # the encoder's input and patch size
             "fit": "evar",  # end padding; random crop (train/valid), start crop (test)
             "crop_seed": info.get("crop_seed"),
-            "layers": extract_kw.get("layers"),
+            "layers": protocol.layers,
             "cache_file": info["cache_file"],
-            **(probe_kw or {}),
+            **probe_kw,
         },
     }
     out["skipped"] = {"count": len(skipped), "clips": skipped}

@@ -36,17 +36,6 @@ def window_samples(frames: int) -> int:
     return audio.HOP_LENGTH * (int(frames) - 1) + audio.N_FFT
 
 
-def reflect_index(i: np.ndarray, samples: int) -> np.ndarray:
-    """numpy's `mode='reflect'` index of positions `i` (any integers) into `samples` samples:
-    mirrored at both ends, repeated for positions farther than a clip length (period
-    2 (S - 1)); a single sample is repeated."""
-    if samples == 1:
-        return np.zeros_like(i)
-    period = 2 * (samples - 1)
-    j = np.mod(i, period)
-    return np.where(j < samples, j, period - j)
-
-
 class Windower:
     """Blocks of a clip's 16 kHz samples in, (window [W], real frames) out, in clip order.
 
@@ -103,7 +92,7 @@ class Windower:
             i = np.arange(a, a + window_samples(units * self.unit_frames))
             used = i < s + audio.N_FFT // 2  # what the real frames see
             window = np.zeros(i.shape[0], np.float32)
-            j = reflect_index(i[used], s) - self._start
+            j = audio.reflect_index(i[used], s) - self._start
             # The end padding reflects back to sample S - 201, before this window only when
             # its chunk holds one frame (S = its first sample + 200); the chunk before it was
             # then not complete during `push` either, so the buffer still starts before it.

@@ -2,8 +2,9 @@
 
 Accepted: a waveform [S], a batch [B, S] (numpy, jax, torch or TF; converted without
 importing torch or TF), or a Python list/tuple of waveforms [S_i] of any lengths. Every clip
-must hold real float samples, all finite; other sample rates are resampled with soxr (by the
-runtime, chunk by chunk).
+must hold real float samples, all finite and within `audio.MAX_ABS_SAMPLE` of zero (full scale
+is [-1, 1]; far beyond it a waveform is mis-scaled, refused as `embed` refuses such a file);
+other sample rates are resampled with soxr (by the runtime, chunk by chunk).
 """
 
 from __future__ import annotations
@@ -99,10 +100,17 @@ def _checked(wav: np.ndarray, name: str, max_ndim: int) -> np.ndarray:
         )
     if wav.size == 0:
         raise ValueError(f"{name} has shape {wav.shape}: no waveform or no samples")
-    for row in wav[None] if wav.ndim == 1 else wav:  # a mask of a block at a time
+    for row in wav[None] if wav.ndim == 1 else wav:  # a block at a time: no copy of the clip
         for a in range(0, row.shape[0], _CHECK_BLOCK):
-            if not np.isfinite(row[a : a + _CHECK_BLOCK]).all():
+            peak = float(np.max(np.abs(row[a : a + _CHECK_BLOCK])))  # NaN if any is NaN
+            if not np.isfinite(peak):
                 raise ValueError(f"{name} contains NaN or Inf samples")
+            if peak > audio.MAX_ABS_SAMPLE:
+                raise ValueError(
+                    f"{name} has samples of magnitude {peak:.3g}, far outside [-1, 1] (limit "
+                    f"{audio.MAX_ABS_SAMPLE:g}, as for audio files): scale it to [-1, 1] "
+                    "(int16 values: divide by 32768)"
+                )
     return wav
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from msm_mae_jax.core import fs
+from msm_mae_jax.core import fs, outputs, paths
 from msm_mae_jax.core.errors import DataError
 from msm_mae_jax.data import audio, audio_io
 
@@ -75,7 +75,7 @@ def find_audio(inputs: Sequence[str]) -> list[tuple[str, str]]:
     items: list[tuple[str, str]] = []
     seen: set[str] = set()
     for arg in inputs:
-        if fs.isfile(arg):
+        if fs.isfile(arg) or paths.not_regular(arg):  # a FIFO given by name: skipped when read
             found = [(arg, arg)]
         elif fs.isdir(arg):
             found = [(p, fs.relpath(p, arg)) for p in _audio_under(arg)]
@@ -230,9 +230,9 @@ def _embed_stream(
 
 
 def save_npz(result: Embeddings, out: str | os.PathLike) -> str:
-    """Writes `result.arrays()` to `out` (a local path or a URL) atomically."""
+    """Writes `result.arrays()` to `out` (a local path or a URL): beside, then swapped in
+    (`core.outputs.writing`)."""
     out = os.fspath(out)
-    fs.makedirs(fs.dirname(fs.absolute(out)))
-    with fs.atomic_write(out, "wb") as f:
+    with outputs.writing(out, "wb") as f:
         np.savez(f, **result.arrays())
     return out

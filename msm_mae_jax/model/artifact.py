@@ -8,11 +8,9 @@ PyTorch weights); read by `msm_mae_jax.runtime.Runtime.load`. Layout:
     DIR/encoder/       orbax PyTree checkpoint of the encoder parameters (float32)
     DIR/<name>         further files of the artifact (a fine-tuned head), when given
 
-Writing never damages an existing artifact: the new one is written completely beside it
-(`.DIR.partial-PID` in the same folder) and then swapped in with one atomic rename (Linux
-`renameat2(RENAME_EXCHANGE)`; elsewhere two renames a moment apart), so a process killed at any
-moment leaves the old artifact or the new one, plus at most a `.partial-`/`.replaced-` folder
-that the next write removes. (Object stores have no rename: there the files are replaced in
+Writing never damages an existing artifact: the new one is written completely beside it and
+then swapped in (`core.outputs.replacing_dir`), so a process killed at any moment leaves the
+old artifact or the new one. (Object stores have no rename: there the files are replaced in
 place, the metadata removed first and written last, so a cut write leaves no artifact rather
 than a mixed one.)
 
@@ -23,13 +21,9 @@ naming the array or file, never silently different features.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import json
 import os
-import shutil
-import time
 from typing import Any
 
 import jax
@@ -37,16 +31,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from msm_mae_jax import __version__
-from msm_mae_jax.core import fs, json_files
+from msm_mae_jax.core import fs, json_files, output_kinds, outputs
 from msm_mae_jax.data.normalization import NormStats
 from msm_mae_jax.model import checksums, orbax_quiet
 from msm_mae_jax.model.config import ModelConfig
 
 FORMAT = "msm_mae_jax.encoder/1"
-META_FILE = "msm_mae.json"
-PARAMS_DIR = "encoder"
-# Tests only: pause the writer (touch this file, then sleep) just before the swap.
-PAUSE_ENV = "MSM_MAE_TEST_PAUSE_BEFORE_SWAP"
+META_FILE = output_kinds.MODEL_META_FILE
+PARAMS_DIR = output_kinds.MODEL_PARAMS_DIR
 
 
 def is_model_dir(path: str) -> bool:
@@ -81,23 +73,13 @@ def save_model_dir(
             "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
         },
     }
-    if fs.is_remote(path):
-        fs.remove(fs.join(path, META_FILE))  # no artifact until the new one is complete
+    if fs.is_remote(path):  # written in place there: no artifact until the new one is whole
+        fs.remove(fs.join(path, META_FILE))
         fs.rmtree(fs.join(path, PARAMS_DIR))
-        _write(path, params, files, meta)
-        return path
-    _check_replaceable(path)
-    parent, base = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
-    _remove_leftovers(parent, base)
-    tmp = os.path.join(parent, f".{base}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write(tmp, params, files, meta)
-        _pause_for_tests()
-        _swap_in(tmp, path, os.path.join(parent, f".{base}.replaced-{os.getpid()}"))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        _check_replaceable(path)
+    with outputs.replacing_dir(path) as new:
+        _write(new, params, files, meta)
     return path
 
 
@@ -119,74 +101,16 @@ def _check_replaceable(path: str) -> None:
         return
     if not os.path.isdir(path):
         raise ValueError(f"{path} exists and is not a directory; give a folder for the model")
-    names = os.listdir(path)
-    if META_FILE in names or all(n.startswith((PARAMS_DIR, META_FILE)) for n in names):
-        return
-    raise ValueError(
-        f"{path} is a folder of other files (no {META_FILE}); give a new or empty folder, or "
-        "an existing model directory to replace"
-    )
+    if not output_kinds.MODEL_DIR.recognise(path):
+        raise ValueError(
+            f"{path} is a folder of other files (no {META_FILE}); give a new or empty folder, "
+            "or an existing model directory to replace"
+        )
 
 
-def _remove_leftovers(parent: str, base: str) -> None:
-    """Folders of earlier writes that were killed (whose process is gone)."""
-    for name in os.listdir(parent):
-        for kind in (".partial-", ".replaced-"):
-            prefix = f".{base}{kind}"
-            if name.startswith(prefix) and not _alive(name[len(prefix) :]):
-                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return int(pid) != os.getpid()
-
-
-def _pause_for_tests() -> None:
-    marker = os.environ.get(PAUSE_ENV)
-    if marker:
-        with open(marker, "w") as f:
-            f.write(str(os.getpid()))
-        time.sleep(3600)
-
-
-def _swap_in(new: str, path: str, aside: str) -> None:
-    """Moves the complete folder `new` to `path`, replacing what is there atomically."""
-    if not os.path.lexists(path):
-        os.rename(new, path)
-        return
-    if _exchange(new, path):  # `new` now holds the old artifact
-        shutil.rmtree(new, ignore_errors=True)
-        return
-    os.rename(path, aside)
-    os.rename(new, path)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Swaps two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-        return False
-    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
-
-
-def load_model_dir(path: str) -> tuple[ModelConfig, Any, NormStats, dict]:
-    """Returns (model config, encoder params as numpy, normalisation stats, metadata).
-
-    ValueError naming the array when a checksum recorded at export does not match."""
+def load_meta(path: str) -> dict:
+    """The artifact's metadata (`msm_mae.json`) as a dict; FileNotFoundError when `path` is no
+    artifact, ValueError (DataError when not JSON) naming the file when it is damaged."""
     meta_path = fs.join(path, META_FILE)
     if not fs.isfile(meta_path):
         raise FileNotFoundError(f"{path}: not an msm_mae_jax model directory (no {META_FILE})")
@@ -197,6 +121,15 @@ def load_model_dir(path: str) -> tuple[ModelConfig, Any, NormStats, dict]:
         raise ValueError(
             f"{meta_path}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}"
         )
+    return meta
+
+
+def load_model_dir(path: str) -> tuple[ModelConfig, Any, NormStats, dict]:
+    """Returns (model config, encoder params as numpy, normalisation stats, metadata).
+
+    ValueError naming the array when a checksum recorded at export does not match."""
+    meta_path = fs.join(path, META_FILE)
+    meta = load_meta(path)
     try:
         model_config = ModelConfig.from_dict(meta["model"])
         norm_stats = NormStats.from_dict(meta["norm_stats"])

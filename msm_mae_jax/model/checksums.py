@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msm_mae_jax.core.key_paths import path_name
+
 _BLOCK = 1 << 18  # elements per numpy step: the temporaries stay in the cache
 _MASK = 0xFFFFFFFF
 
@@ -97,20 +99,6 @@ def tree_checksums(tree: Any) -> dict[str, str]:
         path_name(path): f"{sums[2 * k]:08x}{sums[2 * k + 1]:08x}"
         for k, (path, _) in enumerate(flat)
     }
-
-
-def path_name(path: tuple) -> str:
-    """'params/encoder/blocks_0/attn/qkv/kernel': the same for a dataclass field, a dict key
-    or a named tuple field of the same name (a state restored as plain dicts reads the same)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def first_mismatch(tree: Any, recorded: dict[str, str] | None) -> str | None:

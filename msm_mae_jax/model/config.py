@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from msm_mae_jax.core.config_files import load_config
 from msm_mae_jax.core.errors import ConfigError
 
 # Encoder width / depth / heads of the paper's variants; decoder is the same for all.
@@ -156,3 +157,13 @@ def parse_run_name(name: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
         return None
     f, t, ph, pw = (int(g) for g in m.groups())
     return (f, t), (ph, pw)
+
+
+def load_model_config(spec: str | ModelConfig | None) -> ModelConfig:
+    """None -> the default ViT-B 80x208; 'configs/msm_mae.py:tiny' -> that config's model; a
+    ModelConfig as it is."""
+    if isinstance(spec, ModelConfig):
+        return spec
+    if not spec:
+        return ModelConfig()
+    return ModelConfig.from_dict(load_config(spec).model)

@@ -35,7 +35,7 @@ import numpy as np
 from msm_mae_jax.core import fs, staging
 from msm_mae_jax.core.errors import ConversionError
 from msm_mae_jax.data.normalization import NormStats
-from msm_mae_jax.model.artifact import save_model_dir
+from msm_mae_jax.model.artifact import load_meta, read_file, save_model_dir
 from msm_mae_jax.model.config import ModelConfig, parse_run_name
 from msm_mae_jax.model.state_dict import (  # noqa: F401  (the converter's public names)
     check_finite,
@@ -170,8 +170,14 @@ def convert(
         raise ConversionError(f"{src}: {e}") from e
     config = ModelConfig(**kw)
     extra: dict[str, Any] = {"normalization": "per_batch" if per_batch_norm else "dataset"}
+    files = {}
     if keep_decoder and params["decoder"] is not None:
+        # A further file of the artifact: written in its swap, its SHA-256 checked when read.
         extra["decoder_params"] = DECODER_SIDE_FILE
+        flat = {"/".join(p): np.asarray(a) for p, a in tree_paths(params["decoder"])}
+        buf = io.BytesIO()
+        np.savez(buf, **flat)
+        files[DECODER_SIDE_FILE] = buf.getvalue()
     save_model_dir(
         out_dir,
         config,
@@ -179,24 +185,23 @@ def convert(
         norm_stats if norm_stats is not None else NormStats(0.0, 1.0),
         source=f"converted from {fs.absolute(src)}",
         extra=extra,
+        files=files,
     )
-    if keep_decoder and params["decoder"] is not None:
-        flat = {"/".join(p): np.asarray(a) for p, a in tree_paths(params["decoder"])}
-        with fs.atomic_write(fs.join(out_dir, DECODER_SIDE_FILE), "wb") as f:
-            np.savez(f, **flat)
     return out_dir
 
 
 def load_decoder_params(model_dir: str) -> dict[str, Any]:
-    """The decoder parameters kept beside a converted artifact (nested dict of numpy)."""
+    """The decoder parameters kept beside a converted artifact (nested dict of numpy);
+    ValueError when the file differs from the SHA-256 recorded when it was written."""
     path = fs.join(model_dir, DECODER_SIDE_FILE)
     if not fs.isfile(path):
         raise FileNotFoundError(
             f"{model_dir}: no {DECODER_SIDE_FILE} (converted without "
             "decoder, or not a converted artifact)"
         )
+    data = read_file(model_dir, DECODER_SIDE_FILE, load_meta(model_dir))
     tree: dict[str, Any] = {}
-    with np.load(io.BytesIO(fs.read_bytes(path))) as z:
+    with np.load(io.BytesIO(data)) as z:
         for k in z.files:
             node = tree
             *parents, leaf = k.split("/")

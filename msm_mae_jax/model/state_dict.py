@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from msm_mae_jax.core.errors import ConfigError, ConversionError
+from msm_mae_jax.core.key_paths import key_names
 from msm_mae_jax.model import mae, posembed
 from msm_mae_jax.model.config import ModelConfig
 
@@ -44,7 +45,7 @@ def official_name(path: tuple[str, ...]) -> str:
 def tree_paths(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
     """(path of dict keys, leaf) for every leaf of a nested parameter dict."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [(tuple(k.key for k in path), leaf) for path, leaf in flat]
+    return [(key_names(path), leaf) for path, leaf in flat]
 
 
 def _to_official(path: tuple[str, ...], a: np.ndarray) -> np.ndarray:

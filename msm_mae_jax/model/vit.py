@@ -10,6 +10,7 @@ Shape letters: B batch, N tokens, D width, H heads, E head width.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +85,24 @@ def layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
     )
 
 
+@functools.partial(
+    jax.checkpoint, static_argnums=(1,), policy=jax.checkpoint_policies.nothing_saveable
+)
+def _accelerator_attention(qkv_BN3D: jax.Array, num_heads: int) -> jax.Array:
+    """GPU/TPU attention core, [B, N, 3D] -> [B, N, D], through jax's fused-attention entry
+    point (its XLA implementation: jax uses cuDNN only when asked, and has no TPU kernel
+    behind it). Recomputed in the backward pass from its input, the dense qkv, instead of
+    saving per-head q/k/v and float32 logits: at 17 or 66 tokens and 64-wide heads TPU keeps
+    those in tiles padded 3 to 10 times, and moving them to HBM and back cost more than the
+    few recomputed FLOPs (ViT-B on v5e: HBM bytes per sample -19%, see README)."""
+    B, N, D3 = qkv_BN3D.shape
+    D = D3 // 3
+    qkv_BN3HE = qkv_BN3D.reshape(B, N, 3, num_heads, D // num_heads)
+    names = ("batch", "seq", "heads", "kv")
+    q, k, v = (constrain(qkv_BN3HE[:, :, i], names) for i in range(3))
+    return jax.nn.dot_product_attention(q, k, v).reshape(B, N, D)
+
+
 class Attention(nn.Module):
     """BEiT-style multi-head self-attention: qkv without bias, learned q and v biases."""
 
@@ -101,12 +120,9 @@ class Attention(nn.Module):
         # The k bias is identically zero (softmax is invariant to it anyway).
         bias_3D = jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(self.dtype)
         if target_platform() != "cpu":
-            # GPU/TPU: the fused attention entry point, so XLA can pick cuDNN / flash kernels.
-            qkv_BN3HE = (qkv_BN3D + bias_3D).reshape(B, N, 3, H, E)
-            names = ("batch", "seq", "heads", "kv")
-            q, k, v = (constrain(qkv_BN3HE[:, :, i], names) for i in range(3))
-            o_BND = jax.nn.dot_product_attention(q, k, v).reshape(B, N, D)
-            o_BND = constrain(o_BND, ("batch", "seq", "qkv"))
+            o_BND = constrain(
+                _accelerator_attention(qkv_BN3D + bias_3D, H), ("batch", "seq", "qkv")
+            )
             return dense(D, ("qkv", "embed"), self.dtype, "proj")(o_BND)
         # Channel order of the official qkv output: (3, heads, head width). One transpose
         # puts q, k and v head-major ([3, B, H, N, E]) so both attention products are

@@ -73,7 +73,7 @@ class _DropReadOnlyNotices(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_read_only_notices() -> Iterator[None]:
+def quiet_read_only_notices() -> Iterator[None]:
     """Drops `_READ_ONLY_NOTICES` from orbax's logger ('absl') while reading; others pass."""
     logger, notices = logging.getLogger("absl"), _DropReadOnlyNotices()
     logger.addFilter(notices)
@@ -108,7 +108,7 @@ class Checkpointer:
             )
         self.directory = checkpoint_dir(workdir)
         orbax_quiet.install()
-        with _quiet_read_only_notices() if read_only else contextlib.nullcontext():
+        with quiet_read_only_notices() if read_only else contextlib.nullcontext():
             self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -330,7 +330,7 @@ def _is_meta_leaf(m) -> bool:
 def _restore_numpy(state_dir: str, select) -> Any:
     """Reads the sub-tree `select(tree)` of a saved state as host numpy arrays, whatever
     devices or processes wrote it."""
-    with _quiet_read_only_notices(), ocp.PyTreeCheckpointer() as ptc:
+    with quiet_read_only_notices(), ocp.PyTreeCheckpointer() as ptc:
         tree_md = ptc.metadata(state_dir).item_metadata
         target = jax.tree.map(
             lambda m: np.zeros(m.shape, m.dtype), select(tree_md), is_leaf=_is_meta_leaf

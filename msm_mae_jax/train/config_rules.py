@@ -7,8 +7,12 @@ warmup_epochs", "optim.lr 0: from blr").
 
 from __future__ import annotations
 
+import os
+import re
+
 import ml_collections
 
+from msm_mae_jax.core import fs
 from msm_mae_jax.core.config_checks import (
     ANY,
     FRACTION,
@@ -19,6 +23,8 @@ from msm_mae_jax.core.config_checks import (
     check,
     each,
 )
+from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.data.normalization import NORM_STATS_METHODS
 from msm_mae_jax.model.config import ModelConfig
 
 RULES: dict[str, Rule] = {
@@ -70,8 +76,51 @@ RULES: dict[str, Rule] = {
 }
 
 
+_AT_STEP = re.compile(r"^(?P<path>.+)@(?P<step>\d+)$")
+
+
+def split_init_from(spec: str) -> tuple[str, int | None]:
+    """`config.init_from` 'DIR@STEP' -> (DIR, STEP); anything else -> (spec, None)."""
+    m = _AT_STEP.match(spec)
+    return (m["path"], int(m["step"])) if m else (spec, None)
+
+
+def check_init_from(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The init source exists where the run starts fresh (a resumed run never reads it);
+    ConfigError otherwise. What it holds is checked when training starts."""
+    spec = str(config.init_from)
+    if not spec:
+        return
+    path, _ = split_init_from(spec)
+    if fs.exists(path):
+        return
+    ckpts = fs.join(workdir, "checkpoints")
+    if fs.isdir(ckpts) and any(n.isdigit() for n in fs.listdir(ckpts)):
+        return  # resuming
+    raise ConfigError(
+        f"config.init_from={spec!r}: {path} does not exist (relative paths start at {os.getcwd()})"
+    )
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """ConfigError naming the first key whose value is invalid (the model's keys as
-    `ModelConfig` checks them too)."""
+    `ModelConfig` checks them too, the statistics' method and the init source's spelling)."""
     check(config, RULES)
+    method = config.data.norm_stats_method
+    if method not in NORM_STATS_METHODS:
+        raise ConfigError(
+            f"config.data.norm_stats_method={method!r}; expected one of {NORM_STATS_METHODS}"
+        )
+    if not isinstance(config.init_from, str):
+        raise ConfigError(f"config.init_from={config.init_from!r} must be a path or URL ('': none)")
+    if config.data.norm_from_init and not config.init_from:
+        raise ConfigError(
+            "config.data.norm_from_init=True keeps the statistics of config.init_from, "
+            "which is not set (--init-from SRC)"
+        )
+    if config.data.norm_from_init and config.data.norm_std > 0:
+        raise ConfigError(
+            "config.data.norm_from_init=True and config.data.norm_std > 0 both give the "
+            "statistics; set one"
+        )
     ModelConfig.from_dict(config.model)

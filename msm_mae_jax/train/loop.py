@@ -31,6 +31,7 @@ from msm_mae_jax.train import (
     config_rules,
     distributed,
     hooks,
+    init_source,
     metrics,
     optim,
     preemption,
@@ -48,7 +49,15 @@ class NonFiniteError(UserError, FloatingPointError):
 
 
 # ---- the loop -----------------------------------------------------------------------------------
-def _norm_stats(config, workdir: str, ckpt_meta: dict | None, is_main: bool) -> NormStats:
+def _norm_stats(
+    config,
+    workdir: str,
+    ckpt_meta: dict | None,
+    is_main: bool,
+    source: init_source.InitSource | None = None,
+) -> NormStats:
+    """The run's statistics: its checkpoint's, those of a start stopped before its first
+    checkpoint, the config's, the init source's (`data.norm_from_init`) or computed."""
     path = fs.join(workdir, "norm_stats.json")
     if ckpt_meta is not None:
         return NormStats.from_dict(ckpt_meta["norm_stats"])
@@ -56,6 +65,14 @@ def _norm_stats(config, workdir: str, ckpt_meta: dict | None, is_main: bool) -> 
         return NormStats.load(path, hint="delete it to estimate them again")
     if config.data.norm_std > 0:
         stats = NormStats(float(config.data.norm_mean), float(config.data.norm_std))
+    elif source is not None and config.data.norm_from_init:
+        if source.norm_stats is None:
+            raise ConfigError(
+                f"config.data.norm_from_init: {source.describe()} has no dataset statistics "
+                "(converted with --per-batch-norm); compute them on this data "
+                "(data.norm_from_init=false) or convert with --norm-mean/--norm-std"
+            )
+        stats = source.norm_stats
     else:
         from msm_mae_jax.data import pipeline  # noqa: PLC0415
 
@@ -206,6 +223,12 @@ def train_and_evaluate(
         preempt = preemption.Preemption(ckpt.manager)
         cleanup.callback(preempt.restore)
         restored, changes = _restore(setup, ckpt, workdir, allow_config_change)
+        # Further pre-training: a fresh start takes the source's weights; a resumed run never
+        # reads the source again (its checkpoint holds the run, its meta the source's record).
+        source = None
+        if restored is None and config.init_from:
+            source = init_source.open_source(str(config.init_from))
+            init_source.check_architecture(source, setup.model_config)
         start = restored.step if restored is not None else 0
         writer = metrics.MetricWriter(workdir, enabled=is_main, start_step=start)
         cleanup.callback(writer.close)
@@ -219,8 +242,18 @@ def train_and_evaluate(
                 "after the last checkpoint of an interrupted run (the steps run again)"
             )
         meta = restored.meta if restored is not None else None
-        norm_stats = _norm_stats(config, workdir, meta, is_main)
-        state = restored.state if restored is not None else setup.init_state(int(config.seed))
+        norm_stats = _norm_stats(config, workdir, meta, is_main, source)
+        if restored is not None:
+            state, init_record = restored.state, restored.meta.get("init_from")
+        elif source is not None:
+            params = init_source.load_params(source, setup.abstract_state.params)
+            init_record = init_source.record(source, params)
+            state = setup.init_state_from(int(config.seed), params)
+            del params
+            kept = bool(config.data.norm_from_init)  # (with norm_std > 0: refused)
+            writer.console(init_source.start_line(source, init_record, kept))
+        else:
+            state, init_record = setup.init_state(int(config.seed)), None
         del restored  # the loop donates the state's buffers
         total = schedule.total_steps
         writer.console(_start_line(config, setup, state, process_count, start))
@@ -229,6 +262,8 @@ def train_and_evaluate(
             "norm_stats": norm_stats.to_dict(),
             "config": config.to_dict(),
         }
+        if init_record is not None:
+            base_meta["init_from"] = init_record
         run_hooks = hooks.build_hooks(config, setup, norm_stats, workdir, writer)
         for hook in run_hooks:
             cleanup.callback(hook.close)

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from msm_mae_jax.core import staging
+from msm_mae_jax.core import fs, staging
 
 SYNC_SECONDS = 5.0  # remote workdirs: GCS allows about one update per second of an object
 
@@ -56,10 +56,8 @@ def drop_rows_after(path: str, step: int) -> int:
             pass
     if len(keep) == len(lines) and all(line.endswith("\n") for line in lines):
         return 0
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with fs.atomic_write(path) as f:
         f.writelines(keep)
-    os.replace(tmp, path)
     return len(lines) - len(keep)
 
 

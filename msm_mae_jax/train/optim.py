@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from msm_mae_jax.core.errors import ConfigError
+from msm_mae_jax.core.key_paths import key_names
 from msm_mae_jax.model.state_dict import official_name
 
 
@@ -85,13 +86,6 @@ def lr_schedule(s: Schedule) -> optax.Schedule:
     return fn
 
 
-def _key_name(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
 def decays(official: str, ndim: int) -> bool:
     """The official parameter groups (timm's `add_weight_decay`, used by MAE's
     main_pretrain.py): no decay for 1-D tensors (LayerNorm weights, biases, q_bias/v_bias)
@@ -104,7 +98,7 @@ def weight_decay_mask(params: Any) -> Any:
     """True where weight decay applies: `decays` of each leaf's official state-dict name."""
 
     def decay(path, x) -> bool:
-        names = tuple(_key_name(k) for k in path)
+        names = key_names(path)
         return decays(official_name(names) if names else "", len(jnp.shape(x)))
 
     return jax.tree_util.tree_map_with_path(decay, params)

@@ -224,6 +224,23 @@ class Setup:
         with self.activate():
             return self.init(jax.random.PRNGKey(seed))
 
+    def init_state_from(self, seed: int, params: dict[str, Any]) -> TrainState:
+        """Step 0 with the given parameters ({'encoder', 'decoder'}, in the state's shardings;
+        decoder None: its initialiser's, as `init_state(seed)`), a fresh optimizer state and
+        the masking key of `init_state(seed)`: a run from scratch but for the weights."""
+        with self.activate():
+            return self._init_from(jax.random.PRNGKey(seed), params["encoder"], params["decoder"])
+
+    @functools.cached_property
+    def _init_from(self):  # noqa: ANN202
+        def build(seed_key: jax.Array, encoder: Any, decoder: Any) -> TrainState:
+            fresh = self._init(seed_key)  # XLA drops what is not used (the encoder's init)
+            decoder = fresh.params["decoder"] if decoder is None else decoder
+            p = {"encoder": encoder, "decoder": decoder}
+            return TrainState(step=fresh.step, params=p, opt_state=self.tx.init(p), rng=fresh.rng)
+
+        return jax.jit(build, out_shardings=self.state_shardings)
+
     def global_batch(self, lms_local: np.ndarray) -> jax.Array:
         """This process's rows -> the global batch array sharded over the batch axes."""
         return jax.make_array_from_process_local_data(

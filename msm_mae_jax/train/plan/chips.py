@@ -1,16 +1,15 @@
-"""TPU chips and slices: published per-chip figures and slice names -> compile topologies.
+"""The accelerators a plan targets, one row each with keyword fields: TPU chips (`CHIPS`) and
+NVIDIA GPUs (`GPUS`); TPU slice names -> compile topologies.
 
-Figures per chip from the Cloud TPU system-architecture pages (docs.cloud.google.com/tpu/docs/
-v4, /v5e, /v5p, /v6e; "peak compute per chip (bf16)", "HBM capacity and bandwidth"):
-
-    v4   275 TFLOP/s, 32 GiB, 1200 GB/s  (2 TensorCores per chip, one megacore device)
-    v5e  197 TFLOP/s, 16 GiB,  819 GB/s
-    v5p  459 TFLOP/s, 95 GB,  2765 GB/s  (2 TensorCores per chip, one megacore device)
-    v6e  918 TFLOP/s, 32 GB,  1638 GB/s
+TPU figures per chip from the Cloud TPU system-architecture pages (docs.cloud.google.com/tpu/
+docs/v4, /v5e, /v5p, /v6e; "peak compute per chip (bf16)", "HBM capacity and bandwidth");
+GPU figures from NVIDIA's data sheets (SXM parts, dense bf16 Tensor Core peak) with what XLA
+reads of a GPU (SMs, shared memory, L2, clock, compute capability).
 
 A slice is named as Cloud TPU names its accelerator types: `v5e-256` (v5e and v6e count
 chips), `v4-32` and `v5p-128` (v4 and v5p count TensorCores, two per chip), or by its chip
-topology as libtpu takes it: `v5e:16x16`, `v4:2x2x4`, `v5p:4x4x4`.
+topology as libtpu takes it: `v5e:16x16`, `v4:2x2x4`, `v5p:4x4x4`. The names a chip answers
+to come from its row.
 """
 
 from __future__ import annotations
@@ -24,26 +23,135 @@ from msm_mae_jax.core.errors import ConfigError
 GiB = 2**30
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Chip:
-    name: str  # v4, v5e, v5p, v6e
-    topology_prefix: str  # libtpu's topology name prefix
-    device_kind: str  # what jax reports for the compile-only devices
+    """An accelerator's published per-chip figures (what the roofline and "fits" use)."""
+
+    name: str  # v5e, h100: what slice names begin with
+    device_kind: str  # what jax reports for its (compile-only) devices
     hbm_bytes: int
-    peak_bf16_flops: float  # per second
+    peak_bf16_flops: float  # dense, per second
     hbm_bytes_per_s: float
-    cores_per_chip: int  # TensorCores; 2: the slice name counts cores, one megacore device
-    dims: int  # 2 (2D torus) or 3 (3D torus)
 
 
-CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", "v4", "TPU v4", 32 * GiB, 275e12, 1200e9, 2, 3),
-    "v5e": Chip("v5e", "v5e", "TPU v5 lite", 16 * GiB, 197e12, 819e9, 1, 2),
-    "v5p": Chip("v5p", "v5p", "TPU v5", 95 * 10**9, 459e12, 2765e9, 2, 3),
-    "v6e": Chip("v6e", "v6e", "TPU v6 lite", 32 * 10**9, 918e12, 1638e9, 1, 2),
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TpuChip(Chip):
+    """A TPU chip: how its slices are named and wired."""
+
+    accelerator_prefix: str  # Cloud's accelerator type (TPU_ACCELERATOR_TYPE): v5litepod-16
+    topology_prefix: str  # libtpu's topology names: v5e:4x4
+    topology_aliases: tuple[str, ...] = ()  # other topology prefixes jax reports (v5 for v5p)
+    cores_per_chip: int = 1  # TensorCores; 2: slice names count cores, one megacore device
+    dims: int = 2  # 2 (2D torus) or 3 (3D torus)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GpuChip(Chip):
+    """An NVIDIA GPU, with what XLA's deviceless compile reads of it."""
+
+    sms: int
+    shared_memory_per_sm: int  # bytes
+    shared_memory_optin: int  # bytes per block, opt-in
+    l2_bytes: int
+    clock_ghz: float
+    compute_capability: tuple[int, int]
+
+
+def _table(*chips):  # noqa: ANN002, ANN202 (rows of one kind of Chip)
+    return {c.name: c for c in chips}
+
+
+# The accelerators a plan can target: a new one is one row here (its slice and topology names,
+# and so their parsing, derive from the row).
+CHIPS: dict[str, TpuChip] = _table(
+    TpuChip(
+        name="v4",
+        device_kind="TPU v4",
+        hbm_bytes=32 * GiB,
+        peak_bf16_flops=275e12,
+        hbm_bytes_per_s=1200e9,
+        accelerator_prefix="v4",
+        topology_prefix="v4",
+        cores_per_chip=2,
+        dims=3,
+    ),
+    TpuChip(
+        name="v5e",
+        device_kind="TPU v5 lite",
+        hbm_bytes=16 * GiB,
+        peak_bf16_flops=197e12,
+        hbm_bytes_per_s=819e9,
+        accelerator_prefix="v5litepod",
+        topology_prefix="v5e",
+    ),
+    TpuChip(
+        name="v5p",
+        device_kind="TPU v5",
+        hbm_bytes=95 * 10**9,
+        peak_bf16_flops=459e12,
+        hbm_bytes_per_s=2765e9,
+        accelerator_prefix="v5p",
+        topology_prefix="v5p",
+        topology_aliases=("v5",),
+        cores_per_chip=2,
+        dims=3,
+    ),
+    TpuChip(
+        name="v6e",
+        device_kind="TPU v6 lite",
+        hbm_bytes=32 * 10**9,
+        peak_bf16_flops=918e12,
+        hbm_bytes_per_s=1638e9,
+        accelerator_prefix="v6e",
+        topology_prefix="v6e",
+    ),
+)
+GPUS: dict[str, GpuChip] = _table(
+    GpuChip(
+        name="a100",
+        device_kind="NVIDIA A100-SXM4-80GB",
+        hbm_bytes=80 * 10**9,
+        peak_bf16_flops=312e12,
+        hbm_bytes_per_s=2039e9,
+        sms=108,
+        shared_memory_per_sm=167936,
+        shared_memory_optin=166912,
+        l2_bytes=41943040,
+        clock_ghz=1.41,
+        compute_capability=(8, 0),
+    ),
+    GpuChip(
+        name="h100",
+        device_kind="NVIDIA H100 80GB HBM3",
+        hbm_bytes=80 * 10**9,
+        peak_bf16_flops=989e12,
+        hbm_bytes_per_s=3350e9,
+        sms=132,
+        shared_memory_per_sm=233472,
+        shared_memory_optin=232448,
+        l2_bytes=52428800,
+        clock_ghz=1.98,
+        compute_capability=(9, 0),
+    ),
+    GpuChip(
+        name="h200",
+        device_kind="NVIDIA H200",
+        hbm_bytes=141 * 10**9,
+        peak_bf16_flops=989e12,
+        hbm_bytes_per_s=4800e9,
+        sms=132,
+        shared_memory_per_sm=233472,
+        shared_memory_optin=232448,
+        l2_bytes=52428800,
+        clock_ghz=1.98,
+        compute_capability=(9, 0),
+    ),
+)
+# Slice names (v5e-16, v5litepod-16) and topology names (v5e:4x4, v5:2x2x2) -> their chip.
+_BY_SLICE_NAME = {n: c for c in CHIPS.values() for n in (c.name, c.accelerator_prefix)}
+_BY_TOPOLOGY = {
+    n: c for c in CHIPS.values() for n in (c.name, c.topology_prefix, *c.topology_aliases)
 }
-# Cloud's accelerator-type prefix of each chip (what TPU_ACCELERATOR_TYPE holds on a TPU VM).
-ACCELERATOR_PREFIX = {"v4": "v4", "v5e": "v5litepod", "v5p": "v5p", "v6e": "v6e"}
 
 # Chips per slice -> the slice's chip grid (the shapes Cloud TPU offers for these sizes).
 _GRID_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8)}
@@ -57,7 +165,7 @@ _GRID_3D |= {2048: (8, 16, 16), 4096: (16, 16, 16)}
 class Slice:
     """A TPU slice: its chip, chip grid and names."""
 
-    chip: Chip
+    chip: TpuChip
     grid: tuple[int, ...]
 
     @property
@@ -77,7 +185,7 @@ class Slice:
     @property
     def accelerator_type(self) -> str:
         """TPU_ACCELERATOR_TYPE of such a slice (v5litepod-256, v4-32)."""
-        return f"{ACCELERATOR_PREFIX[self.chip.name]}-{self.chips * self.chip.cores_per_chip}"
+        return f"{self.chip.accelerator_prefix}-{self.chips * self.chip.cores_per_chip}"
 
     @property
     def chip_config(self) -> str:
@@ -96,16 +204,12 @@ class Slice:
         return max(1, self.chips // math.prod(self.host_grid))
 
 
-_SLICE_NAME = re.compile(r"^(v4|v5e|v5p|v6e|v5litepod)-(\d+)$")
-_TOPOLOGY = re.compile(r"^(v4|v5e|v5p|v5|v6e):(\d+(?:x\d+)+)$")
-
-
 def parse_slice(text: str) -> Slice:
     """'v5e-256', 'v4-32', 'v5p:4x4x4', 'v5e:16x16' -> Slice; ConfigError otherwise."""
     spec = text.strip().lower()
-    m = _SLICE_NAME.match(spec)
-    if m:
-        chip = CHIPS["v5e" if m[1] == "v5litepod" else m[1]]
+    m = re.fullmatch(r"([a-z0-9]+)-(\d+)", spec)
+    if m and m[1] in _BY_SLICE_NAME:
+        chip = _BY_SLICE_NAME[m[1]]
         count = int(m[2])
         if count % chip.cores_per_chip:
             raise ConfigError(
@@ -122,9 +226,9 @@ def parse_slice(text: str) -> Slice:
                 f"{'x'.join(['2'] * chip.dims)}"
             )
         return Slice(chip, grids[chips])
-    m = _TOPOLOGY.match(spec)
-    if m:
-        chip = CHIPS["v5p" if m[1] == "v5" else m[1]]
+    m = re.fullmatch(r"([a-z0-9]+):(\d+(?:x\d+)+)", spec)
+    if m and m[1] in _BY_TOPOLOGY:
+        chip = _BY_TOPOLOGY[m[1]]
         grid = tuple(int(v) for v in m[2].split("x"))
         if len(grid) != chip.dims or min(grid) < 1:
             raise ConfigError(

@@ -13,11 +13,7 @@ no cost analysis for such a program: FLOPs come from the lowered step, bytes are
 the roofline is the compute bound alone; and XLA does not refuse a GPU program that is too
 big (jax takes 75% of the memory by default): "fits" compares with the whole memory.
 
-Figures per GPU (SXM parts; NVIDIA's data sheets, dense bf16 Tensor Core peak):
-
-    a100  80 GB, 2039 GB/s,  312 TFLOP/s  (108 SMs, compute capability 8.0)
-    h100  80 GB, 3350 GB/s,  989 TFLOP/s  (132 SMs, compute capability 9.0)
-    h200 141 GB, 4800 GB/s,  989 TFLOP/s  (132 SMs, compute capability 9.0)
+Figures per GPU: `chips.GPUS`.
 """
 
 from __future__ import annotations
@@ -28,30 +24,17 @@ import re
 import sys
 
 from msm_mae_jax.core.errors import ConfigError
-from msm_mae_jax.train.plan.chips import Chip
+from msm_mae_jax.train.plan.chips import GPUS, GpuChip
 
 PLUGIN_DIR = "cuda-plan"  # `make setup-gpu-plan` installs jax's CUDA plugin here, below the prefix
 PER_HOST = 8  # GPUs per host (an HGX board)
-
-GPUS: dict[str, Chip] = {
-    "a100": Chip("a100", "", "NVIDIA A100-SXM4-80GB", 80 * 10**9, 312e12, 2039e9, 1, 0),
-    "h100": Chip("h100", "", "NVIDIA H100 80GB HBM3", 80 * 10**9, 989e12, 3350e9, 1, 0),
-    "h200": Chip("h200", "", "NVIDIA H200", 141 * 10**9, 989e12, 4800e9, 1, 0),
-}
-# What XLA reads of each: SMs, shared memory (bytes per block / per SM / opt-in per block), L2,
-# clock (GHz), memory, compute capability.
-_DEVICE = {
-    "a100": dict(sms=108, smem_sm=167936, smem_optin=166912, l2=41943040, ghz=1.41, cc=(8, 0)),
-    "h100": dict(sms=132, smem_sm=233472, smem_optin=232448, l2=52428800, ghz=1.98, cc=(9, 0)),
-    "h200": dict(sms=132, smem_sm=233472, smem_optin=232448, l2=52428800, ghz=1.98, cc=(9, 0)),
-}
 
 
 @dataclasses.dataclass(frozen=True)
 class GpuSlice:
     """`count` GPUs of one kind, `PER_HOST` to a host (fewer: one host)."""
 
-    chip: Chip
+    chip: GpuChip
     count: int
 
     @property
@@ -85,26 +68,26 @@ def parse_gpus(text: str) -> GpuSlice:
     return GpuSlice(GPUS[m[1]], n)
 
 
-def target_config(chip: Chip) -> str:
+def target_config(chip: GpuChip) -> str:
     """The GpuTargetConfigProto (text format) XLA compiles for."""
-    d = _DEVICE[chip.name]
+    major, minor = chip.compute_capability
     return f"""gpu_device_info {{
   threads_per_block_limit: 1024
   threads_per_warp: 32
   shared_memory_per_block: 49152
-  shared_memory_per_core: {d["smem_sm"]}
+  shared_memory_per_core: {chip.shared_memory_per_sm}
   threads_per_core_limit: 2048
-  core_count: {d["sms"]}
-  fpus_per_core: {64 if d["cc"][0] == 8 else 128}
+  core_count: {chip.sms}
+  fpus_per_core: {64 if major == 8 else 128}
   block_dim_limit_x: 2147483647
   block_dim_limit_y: 65535
   block_dim_limit_z: 65535
   memory_bandwidth: {int(chip.hbm_bytes_per_s)}
-  l2_cache_size: {d["l2"]}
-  clock_rate_ghz: {d["ghz"]}
+  l2_cache_size: {chip.l2_bytes}
+  clock_rate_ghz: {chip.clock_ghz}
   device_memory_size: {chip.hbm_bytes}
-  shared_memory_per_block_optin: {d["smem_optin"]}
-  cuda_compute_capability {{ major: {d["cc"][0]} minor: {d["cc"][1]} }}
+  shared_memory_per_block_optin: {chip.shared_memory_optin}
+  cuda_compute_capability {{ major: {major} minor: {minor} }}
   registers_per_core_limit: 65536
   registers_per_block_limit: 65536
 }}

@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -48,6 +48,8 @@ class Plan:
     oom_message: str = ""
     oom_bytes: int = 0
     compiled: Any = dataclasses.field(default=None, compare=False, repr=False)  # jax Compiled
+    # per-op FLOPs and bytes of the compiled step (`--breakdown`), None when not asked for
+    breakdown: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def chip(self) -> Chip:
@@ -85,6 +87,20 @@ class Plan:
         return self.batch / self.step_seconds if math.isfinite(self.step_seconds) else 0.0
 
     @property
+    def samples_per_chip(self) -> float:
+        return self.batch / self.slice.chips
+
+    @property
+    def hbm_step_seconds(self) -> float:
+        """The roofline with the breakdown's HBM part of the bytes instead of all of XLA's
+        count (which also counts the ops' reads and writes of on-chip memory); inf without
+        a breakdown."""
+        b, a = self.breakdown, self.analysis
+        if b is None or a is None:
+            return math.inf
+        return max(a.flops / self.chip.peak_bf16_flops, b.hbm_bytes / self.chip.hbm_bytes_per_s)
+
+    @property
     def audioset_hours(self) -> float:
         """Hours for AudioSet-2M x 100 epochs at the roofline rate."""
         rate = self.samples_per_second
@@ -107,12 +123,23 @@ class Plan:
             "memory_bytes": self.memory_bytes,
             "analysis": a.as_dict() if a else None,
             "oom_message": self.oom_message,
+            "per_sample": {
+                "flops": a.flops / self.samples_per_chip if a else None,
+                "bytes": a.bytes_accessed / self.samples_per_chip if a else None,
+                "hbm_bytes": (
+                    self.breakdown.hbm_bytes / self.samples_per_chip if self.breakdown else None
+                ),
+            },
             "roofline": {
                 "step_seconds": self.step_seconds if a else None,
                 "bound": self.bound,
                 "samples_per_second": self.samples_per_second,
                 "audioset_100_epochs_hours": self.audioset_hours if a else None,
+                "hbm_step_seconds": (
+                    self.hbm_step_seconds if math.isfinite(self.hbm_step_seconds) else None
+                ),
             },
+            "breakdown": self.breakdown.as_dict() if self.breakdown else None,
         }
 
 
@@ -141,6 +168,12 @@ def parse_mesh(text: str | None, chips: int) -> dict[str, int]:
     return sizes
 
 
+def mesh_text(mesh: dict[str, int]) -> str:
+    """{'data': 4, 'fsdp': 4, 'tensor': 1} -> 'data4 x fsdp4' (axes of size 1 left out)."""
+    parts = [f"{k}{v}" for k, v in mesh.items() if v > 1]
+    return " x ".join(parts) or "1 chip"
+
+
 def run_config(
     config: ml_collections.ConfigDict, batch: int, mesh: dict[str, int]
 ) -> ml_collections.ConfigDict:
@@ -164,9 +197,11 @@ def plan(
     mesh: dict[str, int],
     platform: str = "tpu",
     keep_compiled: bool = False,
+    breakdown: bool = False,
 ) -> Plan:
     """Compiles the run's step for `devices` (the slice's, one per chip) and plans it;
-    `keep_compiled` keeps the compiled program in the plan (gigabytes for a large model)."""
+    `keep_compiled` keeps the compiled program in the plan (gigabytes for a large model),
+    `breakdown` adds the per-op costs of the compiled program (`plan.breakdown`)."""
     from msm_mae_jax.train import optim
     from msm_mae_jax.train.state import Setup
 
@@ -193,7 +228,40 @@ def plan(
         first = next((ln for ln in msg.splitlines() if _OOM.search(ln)), msg.splitlines()[0])
         return Plan(**base, analysis=None, oom_message=first.strip(), oom_bytes=_oom_bytes(msg))
     result = analysis.analyse(compiled, seconds, lowered, len(devices))
-    return Plan(**base, analysis=result, compiled=compiled if keep_compiled else None)
+    per_op = None
+    if breakdown and result.cost_source == "compiled":
+        from msm_mae_jax.train.plan import breakdown as breakdown_lib
+
+        per_op = breakdown_lib.breakdown(compiled)
+    return Plan(
+        **base,
+        analysis=result,
+        compiled=compiled if keep_compiled else None,
+        breakdown=per_op,
+    )
+
+
+def plan_cases(
+    config: ml_collections.ConfigDict,
+    targets: Any,
+    work: Sequence[tuple[Any, int, dict[str, int]]],
+    *,
+    breakdown: bool = False,
+    log: Callable[[str], None] = print,
+    after_each: Callable[[list[Plan]], None] | None = None,
+) -> list[Plan]:
+    """`plan` of every (slice, global batch, mesh) of `work` on `targets`
+    (`targets.Targets`), in order; `after_each(plans so far)` after each compile (minutes
+    each), e.g. to save what is done."""
+    plans: list[Plan] = []
+    for i, (s, batch, mesh) in enumerate(work, 1):
+        where = f"{s.name} ({s.topology}, {s.chips} chips, {s.hosts} host(s))"
+        log(f"[{i}/{len(work)}] {where} {config.variant} batch {batch} {mesh_text(mesh)} ...")
+        devices = targets.devices_of(s)
+        plans.append(plan(config, s, devices, batch, mesh, targets.platform, breakdown=breakdown))
+        if after_each is not None:
+            after_each(plans)
+    return plans
 
 
 def sweep_meshes(chips: int, fsdp: Sequence[int] = (4,)) -> list[dict[str, int]]:

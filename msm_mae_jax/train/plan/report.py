@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from msm_mae_jax.train.plan.chips import GiB
-from msm_mae_jax.train.plan.planner import AUDIOSET_CLIPS, EPOCHS, Plan
+from msm_mae_jax.train.plan.planner import AUDIOSET_CLIPS, EPOCHS, Plan, mesh_text
 
 COLUMNS = (
     "slice",
@@ -26,12 +26,6 @@ COLUMNS = (
 )
 _SHORT = {"all-reduce": "AR", "all-gather": "AG", "reduce-scatter": "RS", "all-to-all": "A2A"}
 _SHORT["collective-permute"] = "CP"
-
-
-def mesh_text(mesh: dict[str, int]) -> str:
-    """{'data': 4, 'fsdp': 4, 'tensor': 1} -> 'data4 x fsdp4' (axes of size 1 left out)."""
-    parts = [f"{k}{v}" for k, v in mesh.items() if v > 1]
-    return " x ".join(parts) or "1 chip"
 
 
 def _collectives_text(p: Plan) -> str:
@@ -107,6 +101,35 @@ def document(
         "plans": [p.as_dict() for p in plans],
         "recommended": [_index(plans, p) for p in recommended],
     }
+
+
+def recommendation(slice_: Any, pick: Plan | None) -> str:
+    """The sweep's pick for a slice, in one line."""
+    if pick is None:
+        return f"{slice_.name}: no plan fits; try a smaller batch, fsdp, or model.remat"
+    return (
+        f"{slice_.name}: recommended batch {pick.batch}, mesh {mesh_text(pick.mesh)} "
+        f"(<= {pick.samples_per_second:,.0f} samples/s, "
+        f"{pick.memory_bytes / GiB:.2f} GiB of {pick.chip.hbm_bytes / GiB:.0f})"
+    )
+
+
+def breakdown_text(p: Plan, top: int) -> str:
+    """The per-op breakdown of a plan's compiled step, per sample (one line where there is
+    none: out of memory, or a GPU target, for which XLA gives no cost analysis)."""
+    from msm_mae_jax.train.plan import breakdown
+
+    title = f"{p.slice.name} {p.variant} {p.dtype} batch {p.batch} {mesh_text(p.mesh)}"
+    if p.breakdown is None:
+        return f"{title}: no per-op breakdown (no cost analysis of a compiled program)"
+    hbm = p.hbm_step_seconds
+    bound = "compute" if p.analysis.flops / p.chip.peak_bf16_flops >= hbm else "memory"
+    return (
+        f"{title}: the compiled step op by op, per sample ({p.samples_per_chip:g} a chip)\n"
+        f"roofline with XLA's bytes: {p.step_seconds * 1e3:.1f} ms ({p.bound}); with their "
+        f"HBM part: {hbm * 1e3:.1f} ms ({bound})\n"
+        + breakdown.table(p.breakdown, top, per=p.samples_per_chip)
+    )
 
 
 def _index(plans: Sequence[Plan], plan: Plan | None) -> int | None:
