@@ -32,9 +32,11 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from msm_mae_jax.core import cpu_heap  # noqa: E402
 from msm_mae_jax.train import xla_flags  # noqa: E402
 
 xla_flags.set_default_xla_flags()
+HEAP_KEPT = cpu_heap.keep_heap()  # both arms share the process's malloc settings
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
     r["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     r["machine"] = machine_info()
-    print(f"  load average: start {load_start}, end {r['load_avg_end']}")
+    r["keep_heap"] = HEAP_KEPT
+    print(f"  load average: start {load_start}, end {r['load_avg_end']}; keep_heap {HEAP_KEPT}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(r, f, indent=2)

@@ -43,9 +43,11 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from msm_mae_jax.core import cpu_heap  # noqa: E402
 from msm_mae_jax.train import xla_flags  # noqa: E402
 
 xla_flags.set_default_xla_flags()
+HEAP_KEPT = cpu_heap.keep_heap()  # both arms share the process's malloc settings
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -313,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_avg_start": load_start,
         "load_avg_end": _load(),
         "machine": machine_info(),
+        "keep_heap": HEAP_KEPT,
     }
     peak = device_peak_bf16(dev)
     if peak is not None:
@@ -364,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{', '.join(f'{x * 1e3:.0f}' for x in torch_s)} ms)"
         )
         print(f"  JAX/PyTorch samples/s: {r['jax_over_torch']:.3f}")
-    print(f"  load average: start {load_start}, end {r['load_avg_end']}")
+    print(f"  load average: start {load_start}, end {r['load_avg_end']}; keep_heap {HEAP_KEPT}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(r, f, indent=2)
