@@ -43,9 +43,11 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from msm_mae_jax.core import cpu_heap  # noqa: E402
 from msm_mae_jax.train import xla_flags  # noqa: E402
 
 xla_flags.set_default_xla_flags()
+HEAP_KEPT = cpu_heap.keep_heap()  # both arms share the process's malloc settings
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -276,12 +278,18 @@ def main(argv: list[str] | None = None) -> dict:
     ts = TorchStep(c, a.batch, a.threads) if a.torch else None
     js.run(a.warmup)
 
-    jax_s, torch_s, gemm_fs = [], [], []
+    # Wall and process CPU seconds per step; on a shared machine the CPU time is the steadier
+    # figure (other load delays an arm's wall clock, not its CPU time).
+    jax_s, torch_s, gemm_fs, jax_c, torch_c = [], [], [], [], []
     for _ in range(a.repeats):
+        c0 = time.process_time()
         jax_s.append(js.run(a.steps))
+        jax_c.append((time.process_time() - c0) / a.steps)
         if ts is not None:
             time.sleep(0.2)  # let OpenMP workers stop spinning before the next arm
+            c0 = time.process_time()
             torch_s.append(ts.run(a.steps))
+            torch_c.append((time.process_time() - c0) / a.steps)
             time.sleep(0.2)
         gemm_fs.append(gemm.run(a.gemm_seconds))
     step_s = statistics.median(jax_s)
@@ -297,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
         "num_devices": jax.device_count(),
         "step_s": step_s,
         "step_s_all": jax_s,
+        "step_cpu_s_all": jax_c,
         "samples_per_s": a.batch / step_s,
         "compile_s": js.compile_s,
         "trace_lower_s": js.trace_s,
@@ -313,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_avg_start": load_start,
         "load_avg_end": _load(),
         "machine": machine_info(),
+        "keep_heap": HEAP_KEPT,
     }
     peak = device_peak_bf16(dev)
     if peak is not None:
@@ -327,6 +337,9 @@ def main(argv: list[str] | None = None) -> dict:
             torch_threads=a.threads,
             torch_step_s=t,
             torch_step_s_all=torch_s,
+            torch_step_cpu_s_all=torch_c,
+            jax_over_torch_rounds=[t / j for t, j in zip(torch_s, jax_s, strict=True)],
+            jax_over_torch_cpu=statistics.median(torch_c) / statistics.median(jax_c),
             torch_samples_per_s=a.batch / t,
             jax_over_torch=t / step_s,
         )
@@ -363,8 +376,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"= {r['torch_samples_per_s']:.2f} samples/s (per repeat: "
             f"{', '.join(f'{x * 1e3:.0f}' for x in torch_s)} ms)"
         )
-        print(f"  JAX/PyTorch samples/s: {r['jax_over_torch']:.3f}")
-    print(f"  load average: start {load_start}, end {r['load_avg_end']}")
+        rounds = r["jax_over_torch_rounds"]
+        print(
+            f"  JAX/PyTorch samples/s: {r['jax_over_torch']:.3f} (rounds {min(rounds):.3f}-"
+            f"{max(rounds):.3f}); per CPU-second {r['jax_over_torch_cpu']:.3f} "
+            f"({statistics.median(jax_c):.2f} vs {statistics.median(torch_c):.2f} CPU-s/step)"
+        )
+    print(f"  load average: start {load_start}, end {r['load_avg_end']}; keep_heap {HEAP_KEPT}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(r, f, indent=2)

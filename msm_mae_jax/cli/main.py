@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from msm_mae_jax.cli import common
+from msm_mae_jax.core import cpu_heap
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("msm_mae_jax.cli.train", "pre-train MSM-MAE (resumes in its --workdir)"),
@@ -64,6 +65,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "msm-mae") -> int:
         return common.fail(
             prog, f"unknown command {name!r}{hint} (commands: {', '.join(COMMANDS)})"
         )
+    # Before jax or TensorFlow start threads that would keep malloc arenas of their own.
+    cpu_heap.keep_heap()
     module = importlib.import_module(COMMANDS[name][0])
     return module.main(rest, prog=f"{prog} {name}")
 

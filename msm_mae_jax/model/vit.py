@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msm_mae_jax.model.config import ModelConfig
+from msm_mae_jax.model.linear import cpu_dot_general
 
 LN_EPS = 1e-6
 XAVIER = nn.initializers.xavier_uniform()
@@ -59,6 +60,8 @@ def dense(
     name: str,
     use_bias: bool = True,
 ) -> nn.Dense:
+    # CPU: the weight gradient as a product XLA:CPU runs in its GEMM library (`linear.py`).
+    cpu = target_platform() == "cpu"
     return nn.Dense(
         features,
         use_bias=use_bias,
@@ -67,6 +70,7 @@ def dense(
         kernel_init=logical_init(XAVIER, names),
         bias_init=logical_init(ZEROS, names[1:]),
         name=name,
+        dot_general=cpu_dot_general if cpu else None,
     )
 
 
