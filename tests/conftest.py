@@ -37,6 +37,15 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
+# The Ctrl-C tests send SIGINT to this process and to the commands they start. A shell that
+# starts the suite in the background (`make test &`, nohup in a script) leaves SIGINT ignored,
+# and an ignored signal stays ignored in every child; a handled one is reset to the default at
+# exec. So this process takes Python's own handler back.
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import functools  # noqa: E402
 import pathlib  # noqa: E402
 
