@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"  JAX Runtime.encode: {r['jax_s'] * 1e3:.0f} ms/batch = {r['audio_s_per_s']:.1f} "
         f"audio s/s (compile {ja.compile_s:.1f} s); encoder alone "
-        f"{r['jax_units_per_s']:.1f} units/s"
+        f"{r['jax_units_per_s']:.1f} units/s ({units} units in one call)"
     )
     if ta is not None:
         t = statistics.median(tt)
@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"  JAX/PyTorch: extraction {r['jax_over_torch']:.2f}x (rounds "
             f"{min(rounds):.2f}-{max(rounds):.2f}; CPU time {r['jax_over_torch_cpu']:.2f}x: "
             f"{statistics.median(jc):.1f} vs {statistics.median(tc):.1f} CPU-s), "
-            f"encoder on equal units {r['encoder_jax_over_torch']:.2f}x"
+            f"encoder on equal units ({units} in one call, not the runtime's groups) "
+            f"{r['encoder_jax_over_torch']:.2f}x"
         )
     r["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     r["machine"] = machine_info()
