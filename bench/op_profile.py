@@ -29,6 +29,7 @@ import dataclasses
 import glob
 import gzip
 import json
+import math
 import os
 import pathlib
 import re
@@ -39,16 +40,13 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from msm_mae_jax.core import cpu_heap  # noqa: E402
+from msm_mae_jax.plan import hlo  # noqa: E402
 from msm_mae_jax.train import xla_flags  # noqa: E402
 
 xla_flags.set_default_xla_flags()
 HEAP_KEPT = cpu_heap.keep_heap()
 
 LIBRARY_FUSIONS = ("__ynn_fusion", "__onednn_fusion", "__xnn_fusion")
-_INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
-_SHAPE = re.compile(r"^\(?\w+\[([\d,]*)\]")
-_DOT = re.compile(r"\bdot\(%([\w.\-]+), %([\w.\-]+)\)")
-_CALLS = re.compile(r"calls=%([\w.\-]+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,78 +58,35 @@ class Op:
     shapes: tuple[str, ...]  # one 'lhs x rhs -> out' per product
 
 
-def _dims(text: str) -> list[int]:
-    m = _SHAPE.match(text)
-    return [int(d) for d in m.group(1).split(",") if d] if m else []
-
-
-def _dot_flops(line: str, shapes: dict[str, list[int]]) -> tuple[int, str]:
-    m = _DOT.search(line)
-    lhs = shapes[m.group(1)]
-    out = _dims(line.split("= ", 1)[1])
-    cdims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line).group(1)
-    k = 1
-    for d in (int(x) for x in cdims.split(",") if x):
-        k *= lhs[d]
-    n = 1
-    for d in out:
-        n *= d
-    rhs = shapes[m.group(2)]
-    return 2 * n * k, f"{tuple(lhs)} x {tuple(rhs)} -> {tuple(out)}"
+def _dot(i: hlo.Instruction, shapes: dict[str, str]) -> tuple[int, str]:
+    """FLOPs and 'lhs x rhs -> out' of a dot instruction (`shapes`: its computation's)."""
+    lhs, rhs, out = (hlo.arrays(t)[0].dims for t in (*(shapes[o] for o in i.operands), i.shape))
+    contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", i.line)[1]
+    k = math.prod(lhs[int(d)] for d in contracting.split(",") if d)
+    return 2 * math.prod(out) * k, f"{lhs} x {rhs} -> {out}"
 
 
 def parse_hlo(text: str) -> dict[str, Op]:
-    """Entry-computation instructions of an optimized HLO module -> `Op`."""
-    comps: dict[str, list[str]] = {}
-    entry, current = None, None
-    for line in text.splitlines():
-        head = re.match(r"^(ENTRY )?%([\w.\-]+) .*\{\s*$", line)
-        if head:
-            current = head.group(2)
-            comps[current] = []
-            if head.group(1):
-                entry = current
-            continue
-        if current is not None and line.strip() and line.strip() != "}":
-            comps[current].append(line)
-    if entry is None:
-        raise ValueError("no ENTRY computation in the HLO text")
-
-    def products(comp: str, seen: frozenset = frozenset()) -> list[tuple[int, str]]:
-        shapes = {}
-        found = []
-        for line in comps.get(comp, []):
-            m = _INSTR.match(line)
-            if not m:
-                continue
-            shapes[m.group(1)] = _dims(m.group(2))
-            if _DOT.search(line):
-                found.append(_dot_flops(line, shapes))
-            for sub in _CALLS.findall(line):
-                if sub not in seen:
-                    found += products(sub, seen | {comp})
-        return found
-
+    """The ops an optimized HLO module runs (`hlo.Module.top_level`) -> `Op`; a fusion's
+    products are those of every computation it calls."""
+    module = hlo.parse_module(text)
     ops: dict[str, Op] = {}
-    shapes: dict[str, list[int]] = {}
-    for line in comps[entry]:
-        m = _INSTR.match(line)
-        if not m:
+    for comp, i in module.top_level():
+        if i.opcode == "dot":
+            flops, shape = _dot(i, module.shapes[comp])
+            ops[i.name] = Op("xla_dot", flops, (shape,))
             continue
-        name, rest = m.groups()
-        shapes[name] = _dims(rest)
-        if _DOT.search(line):
-            flops, shape = _dot_flops(line, shapes)
-            ops[name] = Op("xla_dot", flops, (shape,))
+        prods = [
+            _dot(j, module.shapes[c])
+            for c in module.called_closure(i)
+            for j in module.computations[c]
+            if j.opcode == "dot"
+        ]
+        if not prods:
+            ops[i.name] = Op("other", 0, ())
             continue
-        called = _CALLS.findall(line)
-        prods = [p for c in called for p in products(c)]
-        library = any(tag in line for tag in LIBRARY_FUSIONS)
-        if prods:
-            kind = "library" if library else "xla_dot"
-            ops[name] = Op(kind, sum(f for f, _ in prods), tuple(s for _, s in prods))
-        else:
-            ops[name] = Op("other", 0, ())
+        kind = "library" if any(tag in i.line for tag in LIBRARY_FUSIONS) else "xla_dot"
+        ops[i.name] = Op(kind, sum(f for f, _ in prods), tuple(s for _, s in prods))
     return ops
 
 
@@ -182,21 +137,15 @@ def timeline(events: list[tuple[str, float, float]], ops: dict[str, Op]) -> dict
 def summarise(events, ops: dict[str, Op], executions: int) -> dict:
     """Per-execution figures (ms, GFLOP) of the traced events."""
     by_kind: collections.Counter = collections.Counter()
-    by_shape: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
-    counted = collections.Counter()
+    by_shape: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
     for name, _, dur in events:
         op = ops[name]
         by_kind[op.kind] += dur / 1e3 / executions
-        counted[name] += 1
         if op.flops:
-            key = " + ".join(op.shapes)
-            by_shape[key][1] += dur / 1e3 / executions
-    for name, n in counted.items():
-        op = ops[name]
-        if op.flops:
-            key = " + ".join(op.shapes)
-            by_shape[key][0] += n / executions
-            by_shape[key][2] += op.flops * n / executions / 1e9
+            row = by_shape[" + ".join(op.shapes)]  # count, ms, GFLOP
+            row[0] += 1 / executions
+            row[1] += dur / 1e3 / executions
+            row[2] += op.flops / 1e9 / executions
     span = timeline(events, ops)
     shapes = [
         {"shape": k, "count": round(c, 2), "ms": ms, "gflop": gf, "gflop_per_s": gf / ms * 1e3}
