@@ -6,11 +6,17 @@ the model's input width, encoder, '(f t) d -> t (f d)', features back in host me
 Compiled and warmed up before timing. Throughput = audio seconds per wall-clock second.
 
 PyTorch arm (when torch is installed): what the official feature extractor does per batch,
-in eager PyTorch with bench/torch_reference.py's encoder and the same thread count: log-mel
+in eager PyTorch with bench/torch_reference.py's encoder, the JAX arm's weights and the same
+thread count: log-mel
 (torch.stft, reflect-padded, Slaney mel matrix from `audio.mel_basis`, log(x + eps)),
 normalisation, zero-padding of the last unit, then one encoder call per 208-frame unit of
-the whole batch (the official runtime's loop), '(f t) d -> t (f d)', concatenation, features
+the whole batch (the official runtime's loop; its masking at ratio 0 still shuffles the
+tokens), '(f t) d -> t (f d)', concatenation, the padded frames' steps removed, features
 converted to numpy. A 10 s clip (1001 frames) is 5 units there.
+
+Before timing, both arms encode the clips once more, the PyTorch arm without the shuffle, and
+the features must agree (`FEATURE_RTOL` of the largest value); otherwise the benchmark exits
+with an error instead of comparing the speed of different work.
 
 Note: `Runtime.encode` rounds the number of units up to a bucket (2^k or 3 * 2^k; one
 compiled function per bucket), so a 10 s clip runs 6 units on the JAX side. The encoder-only figures
@@ -46,10 +52,12 @@ from bench.common import machine_info, model_config_for  # noqa: E402
 from msm_mae_jax.data import audio  # noqa: E402
 from msm_mae_jax.data.normalization import NormStats  # noqa: E402
 from msm_mae_jax.features.runtime import Runtime, bucket_size  # noqa: E402
-from msm_mae_jax.model import mae  # noqa: E402
+from msm_mae_jax.model import convert, mae  # noqa: E402
 from msm_mae_jax.model.config import ModelConfig  # noqa: E402
 
 NORM = NormStats(-7.1, 4.2)  # any fixed statistics; the figures do not depend on them
+# The arms' features may differ by float32 summation order only (measured ~1e-6 relative).
+FEATURE_RTOL = 1e-4
 
 
 def clips(batch: int, seconds: float, seed: int = 0) -> np.ndarray:
@@ -73,8 +81,8 @@ def _timed(fn, repeats: int) -> float:
 
 class JaxArm:
     def __init__(self, c: ModelConfig, wav_BS: np.ndarray):
-        params = mae.init_params(c, jax.random.key(0))["encoder"]
-        self.rt = Runtime(c, params, NORM)
+        self.full_params = mae.init_params(c, jax.random.key(0))
+        self.rt = Runtime(c, self.full_params["encoder"], NORM)
         self.wav = wav_BS
         t0 = time.perf_counter()
         self.out = self.rt.encode(wav_BS)  # compiles
@@ -95,7 +103,7 @@ class JaxArm:
 class TorchArm:
     """The official runtime's recipe in eager PyTorch (see the module docstring)."""
 
-    def __init__(self, c: ModelConfig, threads: int):
+    def __init__(self, c: ModelConfig, threads: int, state_dict: dict[str, np.ndarray]):
         import torch
 
         from bench import torch_reference as tr
@@ -105,6 +113,7 @@ class TorchArm:
         self.torch = torch
         self.c = c
         self.model = tr.TorchMAE(c).eval()
+        self.model.load_state_dict({k: torch.tensor(v) for k, v in state_dict.items()}, strict=True)
         self.mel_FK = torch.tensor(audio.mel_basis().T.copy())  # [80, 201]
         self.window = torch.hann_window(audio.N_FFT, periodic=True)
 
@@ -122,7 +131,8 @@ class TorchArm:
         power_BKT = spec.real.square() + spec.imag.square()
         return torch.log(self.mel_FK @ power_BKT + audio.LOG_OFFSET)
 
-    def encode(self, wav: np.ndarray) -> np.ndarray:
+    def encode(self, wav: np.ndarray, shuffle: bool = True) -> np.ndarray:
+        """Features [B, T, F*D]; shuffle=False keeps the tokens in order (for the check)."""
         torch = self.torch
         c = self.c
         with torch.no_grad():
@@ -132,18 +142,38 @@ class TorchArm:
             pad = fu - frames % fu  # as the official runtime (a whole unit when divisible)
             lms_BFT = torch.nn.functional.pad(lms_BFT, (0, pad))
             gf, _ = c.grid_size
+            B, n = lms_BFT.shape[0], c.num_patches
             feats = []
             for i in range(lms_BFT.shape[-1] // fu):
                 x = lms_BFT[:, None, :, i * fu : (i + 1) * fu]
-                emb = self.model.forward_encoder(x, 0.0)[0][:, int(c.use_cls_token) :]
+                noise = None if shuffle else torch.arange(n, dtype=torch.float32).expand(B, n)
+                emb = self.model.forward_encoder(x, 0.0, noise)[0][:, int(c.use_cls_token) :]
                 B, _, D = emb.shape
                 emb = emb.reshape(B, gf, -1, D).permute(0, 2, 1, 3).reshape(B, -1, gf * D)
                 feats.append(emb)
-            return torch.cat(feats, dim=1).numpy()
+            steps = -(-frames // c.patch_size[1])  # the padded frames' steps removed
+            return torch.cat(feats, dim=1)[:, :steps].numpy()
 
     def encoder_units(self, x_U1FT: np.ndarray) -> None:
         with self.torch.no_grad():
             self.model.forward_encoder(self.torch.from_numpy(x_U1FT), 0.0)
+
+
+def check_same_features(jax_BTE: np.ndarray, torch_BTE: np.ndarray) -> float:
+    """Max |difference| / max |value| of the two arms' features; SystemExit when the shapes
+    differ or it exceeds FEATURE_RTOL (the arms would not be doing the same work)."""
+    if jax_BTE.shape != torch_BTE.shape:
+        raise SystemExit(
+            f"bench/extract.py: the arms' features differ in shape: JAX {jax_BTE.shape}, "
+            f"PyTorch {torch_BTE.shape}"
+        )
+    err = float(np.abs(jax_BTE - torch_BTE).max() / max(np.abs(torch_BTE).max(), 1e-30))
+    if not err <= FEATURE_RTOL:  # NaN fails too
+        raise SystemExit(
+            f"bench/extract.py: the arms' features differ (max difference {err:.2e} of the "
+            f"largest value > {FEATURE_RTOL:g}): the ratio would compare different work"
+        )
+    return err
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -174,11 +204,14 @@ def main(argv: list[str] | None = None) -> dict:
     ta = None
     if not a.no_torch:
         try:
-            ta = TorchArm(c, a.threads)
-            ta.encode(wav)  # warm-up
-            ta.encoder_units(x_U1FT)
+            ta = TorchArm(c, a.threads, convert.params_to_state_dict(ja.full_params, c))
         except ImportError:
             ta = None
+    feature_err = None
+    if ta is not None:
+        feature_err = check_same_features(np.asarray(ja.out), ta.encode(wav, shuffle=False))
+        ta.encode(wav)  # warm-up
+        ta.encoder_units(x_U1FT)
 
     # Wall and process CPU seconds per batch; on a shared machine the CPU time is the steadier
     # figure (other load delays an arm's wall clock, not its CPU time).
@@ -235,12 +268,14 @@ def main(argv: list[str] | None = None) -> dict:
             torch_audio_s_per_s=audio_s / t,
             torch_units_per_s=units / statistics.median(tut),
             jax_over_torch=t / r["jax_s"],
+            feature_max_rel_diff=feature_err,
         )
         r["encoder_jax_over_torch"] = r["jax_units_per_s"] / r["torch_units_per_s"]
         print(
             f"  PyTorch ({a.threads} threads): {t * 1e3:.0f} ms/batch = "
             f"{r['torch_audio_s_per_s']:.1f} audio s/s; encoder alone "
-            f"{r['torch_units_per_s']:.1f} units/s"
+            f"{r['torch_units_per_s']:.1f} units/s; features equal to JAX's within "
+            f"{feature_err:.1e} of the largest value"
         )
         rounds = r["jax_over_torch_rounds"]
         print(
