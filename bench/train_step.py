@@ -16,7 +16,10 @@ Measures, in one process and one run:
 - peak memory from the compiled step's memory analysis;
 - with --torch: bench/torch_reference.py's eager PyTorch step (AdamW, same shapes, batch and
   thread count), interleaved with the JAX step (JAX, torch, GEMM, JAX, torch, ... so that
-  other load on a shared machine hits both alike), and the JAX/PyTorch ratio.
+  other load on a shared machine hits both alike), and the JAX/PyTorch ratio. Both arms start
+  from the same weights and batch; their first steps, on the same masking noise, must give
+  the same loss (`LOSS_RTOL`), else the benchmark exits with an error instead of timing
+  different work.
 
 Analytic FLOPs (multiply-add = 2 FLOPs). A block of width d, MLP width m and t tokens costs
 forward 2*t*(3d^2 + d^2 + 2dm) (qkv, proj, fc1, fc2) + 4*t^2*d (q k^T and attn v). With
@@ -55,7 +58,9 @@ import numpy as np  # noqa: E402
 
 from bench.common import machine_info  # noqa: E402
 from msm_mae_jax.core.config_files import load_config  # noqa: E402
+from msm_mae_jax.model import convert  # noqa: E402
 from msm_mae_jax.model.config import ModelConfig  # noqa: E402
+from msm_mae_jax.model.masking import masking_noise  # noqa: E402
 from msm_mae_jax.train import optim  # noqa: E402
 from msm_mae_jax.train.state import Setup  # noqa: E402
 
@@ -123,6 +128,11 @@ def make_setup(variant: str, batch: int, dtype: str) -> Setup:
     return Setup(config, schedule)
 
 
+# First-step losses of the two arms may differ by float32 summation order only (~1e-7
+# measured); a bfloat16 JAX arm against PyTorch's float32 by its rounding.
+LOSS_RTOL = {"float32": 1e-4, "bfloat16": 3e-2}
+
+
 class JaxStep:
     """The compiled production step with its state, timed `steps` at a time."""
 
@@ -144,6 +154,21 @@ class JaxStep:
             t2 = time.perf_counter()
         self.trace_s, self.compile_s = t1 - t0, t2 - t1
         self.metrics = None
+        self.lms_host = lms
+        self.steps_run = 0
+
+    def first_step(self) -> tuple[dict, np.ndarray, float]:
+        """Runs step 0: (initial parameters on the host, the masking noise it drew, its loss)."""
+        if self.steps_run:
+            raise RuntimeError("JaxStep.first_step: steps already ran")
+        params = jax.tree.map(np.array, jax.device_get(self.state.params))  # state is donated
+        # The step's masking key is fold_in(TrainState.rng, step) (no accumulation here).
+        key = jax.random.fold_in(self.state.rng, 0)
+        noise = np.asarray(
+            masking_noise(key, self.lms_host.shape[0], self.model_config.num_patches)
+        )
+        self.run(1)
+        return params, noise, float(self.metrics["loss"])
 
     def cost_flops(self) -> float | None:
         try:
@@ -186,6 +211,7 @@ class JaxStep:
         for _ in range(steps):
             self.state, self.metrics = self.compiled(self.state, self.lms)
         jax.block_until_ready((self.state, self.metrics))
+        self.steps_run += steps
         return (time.perf_counter() - t0) / steps
 
 
@@ -214,9 +240,12 @@ class Gemm:
 
 
 class TorchStep:
-    """bench/torch_reference.py's step with the same shapes, batch and thread count."""
+    """bench/torch_reference.py's step with the same shapes, batch and thread count, from the
+    JAX arm's weights and batch; `first_loss` is its first step's, on the JAX arm's noise."""
 
-    def __init__(self, c: ModelConfig, batch: int, threads: int):
+    def __init__(
+        self, c: ModelConfig, threads: int, params: dict, lms: np.ndarray, noise: np.ndarray
+    ):
         import torch
 
         from bench import torch_reference as tr
@@ -225,18 +254,38 @@ class TorchStep:
         torch.manual_seed(0)
         self.torch = torch
         self.model = tr.TorchMAE(c).train()
+        sd = convert.params_to_state_dict(params, c)
+        self.model.load_state_dict({k: torch.tensor(v) for k, v in sd.items()}, strict=True)
         self.opt = tr.make_optimizer(self.model)
-        self.x = torch.randn(batch, 1, *c.input_size)
-        self.run(2)  # warm-up
+        self.x = torch.from_numpy(np.asarray(lms, np.float32))
+        self.first_loss = self._step(torch.tensor(noise))
+        self.run(1)  # warm-up
+
+    def _step(self, noise=None) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.model(self.x, noise=noise)[0]
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
 
     def run(self, steps: int) -> float:
         t0 = time.perf_counter()
         for _ in range(steps):
-            self.opt.zero_grad(set_to_none=True)
-            loss = self.model(self.x)[0]
-            loss.backward()
-            self.opt.step()
+            self._step()  # fresh random masking, as the official loop
         return (time.perf_counter() - t0) / steps
+
+
+def check_same_loss(jax_loss: float, torch_loss: float, dtype: str) -> float:
+    """|difference| / |PyTorch's| of the arms' first-step losses; SystemExit above
+    LOSS_RTOL[dtype] (the arms would not be doing the same work)."""
+    err = abs(jax_loss - torch_loss) / max(abs(torch_loss), 1e-30)
+    if not err <= LOSS_RTOL[dtype]:  # NaN fails too
+        raise SystemExit(
+            f"bench/train_step.py: the arms' first-step losses differ (JAX {jax_loss:.6g}, "
+            f"PyTorch {torch_loss:.6g}, {err:.1e} > {LOSS_RTOL[dtype]:g}): the ratio would "
+            "compare different work"
+        )
+    return err
 
 
 def _load() -> list[float] | None:
@@ -275,7 +324,12 @@ def main(argv: list[str] | None = None) -> dict:
     cls = int(c.use_cls_token)
     tokens = a.batch * (int(c.num_patches * (1 - c.mask_ratio)) + cls)
     gemm = Gemm(tokens, c.embed_dim, int(c.embed_dim * c.mlp_ratio))
-    ts = TorchStep(c, a.batch, a.threads) if a.torch else None
+    ts = loss_err = jax_loss = None
+    if a.torch:
+        params, noise, jax_loss = js.first_step()
+        ts = TorchStep(c, a.threads, params, js.lms_host, noise)
+        del params
+        loss_err = check_same_loss(jax_loss, ts.first_loss, a.dtype)
     js.run(a.warmup)
 
     # Wall and process CPU seconds per step; on a shared machine the CPU time is the steadier
@@ -342,6 +396,9 @@ def main(argv: list[str] | None = None) -> dict:
             jax_over_torch_cpu=statistics.median(torch_c) / statistics.median(jax_c),
             torch_samples_per_s=a.batch / t,
             jax_over_torch=t / step_s,
+            first_loss_jax=jax_loss,
+            first_loss_torch=ts.first_loss,
+            first_loss_rel_diff=loss_err,
         )
 
     gf = 1e9
@@ -374,7 +431,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"  PyTorch {r['torch']} ({a.threads} threads) step {r['torch_step_s'] * 1e3:.1f} ms "
             f"= {r['torch_samples_per_s']:.2f} samples/s (per repeat: "
-            f"{', '.join(f'{x * 1e3:.0f}' for x in torch_s)} ms)"
+            f"{', '.join(f'{x * 1e3:.0f}' for x in torch_s)} ms); first-step loss equal to "
+            f"JAX's within {loss_err:.1e}"
         )
         rounds = r["jax_over_torch_rounds"]
         print(
