@@ -9,6 +9,17 @@ from msm_mae_jax.core.config_files import load_config
 from msm_mae_jax.model.config import ModelConfig
 
 
+def check_same_work(script: str, what: str, err: float, tol: float) -> float:
+    """`err` (a relative difference between the two arms' outputs) when it is within `tol`;
+    otherwise (NaN too) SystemExit: the arms do not do the same work, so no ratio."""
+    if not err <= tol:
+        raise SystemExit(
+            f"{script}: the arms' {what} differ ({err:.1e} > {tol:g}): the ratio would compare "
+            "different work"
+        )
+    return err
+
+
 def model_config_for(variant: str) -> ModelConfig:
     return ModelConfig.from_dict(load_config(variant).model.to_dict())
 

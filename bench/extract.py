@@ -48,11 +48,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import machine_info, model_config_for  # noqa: E402
+from bench.common import check_same_work, machine_info, model_config_for  # noqa: E402
 from msm_mae_jax.data import audio  # noqa: E402
 from msm_mae_jax.data.normalization import NormStats  # noqa: E402
 from msm_mae_jax.features.runtime import Runtime, bucket_size  # noqa: E402
-from msm_mae_jax.model import convert, mae  # noqa: E402
+from msm_mae_jax.model import mae  # noqa: E402
 from msm_mae_jax.model.config import ModelConfig  # noqa: E402
 
 NORM = NormStats(-7.1, 4.2)  # any fixed statistics; the figures do not depend on them
@@ -103,7 +103,7 @@ class JaxArm:
 class TorchArm:
     """The official runtime's recipe in eager PyTorch (see the module docstring)."""
 
-    def __init__(self, c: ModelConfig, threads: int, state_dict: dict[str, np.ndarray]):
+    def __init__(self, c: ModelConfig, threads: int, params: dict):
         import torch
 
         from bench import torch_reference as tr
@@ -112,8 +112,7 @@ class TorchArm:
         torch.manual_seed(0)
         self.torch = torch
         self.c = c
-        self.model = tr.TorchMAE(c).eval()
-        self.model.load_state_dict({k: torch.tensor(v) for k, v in state_dict.items()}, strict=True)
+        self.model = tr.TorchMAE(c).eval().load_jax_params(params)
         self.mel_FK = torch.tensor(audio.mel_basis().T.copy())  # [80, 201]
         self.window = torch.hann_window(audio.N_FFT, periodic=True)
 
@@ -143,10 +142,10 @@ class TorchArm:
             lms_BFT = torch.nn.functional.pad(lms_BFT, (0, pad))
             gf, _ = c.grid_size
             B, n = lms_BFT.shape[0], c.num_patches
+            noise = None if shuffle else torch.arange(n, dtype=torch.float32).expand(B, n)
             feats = []
             for i in range(lms_BFT.shape[-1] // fu):
                 x = lms_BFT[:, None, :, i * fu : (i + 1) * fu]
-                noise = None if shuffle else torch.arange(n, dtype=torch.float32).expand(B, n)
                 emb = self.model.forward_encoder(x, 0.0, noise)[0][:, int(c.use_cls_token) :]
                 B, _, D = emb.shape
                 emb = emb.reshape(B, gf, -1, D).permute(0, 2, 1, 3).reshape(B, -1, gf * D)
@@ -168,12 +167,9 @@ def check_same_features(jax_BTE: np.ndarray, torch_BTE: np.ndarray) -> float:
             f"PyTorch {torch_BTE.shape}"
         )
     err = float(np.abs(jax_BTE - torch_BTE).max() / max(np.abs(torch_BTE).max(), 1e-30))
-    if not err <= FEATURE_RTOL:  # NaN fails too
-        raise SystemExit(
-            f"bench/extract.py: the arms' features differ (max difference {err:.2e} of the "
-            f"largest value > {FEATURE_RTOL:g}): the ratio would compare different work"
-        )
-    return err
+    return check_same_work(
+        "bench/extract.py", "features (max difference / largest value)", err, FEATURE_RTOL
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -204,13 +200,13 @@ def main(argv: list[str] | None = None) -> dict:
     ta = None
     if not a.no_torch:
         try:
-            ta = TorchArm(c, a.threads, convert.params_to_state_dict(ja.full_params, c))
+            ta = TorchArm(c, a.threads, ja.full_params)
         except ImportError:
             ta = None
     feature_err = None
     if ta is not None:
+        # The check's encode is also the PyTorch arm's warm-up (same shapes).
         feature_err = check_same_features(np.asarray(ja.out), ta.encode(wav, shuffle=False))
-        ta.encode(wav)  # warm-up
         ta.encoder_units(x_U1FT)
 
     # Wall and process CPU seconds per batch; on a shared machine the CPU time is the steadier

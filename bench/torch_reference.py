@@ -31,6 +31,7 @@ except ImportError as e:  # pragma: no cover - depends on the optional extra
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.common import model_config_for  # noqa: E402
+from msm_mae_jax.model import convert  # noqa: E402
 from msm_mae_jax.model.config import ModelConfig  # noqa: E402
 
 
@@ -150,6 +151,12 @@ class TorchMAE(nn.Module):
         if self.c.use_cls_token:
             nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
+
+    def load_jax_params(self, params: dict) -> TorchMAE:
+        """Loads our Flax parameters ({'encoder', 'decoder'}) through the official state dict."""
+        sd = convert.params_to_state_dict(params, self.c)
+        self.load_state_dict({k: torch.tensor(v) for k, v in sd.items()}, strict=True)
+        return self
 
     def patchify(self, x):  # [B,1,F,T] -> [B, N, ph*pw], frequency-major
         ph, pw = self.c.patch_size

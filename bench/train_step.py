@@ -56,9 +56,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import machine_info  # noqa: E402
+from bench.common import check_same_work, machine_info  # noqa: E402
 from msm_mae_jax.core.config_files import load_config  # noqa: E402
-from msm_mae_jax.model import convert  # noqa: E402
 from msm_mae_jax.model.config import ModelConfig  # noqa: E402
 from msm_mae_jax.model.masking import masking_noise  # noqa: E402
 from msm_mae_jax.train import optim  # noqa: E402
@@ -155,15 +154,13 @@ class JaxStep:
         self.trace_s, self.compile_s = t1 - t0, t2 - t1
         self.metrics = None
         self.lms_host = lms
-        self.steps_run = 0
 
     def first_step(self) -> tuple[dict, np.ndarray, float]:
-        """Runs step 0: (initial parameters on the host, the masking noise it drew, its loss)."""
-        if self.steps_run:
-            raise RuntimeError("JaxStep.first_step: steps already ran")
+        """Runs the next step: (its parameters on the host before it, the masking noise it
+        drew, its loss)."""
         params = jax.tree.map(np.array, jax.device_get(self.state.params))  # state is donated
-        # The step's masking key is fold_in(TrainState.rng, step) (no accumulation here).
-        key = jax.random.fold_in(self.state.rng, 0)
+        # The key of the step as Setup._train_step draws it (no accumulation here).
+        key = jax.random.fold_in(self.state.rng, self.state.step)
         noise = np.asarray(
             masking_noise(key, self.lms_host.shape[0], self.model_config.num_patches)
         )
@@ -211,7 +208,6 @@ class JaxStep:
         for _ in range(steps):
             self.state, self.metrics = self.compiled(self.state, self.lms)
         jax.block_until_ready((self.state, self.metrics))
-        self.steps_run += steps
         return (time.perf_counter() - t0) / steps
 
 
@@ -253,20 +249,19 @@ class TorchStep:
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         self.torch = torch
-        self.model = tr.TorchMAE(c).train()
-        sd = convert.params_to_state_dict(params, c)
-        self.model.load_state_dict({k: torch.tensor(v) for k, v in sd.items()}, strict=True)
+        self.model = tr.TorchMAE(c).train().load_jax_params(params)
         self.opt = tr.make_optimizer(self.model)
         self.x = torch.from_numpy(np.asarray(lms, np.float32))
-        self.first_loss = self._step(torch.tensor(noise))
+        self.first_loss = float(self._step(torch.tensor(noise)))
         self.run(1)  # warm-up
 
-    def _step(self, noise=None) -> float:
+    def _step(self, noise=None):
+        """One update; its loss tensor (read only for the check, not in the timed loop)."""
         self.opt.zero_grad(set_to_none=True)
         loss = self.model(self.x, noise=noise)[0]
         loss.backward()
         self.opt.step()
-        return float(loss.detach())
+        return loss.detach()
 
     def run(self, steps: int) -> float:
         t0 = time.perf_counter()
@@ -279,13 +274,8 @@ def check_same_loss(jax_loss: float, torch_loss: float, dtype: str) -> float:
     """|difference| / |PyTorch's| of the arms' first-step losses; SystemExit above
     LOSS_RTOL[dtype] (the arms would not be doing the same work)."""
     err = abs(jax_loss - torch_loss) / max(abs(torch_loss), 1e-30)
-    if not err <= LOSS_RTOL[dtype]:  # NaN fails too
-        raise SystemExit(
-            f"bench/train_step.py: the arms' first-step losses differ (JAX {jax_loss:.6g}, "
-            f"PyTorch {torch_loss:.6g}, {err:.1e} > {LOSS_RTOL[dtype]:g}): the ratio would "
-            "compare different work"
-        )
-    return err
+    what = f"first-step losses (JAX {jax_loss:.6g}, PyTorch {torch_loss:.6g})"
+    return check_same_work("bench/train_step.py", what, err, LOSS_RTOL[dtype])
 
 
 def _load() -> list[float] | None:

@@ -53,8 +53,8 @@ def test_end_to_end_figures_add_up(tmp_path):
         # the PyTorch arm's log-mel off by a constant: a different input to the encoder
         "o = B.TorchArm.log_mel; B.TorchArm.log_mel = lambda self, w: o(self, w) + 0.5",
         # the PyTorch arm on other weights than the JAX arm's
-        "o = B.convert.params_to_state_dict\n"
-        "B.convert.params_to_state_dict = lambda p, c: {k: v * 1.01 for k, v in o(p, c).items()}",
+        "from msm_mae_jax.model import convert as C\no = C.params_to_state_dict\n"
+        "C.params_to_state_dict = lambda p, c: {k: v * 1.01 for k, v in o(p, c).items()}",
         # the check run on the official's shuffled token order
         "o = B.TorchArm.encode\nB.TorchArm.encode = lambda self, w, shuffle=True: o(self, w, True)",
     ],

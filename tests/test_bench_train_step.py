@@ -42,8 +42,8 @@ def test_end_to_end_figures_add_up(tmp_path):
     "plant",
     [
         # the PyTorch arm on other weights than the JAX arm's
-        "o = B.convert.params_to_state_dict\n"
-        "B.convert.params_to_state_dict = lambda p, c: {k: v * 1.01 for k, v in o(p, c).items()}",
+        "from msm_mae_jax.model import convert as C\no = C.params_to_state_dict\n"
+        "C.params_to_state_dict = lambda p, c: {k: v * 1.01 for k, v in o(p, c).items()}",
         # the PyTorch arm's first step on its own random masks
         "o = B.TorchStep._step\nB.TorchStep._step = lambda self, noise=None: o(self)",
         # the PyTorch arm on another batch
